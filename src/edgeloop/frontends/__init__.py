@@ -1,0 +1,106 @@
+"""Importers: every source format becomes one ONNX graph.
+
+``load`` is the single entry point, for Python objects (scikit-learn
+estimators, PyTorch modules) and for files (.onnx, .joblib/.pkl, .pt2, .tflite).
+Each importer module imports its heavy library inside its functions, so a
+device with only onnxruntime and numpy can still load .onnx files.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import onnx
+
+from edgeloop.errors import EdgeloopError, ModelLoadError
+
+SUFFIXES = {
+    ".onnx": "onnx",
+    ".joblib": "sklearn",
+    ".pkl": "sklearn",
+    ".pickle": "sklearn",
+    ".pt2": "torch",
+    ".tflite": "tflite",
+}
+
+
+def _sniff(path: Path, head: bytes) -> str | None:
+    """Guess a format from the file's first bytes when the suffix does not say."""
+    if len(head) >= 8 and head[4:8] == b"TFL3":
+        return "tflite"
+    if head[:2] == b"PK":  # a zip: torch.export archives are zips
+        return "torch"
+    if head[:1] == b"\x80":  # a pickle protocol marker
+        return "sklearn"
+    return None
+
+
+def load_file(path: str | os.PathLike, **kwargs: Any) -> onnx.ModelProto:
+    """Import a model file; raises ModelLoadError naming the file on any problem."""
+    p = Path(path)
+    where = str(path)
+    if not p.exists():
+        raise ModelLoadError("no such file", where=where)
+    if p.is_dir():
+        raise ModelLoadError("is a directory, not a model file", where=where)
+    try:
+        size = p.stat().st_size
+        with open(p, "rb") as f:
+            head = f.read(16)
+    except OSError as e:
+        raise ModelLoadError(f"cannot read file ({e.strerror})", where=where) from None
+    if size == 0:
+        raise ModelLoadError("file is empty", where=where)
+    fmt = SUFFIXES.get(p.suffix.lower()) or _sniff(p, head)
+    if fmt is None:
+        raise ModelLoadError(
+            f"unknown model format '{p.suffix or '(no suffix)'}'; expected one of "
+            + ", ".join(sorted(SUFFIXES)), where=where)
+    try:
+        if fmt == "onnx":
+            from edgeloop.frontends.onnx import load_onnx
+            return load_onnx(p)
+        if fmt == "sklearn":
+            from edgeloop.frontends.sklearn import load_pickle
+            return load_pickle(p, **kwargs)
+        if fmt == "torch":
+            from edgeloop.frontends.torch import load_pt2
+            return load_pt2(p, **kwargs)
+        from edgeloop.frontends.tflite import load_tflite
+        return load_tflite(p)
+    except EdgeloopError as e:
+        raise e.with_where(where)
+
+
+def _is_torch_object(obj: Any) -> bool:
+    return any(c.__module__.startswith("torch") for c in type(obj).__mro__)
+
+
+def _is_sklearn_object(obj: Any) -> bool:
+    return hasattr(obj, "get_params") and (hasattr(obj, "predict") or hasattr(obj, "transform"))
+
+
+def load(source: Any, example_input: Any = None, **kwargs: Any) -> onnx.ModelProto:
+    """Import ``source`` into one ONNX graph.
+
+    ``source`` is a path to a .onnx, .joblib/.pkl, .pt2 or .tflite file, an
+    ``onnx.ModelProto``, a fitted scikit-learn estimator or Pipeline, or a
+    PyTorch ``nn.Module`` / ``torch.export.ExportedProgram`` (a module needs
+    ``example_input``, one tensor or a tuple of tensors).
+    """
+    if isinstance(source, (str, os.PathLike)):
+        return load_file(source, example_input=example_input, **kwargs)
+    if isinstance(source, onnx.ModelProto):
+        from edgeloop.frontends.onnx import from_proto
+        return from_proto(source, where="<ModelProto>")
+    if _is_torch_object(source):
+        from edgeloop.frontends.torch import from_torch
+        return from_torch(source, example_input, **kwargs)
+    if _is_sklearn_object(source):
+        from edgeloop.frontends.sklearn import from_sklearn
+        return from_sklearn(source, **kwargs)
+    raise ModelLoadError(
+        f"cannot import an object of type {type(source).__module__}.{type(source).__name__}; "
+        "expected a model path, an onnx.ModelProto, a scikit-learn estimator or a torch module")
