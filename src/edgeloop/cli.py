@@ -1,0 +1,212 @@
+"""The one command, ``edgeloop``, and its subcommands.
+
+Every user-caused problem surfaces as an EdgeloopError and is printed as one
+line on stderr (``error: <file>: <node>: <problem>``) with exit code 2; tables
+go to stdout, and ``--json`` prints exactly one JSON document there.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Any, Optional
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from edgeloop.errors import EdgeloopError, UsageError
+
+app = typer.Typer(
+    name="edgeloop",
+    help="Embedded machine learning: import a model, profile it, and pick the hardware it fits.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+    rich_markup_mode=None,
+)
+
+out = Console(highlight=False, soft_wrap=False, width=140)
+err = Console(stderr=True, highlight=False)
+
+
+def _load(path: str):
+    from edgeloop.frontends import load_file
+
+    return load_file(path)
+
+
+def _emit_json(obj: Any) -> None:
+    sys.stdout.write(json.dumps(obj, indent=2, sort_keys=False) + "\n")
+
+
+def _fmt_bytes(n: Optional[float]) -> str:
+    from edgeloop.hardware import format_bytes
+
+    return "-" if n is None else format_bytes(int(n))
+
+
+def _fmt_int(n: Optional[int]) -> str:
+    return "-" if n is None else f"{int(n):,}"
+
+
+def _fmt_ms(x: Optional[float]) -> str:
+    if x is None:
+        return "-"
+    return f"{x:.3g} ms" if x < 100 else f"{x:,.0f} ms"
+
+
+def _profile(model, path: str, latency: bool) -> dict:
+    from edgeloop.profile import profile_model
+
+    try:
+        if latency and err.is_terminal:
+            with err.status("measuring host latency with onnxruntime (batch 1, 1 thread)..."):
+                return profile_model(model, latency=True)
+        return profile_model(model, latency=latency)
+    except EdgeloopError as e:
+        raise e.with_where(path)
+
+
+@app.command()
+def profile(
+    model: str = typer.Argument(..., help="Model file: .onnx, .joblib/.pkl (scikit-learn), .pt2 (torch.export) or .tflite."),
+    target: Optional[str] = typer.Option(None, "--target", "-t", help="Also show the fit and estimated latency on this catalogue target (see `edgeloop targets`)."),
+    as_json: bool = typer.Option(False, "--json", help="Print one JSON object instead of tables."),
+    latency: bool = typer.Option(True, "--latency/--no-latency", help="Measure host latency with onnxruntime (batch 1, one thread)."),
+) -> None:
+    """Per-layer and total parameters, MACs, weight bytes, activation sizes, flash, planned peak RAM and host latency."""
+    tgt = None
+    if target is not None:
+        from edgeloop.hardware import get_target
+
+        tgt = get_target(target)  # fail fast on a typo, before any work
+    m = _load(model)
+    prof = _profile(m, model, latency)
+    result: dict[str, Any] = {"model": model, **prof}
+    if tgt is not None:
+        from edgeloop.hardware import recommend
+
+        result["target"] = recommend(prof, [tgt])[0]
+    if as_json:
+        _emit_json(result)
+        return
+    _print_profile(model, result)
+
+
+def _print_profile(path: str, p: dict) -> None:
+    layers = Table(title=f"{path}: layers", title_justify="left")
+    for col, just in [("#", "right"), ("name", "left"), ("op", "left"), ("params", "right"),
+                      ("MACs", "right"), ("output shape", "left"), ("output", "right")]:
+        layers.add_column(col, justify=just)
+    for i, layer in enumerate(p["layers"]):
+        shape = layer.get("output_shape")
+        layers.add_row(str(i), str(layer["name"]), layer["op"], _fmt_int(layer["params"]),
+                       _fmt_int(layer["macs"]), "x".join(str(d) for d in shape) if shape else "-",
+                       _fmt_bytes(layer["output_bytes"]))
+    out.print(layers)
+
+    totals = Table(title="totals", title_justify="left", show_header=False)
+    totals.add_column("what")
+    totals.add_column("value", justify="right")
+    by_dtype = ", ".join(f"{k} {_fmt_bytes(v)}" for k, v in sorted(p.get("weight_bytes_by_dtype", {}).items()))
+    totals.add_row("parameters", _fmt_int(p["params"]))
+    totals.add_row("MACs per inference", _fmt_int(p["macs"]))
+    totals.add_row("compute precision", str(p.get("precision", "-")))
+    totals.add_row("weight bytes", f"{_fmt_bytes(p['weight_bytes'])} ({by_dtype})" if by_dtype else _fmt_bytes(p["weight_bytes"]))
+    totals.add_row("flash (estimate)", _fmt_bytes(p["flash_bytes"]))
+    totals.add_row("peak RAM (planned arena)", _fmt_bytes(p["peak_ram_bytes"]))
+    lat = p.get("latency_ms")
+    if lat:
+        totals.add_row("host latency, onnxruntime 1 thread",
+                       f"median {_fmt_ms(lat['median'])}, p90 {_fmt_ms(lat['p90'])} ({lat.get('runs', '?')} runs)")
+    out.print(totals)
+    if "target" in p:
+        _print_targets([p["target"]], title="on the requested target")
+
+
+def _print_targets(rows: list[dict], title: str) -> None:
+    t = Table(title=title, title_justify="left")
+    for col, just in [("target", "left"), ("kind", "left"), ("RAM", "right"), ("flash/storage", "right"),
+                      ("precisions", "left"), ("power", "right"), ("price", "right"),
+                      ("est. latency*", "right"), ("fits", "left")]:
+        t.add_column(col, justify=just)
+    for r in rows:
+        fits = {True: "yes", False: "no", None: ""}[r.get("fits")]
+        if r.get("reasons"):
+            fits = (fits + ": " if fits else "") + "; ".join(r["reasons"])
+        t.add_row(r["name"], r["kind"], _fmt_bytes(r["ram_bytes"]), _fmt_bytes(r["flash_bytes"]),
+                  ",".join(r.get("precisions", [])), f"{r['power_w']:g} W", f"${r['price_usd']:,.0f}",
+                  _fmt_ms(r.get("est_latency_ms")), fits)
+    out.print(t)
+    out.print("* estimated from the model's MACs and each target's calibrated throughput, not measured.")
+
+
+@app.command()
+def targets(
+    model: Optional[str] = typer.Argument(None, help="Optional model file: show how it fits each target."),
+    max_latency_ms: Optional[float] = typer.Option(None, "--max-latency-ms", help="Reject targets whose estimated latency is above this."),
+    max_power_w: Optional[float] = typer.Option(None, "--max-power-w", help="Reject targets that draw more than this (typical, watts)."),
+    max_price_usd: Optional[float] = typer.Option(None, "--max-price-usd", help="Reject targets that cost more than this (USD)."),
+    as_json: bool = typer.Option(False, "--json", help="Print a JSON list instead of a table."),
+) -> None:
+    """The device catalogue; with a model, every target's fit with the reason for each misfit, fits ranked by price."""
+    from edgeloop.hardware import recommend
+
+    for flag, value in [("--max-latency-ms", max_latency_ms), ("--max-power-w", max_power_w),
+                        ("--max-price-usd", max_price_usd)]:
+        if value is not None and value <= 0:
+            raise UsageError(f"{flag} must be positive, got {value:g}")
+    prof = None
+    if model is not None:
+        prof = _profile(_load(model), model, latency=False)
+    if max_latency_ms is not None and prof is None:
+        raise UsageError("--max-latency-ms needs a MODEL to estimate latency for")
+    rows = recommend(prof, max_latency_ms=max_latency_ms, max_power_w=max_power_w, max_price_usd=max_price_usd)
+    if as_json:
+        _emit_json(rows)
+        return
+    if prof is None:
+        title = "device catalogue"
+    else:
+        n = sum(1 for r in rows if r["fits"])
+        title = (f"{model}: fits {n} of {len(rows)} targets (needs {_fmt_bytes(prof['peak_ram_bytes'])} RAM, "
+                 f"{_fmt_bytes(prof['flash_bytes'])} flash, {prof['precision']}, {_fmt_int(prof['macs'])} MACs)")
+    _print_targets(rows, title)
+
+
+@app.command("convert")
+def convert(
+    model: str = typer.Argument(..., help="Model file in any supported format."),
+    output: Path = typer.Option(..., "--output", "-o", help="Where to write the imported ONNX graph."),
+) -> None:
+    """Import a model (scikit-learn, torch.export, TFLite or ONNX) and save it as one ONNX graph."""
+    from edgeloop.graph import save
+
+    m = _load(model)
+    save(m, output)
+    err.print(f"wrote {output} ({len(m.graph.node)} nodes)")
+
+
+@app.command()
+def version() -> None:
+    """Print edgeloop's version."""
+    from edgeloop import __version__
+
+    out.print(__version__)
+
+
+def main(argv: Optional[list[str]] = None) -> None:
+    try:
+        app(args=argv, prog_name="edgeloop")
+    except EdgeloopError as e:
+        err.print(f"error: {e}", markup=False, soft_wrap=True)
+        sys.exit(e.exit_code)
+    except KeyboardInterrupt:
+        err.print("interrupted")
+        sys.exit(130)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,272 @@
+"""Read a .tflite flatbuffer into plain Python objects, without TensorFlow.
+
+The generated readers of the ``tflite`` package are lazy: a corrupt or
+truncated file only fails when a field is touched, from deep inside
+flatbuffers (``struct.error``, ``IndexError``, ``ValueError`` ...). So this
+module touches every field the importer needs, once, up front, and turns any
+such failure into one ``ModelLoadError`` line. The converter in ``tflite.py``
+then works on the plain objects below, and an exception there is a bug in
+edgeloop, not a bad file.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from edgeloop.errors import EdgeloopError, ModelLoadError
+
+# TensorType enum of the TFLite schema -> numpy dtype. Types we cannot
+# represent map to None and are rejected only if the importer needs the tensor.
+_DTYPES: dict[int, Any] = {
+    0: np.float32, 1: np.float16, 2: np.int32, 3: np.uint8, 4: np.int64,
+    6: np.bool_, 7: np.int16, 9: np.int8, 10: np.float64, 12: np.uint64,
+    15: np.uint32, 16: np.uint16,
+}
+_TYPE_NAMES = {0: "FLOAT32", 1: "FLOAT16", 2: "INT32", 3: "UINT8", 4: "INT64", 5: "STRING",
+               6: "BOOL", 7: "INT16", 8: "COMPLEX64", 9: "INT8", 10: "FLOAT64",
+               11: "COMPLEX128", 12: "UINT64", 13: "RESOURCE", 14: "VARIANT", 15: "UINT32",
+               16: "UINT16", 17: "INT4", 18: "BFLOAT16"}
+
+ACTIVATIONS = {0: "NONE", 1: "RELU", 2: "RELU_N1_TO_1", 3: "RELU6", 4: "TANH", 5: "SIGN_BIT"}
+PADDINGS = {0: "SAME", 1: "VALID"}
+
+
+@dataclass
+class TflTensor:
+    index: int
+    name: str
+    type_name: str                 # TFLite's own name for the element type, e.g. "INT8"
+    dtype: Any                     # numpy dtype, or None when numpy has no equivalent
+    shape: tuple[int, ...]
+    data: np.ndarray | None        # contents of a constant tensor (shaped), else None
+    scale: np.ndarray | None       # float32 [n] quantization scales, None if not quantized
+    zero_point: np.ndarray | None  # int64 [n]
+    quant_dim: int = 0
+
+    @property
+    def quantized(self) -> bool:
+        return self.scale is not None
+
+    @property
+    def is_const(self) -> bool:
+        return self.data is not None
+
+
+@dataclass
+class TflOp:
+    index: int
+    name: str                      # builtin operator name ("CONV_2D") or the custom code
+    inputs: list[int]              # tensor indices; -1 marks an omitted optional input
+    outputs: list[int]
+    options: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class TflGraph:
+    tensors: list[TflTensor]
+    ops: list[TflOp]
+    inputs: list[int]
+    outputs: list[int]
+    version: int
+
+
+def _fail(detail: str) -> ModelLoadError:
+    return ModelLoadError(f"not a valid TFLite flatbuffer: {detail}")
+
+
+def _empty_table():
+    """A flatbuffer table with no fields: option readers built on it return schema defaults.
+
+    An operator may legally omit its options table; reading defaults this way keeps them
+    in one place (the generated code) instead of re-typing the schema here.
+    """
+    import flatbuffers
+
+    b = flatbuffers.Builder(16)
+    b.StartObject(0)
+    b.Finish(b.EndObject())
+    data = b.Output()
+    return bytes(data), flatbuffers.encode.Get(flatbuffers.packer.uoffset, data, 0)
+
+
+def _options(op, cls):
+    obj = cls()
+    table = op.BuiltinOptions()
+    if table is None:
+        data, pos = _empty_table()
+        obj.Init(data, pos)
+    else:
+        obj.Init(table.Bytes, table.Pos)
+    return obj
+
+
+def _read_options(name: str, op) -> dict[str, Any]:
+    """Decode the options the converter needs, per operator."""
+    import tflite
+
+    if name == "CONV_2D":
+        o = _options(op, tflite.Conv2DOptions)
+        return dict(padding=PADDINGS.get(o.Padding(), o.Padding()), stride=(o.StrideH(), o.StrideW()),
+                    dilation=(o.DilationHFactor(), o.DilationWFactor()),
+                    activation=o.FusedActivationFunction())
+    if name == "DEPTHWISE_CONV_2D":
+        o = _options(op, tflite.DepthwiseConv2DOptions)
+        return dict(padding=PADDINGS.get(o.Padding(), o.Padding()), stride=(o.StrideH(), o.StrideW()),
+                    dilation=(o.DilationHFactor(), o.DilationWFactor()),
+                    depth_multiplier=o.DepthMultiplier(), activation=o.FusedActivationFunction())
+    if name in ("AVERAGE_POOL_2D", "MAX_POOL_2D"):
+        o = _options(op, tflite.Pool2DOptions)
+        return dict(padding=PADDINGS.get(o.Padding(), o.Padding()), stride=(o.StrideH(), o.StrideW()),
+                    filter=(o.FilterHeight(), o.FilterWidth()),
+                    activation=o.FusedActivationFunction())
+    if name == "FULLY_CONNECTED":
+        o = _options(op, tflite.FullyConnectedOptions)
+        return dict(activation=o.FusedActivationFunction(), weights_format=o.WeightsFormat(),
+                    keep_num_dims=bool(o.KeepNumDims()))
+    if name == "SOFTMAX":
+        return dict(beta=float(_options(op, tflite.SoftmaxOptions).Beta()))
+    if name == "ADD":
+        return dict(activation=_options(op, tflite.AddOptions).FusedActivationFunction())
+    if name == "CONCATENATION":
+        o = _options(op, tflite.ConcatenationOptions)
+        return dict(axis=o.Axis(), activation=o.FusedActivationFunction())
+    if name == "MEAN":
+        return dict(keep_dims=bool(_options(op, tflite.ReducerOptions).KeepDims()))
+    return {}
+
+
+def _tensor(model, graph, i: int, buf: bytes, n_buffers: int) -> TflTensor:
+    t = graph.Tensors(i)
+    name = (t.Name() or b"").decode("utf-8", errors="replace") or f"tensor_{i}"
+    ttype = t.Type()
+    dtype = _DTYPES.get(ttype)
+    shape = tuple(int(d) for d in t.ShapeAsNumpy()) if t.ShapeLength() else ()
+    if any(d < 0 for d in shape):
+        raise _fail(f"tensor '{name}' has a negative dimension {list(shape)}")
+
+    scale = zero_point = None
+    quant_dim = 0
+    q = t.Quantization()
+    if q is not None and q.ScaleLength() > 0:
+        scale = np.asarray(q.ScaleAsNumpy(), dtype=np.float32).reshape(-1)
+        if q.ZeroPointLength() > 0:
+            zero_point = np.asarray(q.ZeroPointAsNumpy(), dtype=np.int64).reshape(-1)
+        else:
+            zero_point = np.zeros(scale.shape, np.int64)
+        if zero_point.size != scale.size:
+            raise _fail(f"tensor '{name}' has {scale.size} scales but {zero_point.size} zero points")
+        quant_dim = int(q.QuantizedDimension())
+
+    data = None
+    b = t.Buffer()
+    if b >= n_buffers:
+        raise _fail(f"tensor '{name}' refers to buffer {b} of {n_buffers}")
+    if b > 0:  # buffer 0 is the empty sentinel every activation points to
+        buffer = model.Buffers(b)
+        raw: bytes | np.ndarray | None = None
+        if buffer.Offset() > 1:
+            # Models over 2 GB keep weights after the flatbuffer, addressed by offset.
+            off, size = int(buffer.Offset()), int(buffer.Size())
+            if off + size > len(buf):
+                raise _fail(f"the data of tensor '{name}' lies beyond the end of the file")
+            raw = buf[off:off + size]
+        elif buffer.DataLength() > 0:
+            raw = buffer.DataAsNumpy()
+        if raw is not None and len(raw) > 0:
+            if dtype is None:
+                raise _fail(f"constant tensor '{name}' has type {_TYPE_NAMES.get(ttype, ttype)}, "
+                            "which edgeloop cannot read")
+            itemsize = np.dtype(dtype).itemsize
+            count = int(np.prod(shape, dtype=np.int64)) if shape else 1
+            if len(raw) != count * itemsize:
+                raise _fail(f"constant tensor '{name}' holds {len(raw)} bytes, "
+                            f"its shape {list(shape)} needs {count * itemsize}")
+            # Flatbuffers data is little endian; .copy() detaches it from the file buffer.
+            data = np.frombuffer(bytes(raw), dtype=np.dtype(dtype).newbyteorder("<"))
+            data = data.astype(np.dtype(dtype), copy=True).reshape(shape)
+    return TflTensor(i, name, _TYPE_NAMES.get(ttype, str(ttype)), dtype, shape, data,
+                     scale, zero_point, quant_dim)
+
+
+def parse(buf: bytes) -> TflGraph:
+    """Parse the main subgraph of a TFLite model; raise ModelLoadError on a bad file."""
+    if len(buf) < 8:
+        raise _fail(f"the file is only {len(buf)} bytes long")
+    if buf[4:8] != b"TFL3":
+        raise _fail("the 'TFL3' file identifier is missing")
+    try:
+        return _parse(buf)
+    except EdgeloopError:
+        raise
+    except Exception as e:  # anything flatbuffers/numpy raise on garbage offsets
+        detail = " ".join(str(e).split()) or "unreadable"
+        raise _fail(f"{type(e).__name__}: {detail}"[:300]) from None
+
+
+def _check_count(n: int, buf: bytes, what: str) -> int:
+    # A vector's entries take at least 4 bytes each; a count that cannot fit in the file
+    # is garbage (iterating it would take forever or read nonsense).
+    if n < 0 or n * 4 > len(buf):
+        raise _fail(f"impossible number of {what} ({n})")
+    return n
+
+
+def _parse(buf: bytes) -> TflGraph:
+    import tflite
+    from tflite.utils import BUILTIN_OPCODE2NAME
+
+    root = int.from_bytes(buf[0:4], "little")
+    if root + 4 > len(buf):
+        raise _fail("the root table offset points past the end of the file")
+    model = tflite.Model.GetRootAsModel(buf, 0)
+    version = int(model.Version())
+    if version != 3:
+        raise _fail(f"schema version {version}, expected 3")
+    if _check_count(model.SubgraphsLength(), buf, "subgraphs") < 1:
+        raise _fail("the model has no subgraph")
+    n_buffers = _check_count(model.BuffersLength(), buf, "buffers")
+
+    opcodes: list[str] = []
+    for j in range(_check_count(model.OperatorCodesLength(), buf, "operator codes")):
+        oc = model.OperatorCodes(j)
+        # Codes < 127 live in the deprecated int8 field, newer ones in builtin_code.
+        code = max(int(oc.BuiltinCode()), int(oc.DeprecatedBuiltinCode()))
+        if code == 32:  # CUSTOM
+            custom = oc.CustomCode()
+            opcodes.append(custom.decode("utf-8", errors="replace") if custom else "CUSTOM")
+        else:
+            opcodes.append(BUILTIN_OPCODE2NAME.get(code, f"BUILTIN_{code}"))
+
+    # Only subgraph 0 is the model; the others are bodies of control-flow operators
+    # (WHILE, IF, CALL_ONCE), which are rejected as unsupported operators anyway.
+    g = model.Subgraphs(0)
+    n_tensors = _check_count(g.TensorsLength(), buf, "tensors")
+    tensors = [_tensor(model, g, i, buf, n_buffers) for i in range(n_tensors)]
+
+    def indices(values, what: str, allow_missing: bool) -> list[int]:
+        out = [int(v) for v in values]
+        for v in out:
+            if not (0 <= v < n_tensors or (allow_missing and v == -1)):
+                raise _fail(f"{what} refers to tensor {v} of {n_tensors}")
+        return out
+
+    ops: list[TflOp] = []
+    for k in range(_check_count(g.OperatorsLength(), buf, "operators")):
+        op = g.Operators(k)
+        idx = int(op.OpcodeIndex())
+        if not 0 <= idx < len(opcodes):
+            raise _fail(f"operator {k} uses operator code {idx} of {len(opcodes)}")
+        name = opcodes[idx]
+        ins = indices(op.InputsAsNumpy() if op.InputsLength() else [], f"operator {k} ({name})", True)
+        outs = indices(op.OutputsAsNumpy() if op.OutputsLength() else [], f"operator {k} ({name})",
+                       False)
+        ops.append(TflOp(k, name, ins, outs, _read_options(name, op)))
+
+    inputs = indices(g.InputsAsNumpy() if g.InputsLength() else [], "the graph inputs", False)
+    outputs = indices(g.OutputsAsNumpy() if g.OutputsLength() else [], "the graph outputs", False)
+    if not outputs:
+        raise _fail("the graph has no outputs")
+    return TflGraph(tensors, ops, inputs, outputs, version)

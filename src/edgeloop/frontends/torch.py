@@ -1,0 +1,98 @@
+"""PyTorch: an nn.Module with an example input, or a torch.export .pt2 archive.
+
+Both go through ``torch.export`` and the dynamo ONNX exporter; the ONNX
+program is taken in memory (never written with an external ``.data`` file).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import logging
+import warnings
+from pathlib import Path
+from typing import Any
+
+import onnx
+
+from edgeloop.errors import MissingDependencyError, ModelLoadError
+from edgeloop.graph import finalize
+
+
+def _import_torch():
+    try:
+        import torch
+    except ImportError:
+        raise MissingDependencyError("torch", "torch") from None
+    try:
+        import onnxscript  # noqa: F401  (the dynamo exporter needs it)
+    except ImportError:
+        raise MissingDependencyError("onnxscript", "torch") from None
+    return torch
+
+
+@contextlib.contextmanager
+def _quiet():
+    """Silence the exporter's progress chatter and warnings (e.g. about torchvision)."""
+    loggers = [logging.getLogger(n) for n in ("torch.onnx", "torch.export", "torch._dynamo", "onnxscript")]
+    levels = [lg.level for lg in loggers]
+    for lg in loggers:
+        lg.setLevel(logging.ERROR)
+    try:
+        with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
+            warnings.simplefilter("ignore")
+            yield
+    finally:
+        for lg, lv in zip(loggers, levels):
+            lg.setLevel(lv)
+
+
+def _first_line(e: Exception) -> str:
+    lines = [ln for ln in str(e).strip().splitlines() if ln.strip()]
+    return lines[0] if lines else type(e).__name__
+
+
+def _export(obj: Any, args: tuple | None, where: str) -> onnx.ModelProto:
+    torch = _import_torch()
+    try:
+        with _quiet():
+            program = torch.onnx.export(obj, args, dynamo=True, optimize=True, verbose=False)
+    except Exception as e:
+        raise ModelLoadError(f"PyTorch export to ONNX failed: {_first_line(e)}", where=where) from None
+    return program.model_proto
+
+
+def from_torch(module: Any, example_input: Any = None, *, where: str = "<torch module>",
+               **_: Any) -> onnx.ModelProto:
+    """Export an ``nn.Module`` (in eval mode) or an ``ExportedProgram`` to ONNX.
+
+    ``example_input`` is one tensor or a tuple of tensors; it fixes the input
+    shapes (batch included) of the graph.
+    """
+    torch = _import_torch()
+    if isinstance(module, torch.export.ExportedProgram):
+        model = _export(module, None, where)
+    else:
+        if example_input is None:
+            raise ModelLoadError("a torch module needs example_input= (a tensor or a tuple of tensors)",
+                                 where=where)
+        args = example_input if isinstance(example_input, tuple) else (example_input,)
+        was_training = getattr(module, "training", False)
+        module.eval()
+        try:
+            model = _export(module, args, where)
+        finally:
+            module.train(was_training)
+    return finalize(model, source=where, source_format="torch")
+
+
+def load_pt2(path: Path, **_: Any) -> onnx.ModelProto:
+    """Import a ``torch.export.save`` archive (.pt2)."""
+    torch = _import_torch()
+    where = str(path)
+    try:
+        with _quiet():
+            program = torch.export.load(str(path))
+    except Exception as e:  # bad zip, missing entries, version mismatch
+        raise ModelLoadError(f"not a valid torch.export archive: {_first_line(e)}", where=where) from None
+    return from_torch(program, where=where)
