@@ -12,7 +12,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-import onnx
+import onnx as _onnx  # aliased: the submodule edgeloop.frontends.onnx shadows the name
 
 from edgeloop.errors import EdgeloopError, ModelLoadError
 
@@ -37,7 +37,7 @@ def _sniff(path: Path, head: bytes) -> str | None:
     return None
 
 
-def load_file(path: str | os.PathLike, **kwargs: Any) -> onnx.ModelProto:
+def load_file(path: str | os.PathLike, **kwargs: Any) -> _onnx.ModelProto:
     """Import a model file; raises ModelLoadError naming the file on any problem."""
     p = Path(path)
     where = str(path)
@@ -82,7 +82,7 @@ def _is_sklearn_object(obj: Any) -> bool:
     return hasattr(obj, "get_params") and (hasattr(obj, "predict") or hasattr(obj, "transform"))
 
 
-def load(source: Any, example_input: Any = None, **kwargs: Any) -> onnx.ModelProto:
+def load(source: Any, example_input: Any = None, **kwargs: Any) -> _onnx.ModelProto:
     """Import ``source`` into one ONNX graph.
 
     ``source`` is a path to a .onnx, .joblib/.pkl, .pt2 or .tflite file, an
@@ -92,7 +92,7 @@ def load(source: Any, example_input: Any = None, **kwargs: Any) -> onnx.ModelPro
     """
     if isinstance(source, (str, os.PathLike)):
         return load_file(source, example_input=example_input, **kwargs)
-    if isinstance(source, onnx.ModelProto):
+    if isinstance(source, _onnx.ModelProto):
         from edgeloop.frontends.onnx import from_proto
         return from_proto(source, where="<ModelProto>")
     if _is_torch_object(source):
