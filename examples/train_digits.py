@@ -19,7 +19,7 @@ from sklearn.preprocessing import MinMaxScaler
 def main(out: str) -> None:
     x, y = load_digits(return_X_y=True)
     x_train, x_test, y_train, y_test = train_test_split(x, y, test_size=0.25, random_state=0, stratify=y)
-    model = make_pipeline(MinMaxScaler(), MLPClassifier(hidden_layer_sizes=(32,), max_iter=400, random_state=0))
+    model = make_pipeline(MinMaxScaler(), MLPClassifier(hidden_layer_sizes=(32,), max_iter=1000, random_state=0))
     model.fit(x_train, y_train)
     Path(out).parent.mkdir(parents=True, exist_ok=True)
     joblib.dump(model, out)

@@ -54,6 +54,8 @@ def _fmt_int(n: Optional[int]) -> str:
 def _fmt_ms(x: Optional[float]) -> str:
     if x is None:
         return "-"
+    if x < 1:
+        return f"{x * 1000:.3g} µs"
     return f"{x:.3g} ms" if x < 100 else f"{x:,.0f} ms"
 
 
@@ -128,10 +130,11 @@ def _print_profile(path: str, p: dict) -> None:
 
 def _print_targets(rows: list[dict], title: str) -> None:
     t = Table(title=title, title_justify="left")
-    for col, just in [("target", "left"), ("kind", "left"), ("RAM", "right"), ("flash/storage", "right"),
+    t.add_column("target", no_wrap=True)
+    for col, just in [("kind", "left"), ("RAM", "right"), ("flash/storage", "right"),
                       ("precisions", "left"), ("power", "right"), ("price", "right"),
                       ("est. latency*", "right"), ("fits", "left")]:
-        t.add_column(col, justify=just)
+        t.add_column(col, justify=just, no_wrap=col != "fits")
     for r in rows:
         fits = {True: "yes", False: "no", None: ""}[r.get("fits")]
         if r.get("reasons"):

@@ -1,0 +1,273 @@
+"""The arena planner and the graph-to-buffers rules, against hand-computed lifetimes."""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from onnx import TensorProto, helper, numpy_helper
+
+from edgeloop.errors import EdgeloopError
+from edgeloop.profile.memory import GreedyPlanner, live_peak, plan, plan_model
+
+RNG = np.random.default_rng(0)
+
+
+def _model(nodes, x_shape, outputs=("y",), inits=(), opset=17, domains=()):
+    graph = helper.make_graph(
+        nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, x_shape)],
+        [helper.make_tensor_value_info(o, TensorProto.FLOAT, None) for o in outputs], list(inits))
+    ops = [helper.make_opsetid("", opset)] + [helper.make_opsetid(d, 1) for d in domains]
+    return helper.make_model(graph, opset_imports=ops, ir_version=9)
+
+
+def _lifetimes(p):
+    return {b.name: (b.size, b.first_use, b.last_use) for b in p.buffers}
+
+
+# --- the planner itself ---------------------------------------------------------------
+
+def test_planner_hand_example():
+    # A(100, steps 0-1), B(50, 1-2), C(100, 2-3). Largest first: A at 0; C does not meet
+    # A in time, so it reuses offset 0; B meets both, so it goes above them at 100.
+    offsets, peak = plan([(100, 0, 1), (50, 1, 2), (100, 2, 3)])
+    assert offsets == [0, 100, 0]
+    assert peak == 150
+
+
+def test_planner_class_api_and_alignment():
+    planner = GreedyPlanner(alignment=16)
+    a = planner.add_buffer(10, 0, 1)
+    b = planner.add_buffer(10, 0, 1)
+    c = planner.add_buffer(0, 0, 1)
+    offsets, peak = planner.plan()
+    assert (a, b, c) == (0, 1, 2)
+    assert offsets[:2] == [0, 16]  # the second buffer starts at the next 16-byte boundary
+    assert peak == 16 + 10
+    with pytest.raises(EdgeloopError):
+        planner.add_buffer(4, 3, 2)
+    with pytest.raises(EdgeloopError):
+        GreedyPlanner(alignment=0)
+
+
+def test_planner_accepts_dicts_and_is_deterministic():
+    bufs = [{"size": 64, "first_use": 0, "last_use": 2}, {"size": 64, "first_use": 1, "last_use": 3},
+            {"size": 64, "first_use": 3, "last_use": 4}]
+    assert plan(bufs) == plan(bufs) == ([0, 64, 0], 128)
+
+
+buffer_sets = st.lists(
+    st.tuples(st.integers(0, 300), st.integers(0, 12), st.integers(0, 6)).map(
+        lambda t: (t[0], t[1], t[1] + t[2])),
+    min_size=0, max_size=24)
+
+
+@settings(max_examples=300, deadline=None)
+@given(buffer_sets, st.sampled_from([1, 4, 16]))
+def test_planner_never_overlaps_live_buffers(buffers, alignment):
+    offsets, peak = plan(buffers, alignment)
+    assert len(offsets) == len(buffers)
+    for i, (s1, f1, l1) in enumerate(buffers):
+        assert offsets[i] % alignment == 0
+        assert offsets[i] + s1 <= peak
+        for j in range(i + 1, len(buffers)):
+            s2, f2, l2 = buffers[j]
+            if f1 <= l2 and f2 <= l1 and s1 and s2:  # lifetimes intersect
+                assert offsets[i] + s1 <= offsets[j] or offsets[j] + s2 <= offsets[i]
+    assert peak >= live_peak(buffers)
+    assert peak == max((o + s for o, (s, _, _) in zip(offsets, buffers)), default=0)
+    assert plan(buffers, alignment) == (offsets, peak)
+
+
+# --- buffers from graphs ----------------------------------------------------------------
+
+def test_chain_lifetimes_and_peak():
+    # x -> Relu -> a -> Relu -> b -> Relu -> y, every tensor 100 float32 = 400 bytes
+    nodes = [helper.make_node("Relu", ["x"], ["a"]), helper.make_node("Relu", ["a"], ["b"]),
+             helper.make_node("Relu", ["b"], ["y"])]
+    p = plan_model(_model(nodes, [1, 100]))
+    assert _lifetimes(p) == {"x": (400, 0, 0), "a": (400, 0, 1), "b": (400, 1, 2), "y": (400, 2, 2)}
+    assert p.peak_bytes == 400 + 400  # never more than one input and one output alive
+    assert p.steps == ["Relu_0", "Relu_1", "Relu_2"]
+
+
+def test_residual_branch_keeps_skip_alive():
+    # a = relu(x); b = relu(a); c = relu(b); y = a + c -- a lives across the branch
+    nodes = [helper.make_node("Relu", ["x"], ["a"]), helper.make_node("Relu", ["a"], ["b"]),
+             helper.make_node("Relu", ["b"], ["c"]), helper.make_node("Add", ["a", "c"], ["y"])]
+    p = plan_model(_model(nodes, [1, 100]))
+    assert _lifetimes(p) == {"x": (400, 0, 0), "a": (400, 0, 3), "b": (400, 1, 2),
+                             "c": (400, 2, 3), "y": (400, 3, 3)}
+    # step 2 holds a, b, c and step 3 holds a, c, y: three 400-byte buffers
+    assert p.peak_bytes == 3 * 400
+
+
+def test_residual_with_different_sizes():
+    # x [1,8,16,16] -> conv (pad 1) a [1,8,16,16] -> maxpool b [1,8,8,8] -> upsample-free:
+    # y = GlobalAveragePool(a) + GlobalAveragePool(b): a stays alive while b is computed
+    inits = [numpy_helper.from_array(RNG.standard_normal((8, 8, 3, 3)).astype(np.float32), "w")]
+    nodes = [helper.make_node("Conv", ["x", "w"], ["a"], pads=[1, 1, 1, 1]),
+             helper.make_node("MaxPool", ["a"], ["b"], kernel_shape=[2, 2], strides=[2, 2]),
+             helper.make_node("GlobalAveragePool", ["b"], ["gb"]),
+             helper.make_node("GlobalAveragePool", ["a"], ["ga"]),
+             helper.make_node("Add", ["ga", "gb"], ["y"])]
+    p = plan_model(_model(nodes, [1, 8, 16, 16], inits=inits))
+    big, small, tiny = 8 * 16 * 16 * 4, 8 * 8 * 8 * 4, 8 * 4
+    assert _lifetimes(p) == {"x": (big, 0, 0), "a": (big, 0, 3), "b": (small, 1, 2),
+                             "gb": (tiny, 2, 4), "ga": (tiny, 3, 4), "y": (tiny, 4, 4)}
+    # step 0: x + a; step 1: a + b; step 2: a + b + gb -> the larger of 2*big and big+small+tiny
+    assert p.peak_bytes == max(2 * big, big + small + tiny) == 2 * big
+
+
+def test_reshape_aliases_its_input():
+    nodes = [helper.make_node("Relu", ["x"], ["a"]),
+             helper.make_node("Reshape", ["a", "shape"], ["r"]),
+             helper.make_node("Relu", ["r"], ["y"])]
+    inits = [numpy_helper.from_array(np.array([1, 6, 4], np.int64), "shape")]
+    p = plan_model(_model(nodes, [1, 24], inits=inits))
+    # no buffer for r; a lives until the Relu that reads r (step 1)
+    assert _lifetimes(p) == {"x": (96, 0, 0), "a": (96, 0, 1), "y": (96, 1, 1)}
+    assert p.tensors["r"] == "a" and p.offset_of("r") == p.offset_of("a")
+    assert p.peak_bytes == 2 * 96
+
+
+def test_symbolic_batch_is_taken_as_one():
+    nodes = [helper.make_node("Relu", ["x"], ["y"])]
+    p = plan_model(_model(nodes, ["N", 10]))
+    assert _lifetimes(p) == {"x": (40, 0, 0), "y": (40, 0, 0)}
+    assert any("batch 1" in a for a in p.assumptions)
+    with pytest.raises(EdgeloopError, match="'x'.*symbolic dimension 'T'"):
+        plan_model(_model(nodes, [1, "T"]))
+
+
+def test_shapes_from_onnxruntime_when_inference_cannot_tell():
+    # com.microsoft.Gelu has no ONNX shape inference: onnxruntime supplies g's shape
+    nodes = [helper.make_node("Gelu", ["x"], ["g"], domain="com.microsoft"),
+             helper.make_node("Relu", ["g"], ["y"])]
+    p = plan_model(_model(nodes, [1, 10], domains=["com.microsoft"]))
+    assert _lifetimes(p)["g"] == (40, 0, 1)
+
+
+# --- int8 QDQ ----------------------------------------------------------------------------
+
+def _float_convnet(tmp_path):
+    def conv(name, x, y, cin, cout):
+        return ([helper.make_node("Conv", [x, name + "_w", name + "_b"], [y], pads=[1] * 4, name=name)],
+                [numpy_helper.from_array(RNG.standard_normal((cout, cin, 3, 3)).astype(np.float32),
+                                         name + "_w"),
+                 numpy_helper.from_array(RNG.standard_normal(cout).astype(np.float32), name + "_b")])
+    n1, i1 = conv("c1", "x", "c1o", 1, 8)
+    n2, i2 = conv("c2", "r1", "c2o", 8, 8)
+    nodes = n1 + [helper.make_node("Relu", ["c1o"], ["r1"])] + n2 + [
+        helper.make_node("Relu", ["c2o"], ["r2"]),
+        helper.make_node("GlobalAveragePool", ["r2"], ["g"]),
+        helper.make_node("Flatten", ["g"], ["f"]),
+        helper.make_node("Gemm", ["f", "fc_w", "fc_b"], ["y"], name="fc")]
+    inits = i1 + i2 + [numpy_helper.from_array(RNG.standard_normal((8, 4)).astype(np.float32), "fc_w"),
+                       numpy_helper.from_array(RNG.standard_normal(4).astype(np.float32), "fc_b")]
+    graph = helper.make_graph(nodes, "convnet",
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 1, 16, 16])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4])], inits)
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=9)
+
+
+@pytest.fixture(scope="module")
+def qdq_pair(tmp_path_factory):
+    """A small float convnet and its onnxruntime quantize_static QDQ int8 version."""
+    from onnxruntime.quantization import (CalibrationDataReader, QuantFormat, QuantType,
+                                          quantize_static)
+    tmp = tmp_path_factory.mktemp("qdq")
+    model = _float_convnet(tmp)
+    onnx.save(model, tmp / "f.onnx")
+
+    class Reader(CalibrationDataReader):
+        def __init__(self):
+            rng = np.random.default_rng(1)
+            self.data = iter([{"x": rng.standard_normal((1, 1, 16, 16)).astype(np.float32)}
+                              for _ in range(4)])
+
+        def get_next(self):
+            return next(self.data, None)
+
+    quantize_static(str(tmp / "f.onnx"), str(tmp / "q.onnx"), Reader(), quant_format=QuantFormat.QDQ,
+                    activation_type=QuantType.QInt8, weight_type=QuantType.QInt8, per_channel=True)
+    return model, onnx.load(str(tmp / "q.onnx"))
+
+
+def test_qdq_model_plans_int8_activations(qdq_pair):
+    float_model, q_model = qdq_pair
+    assert {"QuantizeLinear", "DequantizeLinear"} <= {n.op_type for n in q_model.graph.node}
+    fp = plan_model(float_model)
+    qp = plan_model(q_model)
+    act = 8 * 16 * 16  # elements of one conv output
+    # float: the two 8x16x16 float32 tensors around each Relu step
+    assert fp.peak_bytes == 2 * act * 4
+    # int8: conv1's output and conv2's output, one byte per element, and nothing else:
+    # the Conv->Relu->Quantize float tensors in between never exist on the device
+    assert qp.peak_bytes == 2 * act * 1
+    sizes = sorted(b.size for b in qp.buffers)
+    # float input x (1024 B), quantized x (256), two conv outputs (2048), pooled (8), fc (4), y (16)
+    assert sizes == sorted([16 * 16 * 4, 16 * 16, act, act, 8, 4, 4 * 4])
+    dtypes = {b.name: b.dtype for b in qp.buffers}
+    assert dtypes["x"] == "float32" and dtypes["y"] == "float32"
+    assert sum(d == "int8" for d in dtypes.values()) == 5
+
+
+def _qdq_by_hand(act_relu="Relu"):
+    """x_q int8 -> [DQ -> Conv(DQ w, DQ b) -> Relu -> Q] -> y_q, built by hand."""
+    f = numpy_helper.from_array
+    inits = [f(np.array(0.05, np.float32), "s_x"), f(np.array(3, np.int8), "z_x"),
+             f(RNG.integers(-127, 127, (4, 2, 3, 3)).astype(np.int8), "w_q"),
+             f(np.full(4, 0.01, np.float32), "s_w"), f(np.zeros(4, np.int8), "z_w"),
+             f(RNG.integers(-100, 100, 4).astype(np.int32), "b_q"),
+             f(np.full(4, 0.0005, np.float32), "s_b"), f(np.zeros(4, np.int32), "z_b"),
+             f(np.array(0.1, np.float32), "s_y"), f(np.array(-128, np.int8), "z_y")]
+    nodes = [helper.make_node("DequantizeLinear", ["x", "s_x", "z_x"], ["x_f"]),
+             helper.make_node("DequantizeLinear", ["w_q", "s_w", "z_w"], ["w_f"], axis=0),
+             helper.make_node("DequantizeLinear", ["b_q", "s_b", "z_b"], ["b_f"], axis=0),
+             helper.make_node("Conv", ["x_f", "w_f", "b_f"], ["c"], pads=[1] * 4, name="conv"),
+             helper.make_node(act_relu, ["c"], ["r"]),
+             helper.make_node("QuantizeLinear", ["r", "s_y", "z_y"], ["y"])]
+    graph = helper.make_graph(nodes, "qconv",
+                              [helper.make_tensor_value_info("x", TensorProto.INT8, [1, 2, 6, 6])],
+                              [helper.make_tensor_value_info("y", TensorProto.INT8, [1, 4, 6, 6])], inits)
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=9)
+
+
+def test_hand_built_qdq_kernel_is_one_step():
+    p = plan_model(_qdq_by_hand())
+    # one kernel step: reads x (72 int8), writes y (144 int8); no float tensor at all
+    assert p.steps == ["conv"]
+    assert _lifetimes(p) == {"x": (2 * 6 * 6, 0, 0), "y": (4 * 6 * 6, 0, 0)}
+    assert p.peak_bytes == 2 * 6 * 6 + 4 * 6 * 6
+
+
+def test_float_tensor_used_outside_the_kernel_is_real():
+    # the Conv output also goes to a float graph output: it must exist, so no kernel
+    m = _qdq_by_hand()
+    m.graph.output.append(helper.make_tensor_value_info("c", TensorProto.FLOAT, [1, 4, 6, 6]))
+    p = plan_model(m)
+    lt = _lifetimes(p)
+    assert lt["c"][0] == 4 * 6 * 6 * 4 and lt["x_f"][0] == 2 * 6 * 6 * 4
+    assert "r" in lt and "w_f" not in lt  # dequantized weights stay in flash
+
+
+def test_qdq_profile_reports_int8(qdq_pair):
+    from edgeloop.profile import profile_model
+    float_model, q_model = qdq_pair
+    fr = profile_model(float_model, latency=False)
+    qr = profile_model(q_model, latency=False)
+    assert qr["precision"] == "int8" and fr["precision"] == "float32"
+    # same weights, same count; stored as int8 weights + int32 biases + float scales
+    assert qr["params"] == fr["params"] == (8 * 9 + 8) + (8 * 8 * 9 + 8) + (8 * 4 + 4)
+    assert qr["weight_bytes_by_dtype"]["int8"] >= 8 * 9 + 8 * 8 * 9 + 8 * 4
+    assert qr["weight_bytes"] < fr["weight_bytes"]
+    # the convolutions and the Gemm cost the same MACs in both
+    conv_macs = 8 * 16 * 16 * 1 * 9 + 8 * 16 * 16 * 8 * 9
+    for r in (fr, qr):
+        assert sum(l["macs"] for l in r["layers"] if l["op"] in ("Conv", "Gemm")) == conv_macs + 8 * 4
+    kernels = [l for l in qr["layers"] if l.get("kind") == "kernel"]
+    assert {l["op"] for l in kernels} == {"Conv", "GlobalAveragePool", "Gemm"}
+    assert all(l["output_bytes"] == np.prod(l["output_shape"]) for l in kernels)  # int8 outputs
