@@ -1,0 +1,670 @@
+"""TFLite importer: a .tflite flatbuffer becomes one ONNX graph (no TensorFlow needed).
+
+Float32 models import as plain float ONNX. Full-int8 models import into the
+QDQ form the rest of edgeloop relies on (profiler memory planner, C backend):
+
+* activations are int8 tensors; every computing operator is sandwiched::
+
+      DequantizeLinear(x_q, scale, zp) -> op -> [Relu | Clip] -> QuantizeLinear(y, scale, zp)
+
+  with a scalar float32 scale and a scalar int8 zero point per tensor, so the
+  backend can lower each sandwich into one integer kernel;
+* weights are int8 initializers behind ``DequantizeLinear(w, scale[C_out],
+  zeros[C_out], axis=0)`` (per-tensor when TFLite stores one scale); biases are
+  int32 initializers behind ``DequantizeLinear(b, s_in * s_w, zeros int32)``;
+* pure data movement (the layout change at the input, Reshape, flatten) runs
+  on the int8 tensors themselves, so it creates no float buffers.
+
+Hybrid models (float activations, int8 "dynamic range" weights) import as
+float compute with DequantizeLinear on the weights.
+
+Layout: the graph's inputs and outputs keep TFLite's own dtype and NHWC
+layout (the C backend takes the model's tensors as they are); inside, 4-D
+tensors run NCHW as ONNX operators want. Each tensor's current layout is
+tracked, and a conversion is emitted only where a consumer needs the other
+one (the first convolution, a flatten in NHWC order, a graph output). A
+permutation that only moves size-1 dims is a Reshape, not a Transpose.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import pathlib
+from typing import Any
+
+import numpy as np
+import onnx
+from onnx import TensorProto, helper, numpy_helper
+
+from edgeloop.errors import ModelLoadError, UnsupportedOperatorError
+from edgeloop.frontends._tflite_reader import ACTIVATIONS, TflGraph, TflOp, TflTensor, parse
+
+# Opset 17: per-axis DequantizeLinear (13+), Clip with tensor bounds (11+), Softmax over
+# one axis (13+), ReduceMean with an axes attribute (until 17); old enough for any
+# onnxruntime a device may carry.
+OPSET = 17
+IR_VERSION = 8  # the lowest IR version that allows opset 17
+
+NHWC, NCHW = "nhwc", "nchw"
+TO_NCHW = (0, 3, 1, 2)   # NHWC array -> NCHW array
+TO_NHWC = (0, 2, 3, 1)   # NCHW array -> NHWC array
+# where NHWC axis a sits in an NCHW tensor: N->0, H->2, W->3, C->1
+NHWC_AXIS_IN_NCHW = (0, 2, 3, 1)
+
+SUPPORTED = (
+    "CONV_2D", "DEPTHWISE_CONV_2D", "FULLY_CONNECTED", "AVERAGE_POOL_2D", "MAX_POOL_2D",
+    "RESHAPE", "SQUEEZE", "EXPAND_DIMS", "SOFTMAX", "ADD", "RELU", "RELU6", "RELU_N1_TO_1",
+    "LOGISTIC", "TANH", "CONCATENATION", "PAD", "PADV2", "MEAN", "QUANTIZE", "DEQUANTIZE",
+)
+
+
+def load_tflite(path: pathlib.Path) -> onnx.ModelProto:
+    """Import a .tflite file into an ONNX ModelProto (float, or QDQ for int8 models)."""
+    from edgeloop.graph import finalize
+
+    path = pathlib.Path(path)
+    try:
+        buf = path.read_bytes()
+    except OSError as e:
+        raise ModelLoadError(f"cannot read file ({e.strerror})", where=str(path)) from None
+    graph = parse(buf)
+    model, input_quant, output_quant = _Converter(graph).convert()
+    return finalize(model, source=str(path), source_format="tflite",
+                    input_quant=input_quant, output_quant=output_quant)
+
+
+def _same_pads(size: int, kernel: int, stride: int, dilation: int) -> tuple[int, int]:
+    """TFLite SAME padding for one spatial axis: the odd pixel goes at the end."""
+    eff = (kernel - 1) * dilation + 1
+    out = -(-size // stride)
+    total = max((out - 1) * stride + eff - size, 0)
+    return total // 2, total - total // 2
+
+
+def _only_unit_dims_move(shape: tuple[int, ...], perm: tuple[int, ...]) -> bool:
+    """True when transposing `shape` by `perm` keeps the element order (a Reshape does it)."""
+    moved = [p for p in perm if shape[p] != 1]
+    return moved == sorted(moved)
+
+
+class _Converter:
+    def __init__(self, graph: TflGraph):
+        self.g = graph
+        self.t = graph.tensors
+        self.nodes: list[onnx.NodeProto] = []
+        self.inits: list[onnx.TensorProto] = []
+        self.used: set[str] = set()
+        self.value: dict[int, tuple[str, str]] = {}       # tensor -> (onnx name, layout)
+        self.moved: dict[tuple[int, str], str] = {}       # cached layout conversions
+        self.qparams: dict[int, tuple[str, str]] = {}     # tensor -> (scale, zp) initializers
+        self.const_cache: dict[Any, str] = {}
+        self.op: TflOp | None = None                      # operator being converted
+        self.graph_outputs = set(graph.outputs)
+
+    # ----- small builders -------------------------------------------------------------
+
+    def uniq(self, name: str) -> str:
+        base, k = name, 1
+        while name in self.used:
+            name = f"{base}_{k}"
+            k += 1
+        self.used.add(name)
+        return name
+
+    def init(self, name: str, array: np.ndarray) -> str:
+        name = self.uniq(name)
+        # np.array, not np.ascontiguousarray: the latter turns a 0-d scale into shape [1],
+        # and a QDQ scale must be a scalar.
+        self.inits.append(numpy_helper.from_array(np.array(array, order="C"), name))
+        return name
+
+    def node(self, op_type: str, inputs: list[str], output: str | None = None, **attrs) -> str:
+        tag = f"op{self.op.index}_{self.op.name}" if self.op is not None else "io"
+        out = output if output is not None else self.uniq(f"{tag}/{op_type}")
+        self.nodes.append(helper.make_node(op_type, inputs, [out],
+                                           name=self.uniq(f"{tag}/{op_type}#node"), **attrs))
+        return out
+
+    def int64s(self, values, hint: str) -> str:
+        key = ("i64", tuple(int(v) for v in values))
+        if key not in self.const_cache:
+            self.const_cache[key] = self.init(hint, np.asarray(values, np.int64))
+        return self.const_cache[key]
+
+    def scalar_f32(self, value: float) -> str:
+        key = ("f32", float(value))
+        if key not in self.const_cache:
+            self.const_cache[key] = self.init(f"const_{value:g}", np.asarray(value, np.float32))
+        return self.const_cache[key]
+
+    def fail(self, message: str) -> UnsupportedOperatorError:
+        op = self.op
+        node = self.t[op.outputs[0]].name if op is not None and op.outputs else None
+        return UnsupportedOperatorError(message, node=node, op=op.name if op else None)
+
+    # ----- tensors ----------------------------------------------------------------------
+
+    def is_q(self, i: int) -> bool:
+        """An int8/uint8 tensor with quantization parameters: it needs DequantizeLinear."""
+        t = self.t[i]
+        if t.dtype in (np.int8, np.uint8) and t.quantized:
+            return True
+        if t.dtype in (np.int8, np.uint8) and not t.is_const:
+            raise self.fail(f"tensor '{t.name}' is {t.type_name} without quantization parameters")
+        return False
+
+    def check_activation_type(self, i: int) -> None:
+        t = self.t[i]
+        if t.dtype == np.float32 or (t.dtype in (np.int8, np.uint8) and t.quantized):
+            if t.quantized and t.scale.size != 1:
+                raise self.fail(f"tensor '{t.name}' is quantized per channel; only weights may be")
+            return
+        if t.dtype in (np.int8, np.uint8):
+            self.is_q(i)  # raises the precise message
+        raise self.fail(f"tensor '{t.name}' has type {t.type_name}; edgeloop imports float32 "
+                        "and int8 models")
+
+    def act_qparams(self, i: int) -> tuple[str, str]:
+        """Scalar scale and zero point of a per-tensor quantized tensor (shared by its Q/DQs)."""
+        if i not in self.qparams:
+            t = self.t[i]
+            scale = self.init(f"{t.name}/scale", np.asarray(t.scale[0], np.float32))
+            zp = self.init(f"{t.name}/zero_point", np.asarray(t.zero_point[0], t.dtype))
+            self.qparams[i] = (scale, zp)
+        return self.qparams[i]
+
+    def shape_in(self, i: int, layout: str) -> tuple[int, ...]:
+        s = self.t[i].shape
+        return tuple(s[p] for p in TO_NCHW) if layout == NCHW and len(s) == 4 else s
+
+    def out_name(self, i: int, layout: str) -> str:
+        # A graph output must carry TFLite's name in NHWC; an NCHW version gets another name
+        # and is converted at the end.
+        t = self.t[i]
+        if i in self.graph_outputs and layout == NCHW and len(t.shape) == 4:
+            return self.uniq(f"{t.name}/nchw")
+        return self.uniq(t.name)
+
+    def const_raw(self, i: int, layout: str) -> str:
+        t = self.t[i]
+        key = ("raw", i, layout)
+        if key not in self.const_cache:
+            data = t.data.transpose(TO_NCHW) if layout == NCHW and t.data.ndim == 4 else t.data
+            self.const_cache[key] = self.init(t.name, data)
+        return self.const_cache[key]
+
+    def raw(self, i: int, layout: str) -> str:
+        """Tensor i as stored (int8 or float) in the wanted layout (ignored below rank 4)."""
+        t = self.t[i]
+        if t.is_const:
+            return self.const_raw(i, layout)
+        if i not in self.value:
+            raise self.fail(f"tensor '{t.name}' is read before any operator produces it")
+        name, cur = self.value[i]
+        if len(t.shape) != 4 or cur == layout:
+            return name
+        if (i, layout) not in self.moved:
+            perm = TO_NCHW if layout == NCHW else TO_NHWC
+            shape = self.shape_in(i, cur)
+            if i in self.graph_outputs and layout == NHWC and t.name not in self.used:
+                out = self.uniq(t.name)  # serves as the graph output as well
+            else:
+                out = self.uniq(f"{t.name}/{layout}")
+            if _only_unit_dims_move(shape, perm):
+                self.node("Reshape", [name, self.int64s([shape[p] for p in perm], "shape")], out)
+            else:
+                self.node("Transpose", [name], out, perm=list(perm))
+            self.moved[(i, layout)] = out
+        return self.moved[(i, layout)]
+
+    def reshaped_raw(self, i: int, shape: tuple[int, ...]) -> str:
+        """Tensor i, as stored, reshaped (in TFLite's NHWC element order) to `shape`."""
+        t = self.t[i]
+        shape = tuple(int(d) for d in shape)
+        if t.is_const:
+            return self.init(f"{t.name}/reshaped", t.data.reshape(shape))
+        src = self.raw(i, NHWC) if i not in self.value else self.value[i][0]
+        if len(t.shape) == 4 and self.value[i][1] == NCHW:
+            if _only_unit_dims_move(self.shape_in(i, NCHW), TO_NHWC):
+                # NCHW and NHWC element orders agree: reshape straight from the NCHW
+                # tensor; a separate layout change would add a buffer for nothing.
+                if shape == self.shape_in(i, NCHW):
+                    return src
+            else:
+                src = self.raw(i, NHWC)
+                if shape == t.shape:
+                    return src
+        elif shape == t.shape:
+            return src
+        return self.node("Reshape", [src, self.int64s(list(shape), "shape")],
+                         self.uniq(f"{t.name}/reshape"))
+
+    def dq(self, i: int, raw: str) -> str:
+        """DequantizeLinear of an activation, one per consumer (each sandwich owns its DQs)."""
+        if not self.is_q(i):
+            return raw
+        scale, zp = self.act_qparams(i)
+        return self.node("DequantizeLinear", [raw, scale, zp])
+
+    def fin(self, i: int, layout: str, rank: int | None = None) -> str:
+        """Tensor i as float in `layout`; constants broadcast to `rank` first (ADD operands)."""
+        t = self.t[i]
+        if not t.is_const:
+            self.check_activation_type(i)
+            return self.dq(i, self.raw(i, layout))
+        data = t.data
+        if rank is not None and data.ndim < rank:
+            data = data.reshape((1,) * (rank - data.ndim) + data.shape)
+        perm = TO_NCHW if layout == NCHW and data.ndim == 4 else tuple(range(data.ndim))
+        if t.dtype in (np.int8, np.uint8, np.int16, np.int32) and t.quantized:
+            return self.dq_weight(i, data, perm)
+        if t.dtype in (np.float32, np.float16, np.float64):
+            return self.init(t.name, data.transpose(perm).astype(np.float32))
+        raise self.fail(f"constant tensor '{t.name}' has type {t.type_name}, which cannot "
+                        "be an operand here")
+
+    def dq_weight(self, i: int, data: np.ndarray, perm: tuple[int, ...]) -> str:
+        """int8 initializer -> DequantizeLinear (per channel on the axis the scales follow)."""
+        t = self.t[i]
+        w = self.init(t.name, data.transpose(perm))
+        if t.scale.size == 1:
+            scale = self.init(f"{t.name}/scale", np.asarray(t.scale[0], np.float32))
+            zp = self.init(f"{t.name}/zero_point", np.asarray(t.zero_point[0], t.dtype))
+            return self.node("DequantizeLinear", [w, scale, zp])
+        axis = perm.index(t.quant_dim + (data.ndim - t.data.ndim))
+        if data.shape[perm[axis]] != t.scale.size:
+            raise ModelLoadError(f"not a valid TFLite flatbuffer: tensor '{t.name}' has "
+                                 f"{t.scale.size} scales for {data.shape[perm[axis]]} channels")
+        scale = self.init(f"{t.name}/scale", t.scale.astype(np.float32))
+        zp = self.init(f"{t.name}/zero_point", t.zero_point.astype(t.dtype))
+        return self.node("DequantizeLinear", [w, scale, zp], axis=axis)
+
+    def bias(self, b: int, x: int, w: int) -> str | None:
+        """Bias operand: float as is, int32 as DequantizeLinear with scale s_in * s_w[c]."""
+        if b < 0:
+            return None
+        t = self.t[b]
+        if t.dtype == np.float32:
+            return self.init(t.name, t.data)
+        if t.dtype != np.int32 or not self.t[x].quantized or not self.t[w].quantized:
+            raise self.fail(f"bias '{t.name}' has type {t.type_name}, expected int32 "
+                            "(int8 model) or float32")
+        # TFLite adds the int32 bias to the int32 accumulator, whose scale is s_in * s_w;
+        # the bias tensor's own stored scale is only a rounded copy of that product.
+        s = (np.float64(self.t[x].scale[0]) * self.t[w].scale.astype(np.float64)).astype(np.float32)
+        bias = self.init(t.name, t.data)
+        if s.size == 1:
+            return self.node("DequantizeLinear", [bias, self.init(f"{t.name}/scale", s[0]),
+                                                  self.init(f"{t.name}/zero_point",
+                                                            np.asarray(0, np.int32))])
+        return self.node("DequantizeLinear", [bias, self.init(f"{t.name}/scale", s),
+                                              self.init(f"{t.name}/zero_point",
+                                                        np.zeros(s.size, np.int32))], axis=0)
+
+    def emit(self, i: int, y: str, layout: str, activation: int = 0,
+             shape: tuple[int, ...] | None = None) -> None:
+        """Finish an operator: fused activation, QuantizeLinear when tensor i is int8."""
+        t = self.t[i]
+        self.check_activation_type(i)
+        layout = layout if len(t.shape) == 4 else NHWC
+        act = ACTIVATIONS.get(activation, str(activation))
+        if act == "RELU":
+            y = self.node("Relu", [y])
+        elif act == "RELU6":
+            y = self.node("Clip", [y, self.scalar_f32(0.0), self.scalar_f32(6.0)])
+        elif act == "RELU_N1_TO_1":
+            y = self.node("Clip", [y, self.scalar_f32(-1.0), self.scalar_f32(1.0)])
+        elif act != "NONE":
+            raise self.fail(f"TFLite fused activation {act} is not supported")
+        if self.is_q(i):
+            scale, zp = self.act_qparams(i)
+            y = self.node("QuantizeLinear", [y, scale, zp])
+        if shape is not None and tuple(shape) != tuple(t.shape):
+            y = self.node("Reshape", [y, self.int64s(list(t.shape), "shape")])
+        self.value[i] = (self.name_after(i, y, layout), layout)
+
+    def name_after(self, i: int, y: str, layout: str) -> str:
+        """Rename value y, just made by the last node, after TFLite tensor i.
+
+        Keeps the graph traceable to the .tflite file, and graph outputs need the names.
+        A value that already stands for another tensor (or a cached layout change of one)
+        is left alone; tensor i then shares it.
+        """
+        last = self.nodes[-1] if self.nodes else None
+        taken = {n for n, _ in self.value.values()} | set(self.moved.values())
+        if last is None or last.output[0] != y or y in taken:
+            return y
+        final = self.out_name(i, layout)
+        self.used.discard(y)
+        last.output[0] = final
+        return final
+
+    # ----- the graph --------------------------------------------------------------------
+
+    def convert(self):
+        g = self.g
+        for i in g.inputs:
+            self.check_activation_type(i)
+            self.value[i] = (self.uniq(self.t[i].name), NHWC)
+        for op in g.ops:
+            if op.name not in SUPPORTED:
+                out = self.t[op.outputs[0]].name if op.outputs else None
+                raise UnsupportedOperatorError(f"TFLite operator {op.name} is not supported",
+                                               node=out, op=op.name)
+        for op in g.ops:
+            self.op = op
+            getattr(self, "op_" + op.name.lower())(op)
+        self.op = None
+
+        outputs = []
+        for i in g.outputs:
+            t = self.t[i]
+            if i not in self.value:
+                raise ModelLoadError(f"not a valid TFLite flatbuffer: output '{t.name}' is "
+                                     "never computed")
+            name, layout = self.value[i]
+            if len(t.shape) == 4 and layout == NCHW and (i, NHWC) in self.moved:
+                name = self.moved[(i, NHWC)]  # an operator already needed it in NHWC
+            elif len(t.shape) == 4 and layout == NCHW:
+                # Back to TFLite's NHWC at the graph boundary, under the tensor's own name.
+                shape = self.shape_in(i, NCHW)
+                final = self.uniq(t.name)
+                if _only_unit_dims_move(shape, TO_NHWC):
+                    self.node("Reshape", [name, self.int64s(list(t.shape), "shape")], final)
+                else:
+                    self.node("Transpose", [name], final, perm=list(TO_NHWC))
+                name = final
+            elif (name in (self.value[j][0] for j in g.inputs) or name in
+                  [o.name for o in outputs] or name in (x.name for x in self.inits)):
+                # ONNX cannot list a value twice, or an input or initializer as an output.
+                name = self.node("Identity", [name], self.uniq(t.name))
+            outputs.append(helper.make_tensor_value_info(
+                name, helper.np_dtype_to_tensor_dtype(np.dtype(t.dtype)), list(t.shape)))
+        inputs = [helper.make_tensor_value_info(
+            self.value[i][0], helper.np_dtype_to_tensor_dtype(np.dtype(self.t[i].dtype)),
+            list(self.t[i].shape)) for i in g.inputs]
+
+        graph = helper.make_graph(self.nodes, "tflite", inputs, outputs, self.inits)
+        model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)],
+                                  producer_name="edgeloop")
+        model.ir_version = IR_VERSION
+
+        def quant(indices, infos):
+            # One entry per graph input/output, named as in the ONNX graph; None for a
+            # model whose inputs (or outputs) are all float.
+            entries = []
+            for i, info in zip(indices, infos):
+                t = self.t[i]
+                q = self.is_q(i)
+                entries.append({"name": info.name,
+                                "scale": float(t.scale[0]) if q else None,
+                                "zero_point": int(t.zero_point[0]) if q else None})
+            return entries if any(e["scale"] is not None for e in entries) else None
+
+        return model, quant(g.inputs, inputs), quant(g.outputs, outputs)
+
+    # ----- operators --------------------------------------------------------------------
+
+    def layout_of(self, i: int) -> str:
+        t = self.t[i]
+        if t.is_const or len(t.shape) != 4:
+            return NHWC
+        return self.value.get(i, (None, NHWC))[1]
+
+    def _conv(self, op: TflOp, depthwise: bool) -> None:
+        o = op.options
+        x, w = op.inputs[0], op.inputs[1]
+        b = op.inputs[2] if len(op.inputs) > 2 else -1
+        xs, ws = self.t[x].shape, self.t[w].shape
+        if len(xs) != 4 or len(ws) != 4:
+            raise self.fail("only 2-D convolutions on [N,H,W,C] tensors are supported")
+        cin = xs[3]
+        if depthwise:
+            # TFLite: [1, kH, kW, C_in * multiplier]; output channel o reads input channel
+            # o // multiplier, which is exactly ONNX's grouping with group = C_in and
+            # weights [C_in * multiplier, 1, kH, kW].
+            _, kh, kw, cout = ws
+            if cout % cin:
+                raise self.fail(f"depthwise output channels {cout} not a multiple of {cin}")
+            perm, group = (3, 0, 1, 2), cin
+        else:
+            cout, kh, kw, wcin = ws  # TFLite: [C_out, kH, kW, C_in / groups]
+            if wcin == 0 or cin % wcin:
+                raise self.fail(f"input channels {cin} do not match the filter's {wcin}")
+            perm, group = (0, 3, 1, 2), cin // wcin
+        sh, sw = o["stride"]
+        dh, dw = max(o["dilation"][0], 1), max(o["dilation"][1], 1)
+        pads = self._pads(o["padding"], xs[1:3], (kh, kw), (sh, sw), (dh, dw))
+        xf = self.fin(x, NCHW)
+        wf = self._weight(w, perm)
+        inputs = [xf, wf]
+        bf = self.bias(b, x, w)
+        if bf is not None:
+            inputs.append(bf)
+        y = self.node("Conv", inputs, kernel_shape=[kh, kw], strides=[sh, sw],
+                      dilations=[dh, dw], pads=pads, group=group)
+        self.emit(op.outputs[0], y, NCHW, o["activation"])
+
+    def _weight(self, w: int, perm: tuple[int, ...]) -> str:
+        t = self.t[w]
+        if not t.is_const:
+            raise self.fail(f"weights '{t.name}' are not constant")
+        if t.quantized and t.dtype in (np.int8, np.uint8):
+            return self.dq_weight(w, t.data, perm)
+        if t.dtype in (np.float32, np.float16):
+            return self.init(t.name, t.data.transpose(perm).astype(np.float32))
+        raise self.fail(f"weights '{t.name}' have type {t.type_name}")
+
+    def _pads(self, padding, hw, k, s, d) -> list[int]:
+        if min(*k, *s, *d) < 1:
+            raise ModelLoadError(f"not a valid TFLite flatbuffer: operator {self.op.index} "
+                                 f"({self.op.name}) has kernel {k}, strides {s}, dilations {d}")
+        if padding == "VALID":
+            return [0, 0, 0, 0]
+        if padding != "SAME":
+            raise self.fail(f"unknown padding {padding}")
+        (t, b_), (l, r) = (_same_pads(hw[0], k[0], s[0], d[0]), _same_pads(hw[1], k[1], s[1], d[1]))
+        return [t, l, b_, r]
+
+    def op_conv_2d(self, op):
+        self._conv(op, depthwise=False)
+
+    def op_depthwise_conv_2d(self, op):
+        self._conv(op, depthwise=True)
+
+    def _pool(self, op: TflOp, onnx_op: str) -> None:
+        o = op.options
+        x = op.inputs[0]
+        xs = self.t[x].shape
+        if len(xs) != 4:
+            raise self.fail("pooling needs a [N,H,W,C] tensor")
+        k, s = o["filter"], o["stride"]
+        pads = self._pads(o["padding"], xs[1:3], k, s, (1, 1))
+        # count_include_pad=0 (the default): TFLite averages over the valid pixels only.
+        y = self.node(onnx_op, [self.fin(x, NCHW)], kernel_shape=list(k), strides=list(s),
+                      pads=pads)
+        self.emit(op.outputs[0], y, NCHW, o["activation"])
+
+    def op_average_pool_2d(self, op):
+        self._pool(op, "AveragePool")
+
+    def op_max_pool_2d(self, op):
+        self._pool(op, "MaxPool")
+
+    def op_fully_connected(self, op):
+        o = op.options
+        if o["weights_format"] != 0:
+            raise self.fail("FULLY_CONNECTED with shuffled weights is not supported")
+        x, w = op.inputs[0], op.inputs[1]
+        b = op.inputs[2] if len(op.inputs) > 2 else -1
+        ws = self.t[w].shape
+        if len(ws) != 2:
+            raise self.fail("FULLY_CONNECTED weights must be [units, depth]")
+        n, k = ws
+        size = int(np.prod(self.t[x].shape))
+        if k == 0 or size % k:
+            raise self.fail(f"input of {size} values cannot be cut into rows of {k}")
+        # TFLite flattens the input, in NHWC order, to [batch, K].
+        xr = self.reshaped_raw(x, (size // k, k))
+        if not self.t[x].is_const:
+            self.check_activation_type(x)
+            xf = self.dq(x, xr)
+        else:
+            xf = self.fin(x, NHWC)
+        inputs = [xf, self._weight(w, (0, 1))]
+        bf = self.bias(b, x, w)
+        if bf is not None:
+            inputs.append(bf)
+        y = self.node("Gemm", inputs, transB=1)
+        self.emit(op.outputs[0], y, NHWC, o["activation"], shape=(size // k, n))
+
+    def op_reshape(self, op):
+        x, out = op.inputs[0], op.outputs[0]
+        self._requant_or_alias(x, out, self.reshaped_raw(x, self.t[out].shape), NHWC)
+
+    op_squeeze = op_reshape
+    op_expand_dims = op_reshape
+
+    def _requant_or_alias(self, x: int, out: int, raw: str, layout: str) -> None:
+        tx, to = self.t[x], self.t[out]
+        same = (tx.dtype == to.dtype and tx.quantized == to.quantized
+                and (not tx.quantized or (tx.scale[0] == to.scale[0]
+                                          and tx.zero_point[0] == to.zero_point[0])))
+        if same:
+            # Data movement only: the int8 tensor itself is reshaped, no DQ/Q around it.
+            self.value[out] = (self.name_after(out, raw, layout), layout)
+        else:
+            self.check_activation_type(x)
+            self.emit(out, self.dq(x, raw), layout)
+
+    def _unary(self, op: TflOp, onnx_op: str, *extra: str) -> None:
+        x = op.inputs[0]
+        layout = self.layout_of(x)
+        y = self.node(onnx_op, [self.fin(x, layout), *extra])
+        self.emit(op.outputs[0], y, layout)
+
+    def op_relu(self, op):
+        self._unary(op, "Relu")
+
+    def op_relu6(self, op):
+        self._unary(op, "Clip", self.scalar_f32(0.0), self.scalar_f32(6.0))
+
+    def op_relu_n1_to_1(self, op):
+        self._unary(op, "Clip", self.scalar_f32(-1.0), self.scalar_f32(1.0))
+
+    def op_logistic(self, op):
+        self._unary(op, "Sigmoid")
+
+    def op_tanh(self, op):
+        self._unary(op, "Tanh")
+
+    def op_quantize(self, op):
+        # float -> int8 is QuantizeLinear; int8 -> int8 (a requantization) is DQ -> Q.
+        x = op.inputs[0]
+        layout = self.layout_of(x)
+        self.emit(op.outputs[0], self.fin(x, layout), layout)
+
+    def op_dequantize(self, op):
+        x, out = op.inputs[0], op.outputs[0]
+        t = self.t[x]
+        if t.is_const:
+            # float16 or int8 weights stored compactly and dequantized at load time (float16
+            # models do this): fold into a float32 constant that the consumer reads directly.
+            data = t.data.astype(np.float32)
+            if t.quantized:
+                shape = [1] * data.ndim
+                if t.scale.size > 1:
+                    shape[t.quant_dim] = -1
+                data = (data - t.zero_point.reshape(shape)) * t.scale.reshape(shape)
+            self.t[out] = dataclasses.replace(self.t[out], data=data.astype(np.float32),
+                                              dtype=np.float32, type_name="FLOAT32",
+                                              scale=None, zero_point=None)
+            return
+        layout = self.layout_of(x)
+        y = self.fin(x, layout)
+        if not self.is_q(x):  # float -> float: nothing to do but keep the tensor's name
+            y = self.node("Identity", [y])
+        self.emit(out, y, layout)
+
+    def op_softmax(self, op):
+        x = op.inputs[0]
+        layout = self.layout_of(x)
+        rank = len(self.t[x].shape)
+        xf = self.fin(x, layout)
+        beta = op.options["beta"]
+        if beta != 1.0:
+            xf = self.node("Mul", [xf, self.scalar_f32(beta)])
+        # TFLite's softmax runs over the last (channel) axis, which is axis 1 in NCHW.
+        axis = 1 if layout == NCHW and rank == 4 else -1
+        self.emit(op.outputs[0], self.node("Softmax", [xf], axis=axis), layout)
+
+    def _common_layout(self, inputs: list[int]) -> str:
+        """NCHW when every activation operand is 4-D and one of them already is NCHW."""
+        acts = [i for i in inputs if not self.t[i].is_const]
+        if acts and all(len(self.t[i].shape) == 4 for i in acts) and \
+                any(self.layout_of(i) == NCHW for i in acts):
+            return NCHW
+        return NHWC
+
+    def op_add(self, op):
+        a, b = op.inputs[0], op.inputs[1]
+        out = op.outputs[0]
+        layout = self._common_layout([a, b])
+        rank = len(self.t[out].shape)
+        # The int8 rescaling TFLite does (both inputs to a common scale, then to the output
+        # scale) is expressed by the QDQ form: DQ(a), DQ(b) -> Add -> Q(out).
+        y = self.node("Add", [self.fin(a, layout, rank), self.fin(b, layout, rank)])
+        self.emit(out, y, layout, op.options["activation"])
+
+    def op_concatenation(self, op):
+        out = op.outputs[0]
+        rank = len(self.t[out].shape)
+        axis = op.options["axis"]
+        axis = axis + rank if axis < 0 else axis
+        layout = self._common_layout(op.inputs)
+        onnx_axis = NHWC_AXIS_IN_NCHW[axis] if layout == NCHW and rank == 4 else axis
+        y = self.node("Concat", [self.fin(i, layout, rank) for i in op.inputs], axis=onnx_axis)
+        self.emit(out, y, layout, op.options["activation"])
+
+    def _const_ints(self, i: int, what: str) -> np.ndarray:
+        t = self.t[i]
+        if not t.is_const or t.dtype not in (np.int32, np.int64):
+            raise self.fail(f"{what} '{t.name}' must be a constant int32 tensor")
+        return t.data.astype(np.int64)
+
+    def op_pad(self, op):
+        x = op.inputs[0]
+        rank = len(self.t[x].shape)
+        pads = self._const_ints(op.inputs[1], "paddings").reshape(rank, 2)
+        layout = self.layout_of(x)
+        if layout == NCHW and rank == 4:
+            pads = pads[list(TO_NCHW)]
+        inputs = [self.fin(x, layout), self.int64s(list(pads[:, 0]) + list(pads[:, 1]), "pads")]
+        if len(op.inputs) > 2 and op.inputs[2] >= 0:  # PADV2: the value to pad with
+            c = self.t[op.inputs[2]]
+            value = float(c.data.reshape(-1)[0])
+            if c.quantized:
+                value = (value - float(c.zero_point[0])) * float(c.scale[0])
+            inputs.append(self.scalar_f32(value))
+        # In the float domain a pad of 0.0 quantizes to the output zero point, which is
+        # what TFLite's int8 PAD writes.
+        self.emit(op.outputs[0], self.node("Pad", inputs, mode="constant"), layout)
+
+    op_padv2 = op_pad
+
+    def op_mean(self, op):
+        x = op.inputs[0]
+        rank = len(self.t[x].shape)
+        axes = sorted({int(a) + rank if a < 0 else int(a)
+                       for a in self._const_ints(op.inputs[1], "axes").reshape(-1)})
+        keep = op.options["keep_dims"]
+        layout = self.layout_of(x)
+        if layout == NCHW and rank == 4:
+            kept = [a for a in range(4) if a not in axes]
+            order = [a for a in TO_NCHW if a in kept]  # remaining NHWC axes, in NCHW order
+            if not keep and order != sorted(order):
+                layout = NHWC  # dropping dims would leave them out of NHWC order
+            else:
+                axes = sorted(NHWC_AXIS_IN_NCHW[a] for a in axes)
+        y = self.node("ReduceMean", [self.fin(x, layout)], axes=axes, keepdims=int(keep))
+        self.emit(op.outputs[0], y, layout if keep else NHWC)
