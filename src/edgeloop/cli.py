@@ -200,6 +200,17 @@ def version() -> None:
     out.print(__version__)
 
 
+def _register_areas() -> None:
+    """Each area (shrink, export, serve, data) owns its commands in edgeloop.commands.<area>."""
+    from edgeloop.commands import data, export, serve, shrink
+
+    for module in (shrink, export, serve, data):
+        module.register(app)
+
+
+_register_areas()
+
+
 def main(argv: Optional[list[str]] = None) -> None:
     try:
         app(args=argv, prog_name="edgeloop")

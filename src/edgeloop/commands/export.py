@@ -1,0 +1,38 @@
+"""`edgeloop export`: one command, two backends chosen by the target's kind.
+
+Microcontroller targets get dependency-free C (``edgeloop.backends.c``);
+Linux boards get a deployable bundle (``edgeloop.backends.bundle``).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from edgeloop.errors import UsageError
+
+
+def register(app: typer.Typer) -> None:
+    @app.command()
+    def export(
+        model: str = typer.Argument(..., help="Model file: .onnx, .joblib/.pkl, .pt2 or .tflite."),
+        target: str = typer.Option(..., "--target", "-t", help="Catalogue target (see `edgeloop targets`): a microcontroller gets C, a Linux board a bundle."),
+        output: Path = typer.Option(..., "--output", "-o", help="Output folder (replaced only when the export succeeds)."),
+        name: str = typer.Option("model", "--name", help="C symbol prefix for microcontroller exports."),
+        verify: bool = typer.Option(False, "--verify", help="Microcontrollers: cross-compile and run under QEMU (Cortex-M4) and compare with the host."),
+        as_json: bool = typer.Option(False, "--json", help="Print the export report as JSON."),
+    ) -> None:
+        """Export a model for a device: C source for a microcontroller, a bundle for a Linux board."""
+        from edgeloop.hardware import get_target
+
+        tgt = get_target(target)
+        if tgt.kind == "mcu":
+            from edgeloop.backends.c import export_cli
+        elif tgt.kind == "linux":
+            from edgeloop.backends.bundle import export_cli  # type: ignore[no-redef]
+        else:
+            raise UsageError(f"target '{tgt.id}' is an accelerator; export supports microcontrollers and "
+                             "Linux boards (run the model on the accelerator's host board)")
+        export_cli(model, tgt, output, prefix=name, verify=verify, as_json=as_json)
