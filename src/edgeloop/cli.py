@@ -27,7 +27,10 @@ app = typer.Typer(
     rich_markup_mode=None,
 )
 
-out = Console(highlight=False, soft_wrap=False, width=140)
+# Tables are wide: when stdout is not a terminal (a pipe, a log), lay them out for 160 columns.
+out = Console(highlight=False, soft_wrap=False)
+if not out.is_terminal:
+    out = Console(highlight=False, soft_wrap=False, width=160)
 err = Console(stderr=True, highlight=False)
 
 
@@ -117,8 +120,8 @@ def _print_profile(path: str, p: dict) -> None:
     totals.add_row("MACs per inference", _fmt_int(p["macs"]))
     totals.add_row("compute precision", str(p.get("precision", "-")))
     totals.add_row("weight bytes", f"{_fmt_bytes(p['weight_bytes'])} ({by_dtype})" if by_dtype else _fmt_bytes(p["weight_bytes"]))
-    totals.add_row("flash (estimate)", _fmt_bytes(p["flash_bytes"]))
-    totals.add_row("peak RAM (planned arena)", _fmt_bytes(p["peak_ram_bytes"]))
+    totals.add_row("flash (estimate)", f"{_fmt_bytes(p['flash_bytes'])} ({_fmt_int(p['flash_bytes'])} B)")
+    totals.add_row("peak RAM (planned arena)", f"{_fmt_bytes(p['peak_ram_bytes'])} ({_fmt_int(p['peak_ram_bytes'])} B)")
     lat = p.get("latency_ms")
     if lat:
         totals.add_row("host latency, onnxruntime 1 thread",
@@ -134,13 +137,13 @@ def _print_targets(rows: list[dict], title: str) -> None:
     for col, just in [("kind", "left"), ("RAM", "right"), ("flash/storage", "right"),
                       ("precisions", "left"), ("power", "right"), ("price", "right"),
                       ("est. latency*", "right"), ("fits", "left")]:
-        t.add_column(col, justify=just, no_wrap=col != "fits")
+        t.add_column(col, justify=just, no_wrap=col != "fits", min_width=30 if col == "fits" else None)
     for r in rows:
         fits = {True: "yes", False: "no", None: ""}[r.get("fits")]
         if r.get("reasons"):
             fits = (fits + ": " if fits else "") + "; ".join(r["reasons"])
         t.add_row(r["name"], r["kind"], _fmt_bytes(r["ram_bytes"]), _fmt_bytes(r["flash_bytes"]),
-                  ",".join(r.get("precisions", [])), f"{r['power_w']:g} W", f"${r['price_usd']:,.0f}",
+                  ",".join(p.replace("float", "fp") for p in r.get("precisions", [])), f"{r['power_w']:g} W", f"${r['price_usd']:,.0f}",
                   _fmt_ms(r.get("est_latency_ms")), fits)
     out.print(t)
     out.print("* estimated from the model's MACs and each target's calibrated throughput, not measured.")
