@@ -1,0 +1,285 @@
+"""Print the lowered kernel calls as one C99 source file and one header."""
+
+from __future__ import annotations
+
+import os
+import re
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import onnx
+
+from edgeloop.backends.c.kernels import FLOAT_MATH, KERNELS, closure
+from edgeloop.backends.c.lower import CTYPES, Lowered
+from edgeloop.errors import UsageError
+
+_NP_C = {np.dtype(np.float32): "float", np.dtype(np.int8): "int8_t", np.dtype(np.uint8): "uint8_t",
+         np.dtype(np.int32): "int32_t", np.dtype(np.int64): "int64_t", np.dtype(np.int16): "int16_t",
+         np.dtype(np.bool_): "uint8_t", np.dtype(np.float64): "double"}
+
+
+def _float_lit(v: float) -> str:
+    v = float(np.float32(v))
+    if np.isnan(v):
+        return "NAN"
+    if np.isinf(v):
+        return "INFINITY" if v > 0 else "(-INFINITY)"
+    # numpy's shortest repr that reads back as the same float32 (C rounds correctly)
+    text = str(np.float32(v))
+    if not any(ch in text for ch in ".e"):
+        text += ".0"
+    return text + "f"
+
+
+def _array_text(a: np.ndarray) -> str:
+    flat = a.ravel()
+    if flat.dtype == np.float32 or flat.dtype == np.float64:
+        items = [_float_lit(v) for v in flat.astype(np.float32)]
+    elif flat.dtype == np.int64:
+        items = [f"INT64_C({int(v)})" if abs(int(v)) >= 2 ** 31 - 1 else str(int(v)) for v in flat]
+    elif flat.dtype == np.int32:
+        items = [("(-2147483647 - 1)" if int(v) == -2 ** 31 else str(int(v))) for v in flat]
+    else:
+        items = [str(int(v)) for v in flat]
+    if not items:
+        items = ["0"]
+    lines = []
+    per = 12 if flat.dtype.kind == "f" else 24
+    for i in range(0, len(items), per):
+        lines.append("    " + ", ".join(items[i:i + per]))
+    return ",\n".join(lines)
+
+
+def _cast_kernel(src: str, dst: str) -> str:
+    s, d = CTYPES[src], CTYPES[dst]
+    conv = "(x[i] != 0)" if dst == "bool" else f"({d})x[i]"
+    return (f"static void k_cast_{src}_{dst}(const {s} *x, {d} *y, long n)\n{{\n    long i;\n"
+            f"    for (i = 0; i < n; ++i) y[i] = {conv};\n}}\n")
+
+
+def _c_ident(prefix: str) -> str:
+    if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", prefix or ""):
+        raise UsageError(f"--name '{prefix}' is not a valid C identifier")
+    return prefix
+
+
+def _primary_output(low: Lowered) -> int:
+    names = [o["name"] for o in low.outputs]
+    for want in ("probabilities", "probability_tensor", "output_probability"):
+        if want in names:
+            return names.index(want)
+    for i, o in enumerate(low.outputs):
+        if o["dtype"] == "float32":
+            return i
+    return 0
+
+
+def _io_quant(model_a, low: Lowered, name: str, is_input: bool):
+    """(scale, zero point) of an int8 graph input/output, from its Q/DQ node or metadata."""
+    from edgeloop.profile.analysis import constant_array
+    a = model_a
+    if name in low.quant:
+        return low.quant[name]
+    nodes = a.nodes
+    cands = ([nodes[i] for i, _ in a.consumers.get(name, []) if nodes[i].op_type == "DequantizeLinear"]
+             if is_input else
+             [nodes[a.producer[name]]] if name in a.producer and nodes[a.producer[name]].op_type
+             == "QuantizeLinear" else [])
+    for n in cands:
+        s = constant_array(a.constants[n.input[1]]) if n.input[1] in a.constants else None
+        z = (constant_array(a.constants[n.input[2]]) if len(n.input) > 2 and n.input[2] in a.constants
+             else np.zeros(1, np.int8))
+        if s is not None and s.size == 1:
+            return float(s.ravel()[0]), int(z.ravel()[0])
+    return None
+
+
+def render(model: onnx.ModelProto, prefix: str = "model"):
+    """(c text, h text, info) for ``model``."""
+    from edgeloop.backends.c.lower import Lowerer
+    prefix = _c_ident(prefix)
+    lowerer = Lowerer(model)
+    low = lowerer.run()
+    a = lowerer.a
+    P = prefix.upper()
+    consts: list[str] = []
+    const_names: dict[int, str] = {}
+    body: list[str] = []
+    used: list[str] = []
+    casts: list[tuple[str, str]] = []
+
+    def tensor_ptr(t: str, off: int, out: bool) -> str:
+        dt = lowerer.dtype(t)
+        ct = CTYPES[dt]
+        base = low.plan.offset_of(t)
+        q = "" if out else "const "
+        ptr = f"(({q}{ct} *)(el_arena.bytes + {base}))"
+        return ptr if not off else f"({ptr} + {off})"
+
+    def const_ptr(arr: np.ndarray) -> str:
+        key = id(arr)
+        if key not in const_names:
+            arr = np.ascontiguousarray(arr)
+            nm = f"el_c{len(consts)}"
+            ct = _NP_C[arr.dtype]
+            consts.append(f"static const {ct} {nm}[{max(arr.size, 1)}] = {{\n{_array_text(arr)}\n}};\n")
+            const_names[key] = nm
+            keep.append(arr)
+        return const_names[key]
+
+    keep: list = []
+    scratch: list[str] = []
+    for call in low.calls:
+        kname = call.kernel
+        if kname.startswith("cast:"):
+            _, s, d = kname.split(":")
+            if (s, d) not in casts:
+                casts.append((s, d))
+            fname = f"k_cast_{s}_{d}"
+        else:
+            if kname not in used:
+                used.append(kname)
+            fname = "k_" + kname
+        args = []
+        for arg in call.args:
+            kind = arg[0]
+            if kind in ("in", "out"):
+                args.append(tensor_ptr(arg[1], arg[2] if len(arg) > 2 else 0, kind == "out"))
+            elif kind == "const":
+                args.append(const_ptr(arg[1]))
+            elif kind == "null":
+                args.append("0")
+            elif kind == "scratch":   # a small static work array (not in the arena: no lifetime)
+                nm = f"el_s{len(scratch)}"
+                scratch.append(f"static {arg[1]} {nm}[{int(arg[2])}];\n")
+                args.append(nm)
+            elif kind == "int":
+                v = int(arg[1])
+                args.append(str(v) if v != -2 ** 31 else "(-2147483647 - 1)")
+            elif kind == "float":
+                args.append(_float_lit(arg[1]))
+        body.append(f"    /* {call.name} ({call.op}) */\n    {fname}({', '.join(args)});\n")
+
+    kernels = closure(used)
+    needs_math = any(k in FLOAT_MATH for k in kernels) or any(k == "pool_f32" for k in kernels)
+    primary = _primary_output(low)
+    in_size = sum(i["nbytes"] for i in low.inputs)
+    out = low.outputs[primary]
+    arena = max(int(low.arena_size), 1)
+
+    # ---- header
+    h = [f"/* {prefix}.h: generated by edgeloop. C99, no malloc, one static arena.",
+         " *",
+         f" * {prefix}_run(input, output): input is the model's input tensor(s) in its own dtype",
+         " * and layout (several inputs: back to back in graph order); output is the primary",
+         f" * output (output #{primary}, '{out['name']}'"
+         + (": the class probabilities/scores" if len(low.outputs) > 1 else "") + ").",
+         f" * {prefix}_run_all(inputs, outputs): one pointer per graph input and output, in graph",
+         " * order; a NULL output pointer skips that output.",
+         " * Both return 0 on success.", " *", " * Inputs:"]
+    for i in low.inputs:
+        h.append(f" *   {i['name']}: {i['dtype']} {i['shape']} ({i['nbytes']} bytes)")
+    h.append(" * Outputs:")
+    for k, o in enumerate(low.outputs):
+        h.append(f" *   #{k} {o['name']}: {o['dtype']} {o['shape']} ({o['nbytes']} bytes)")
+    h += [" */", f"#ifndef {P}_H", f"#define {P}_H", "", "#include <stdint.h>", "",
+          "#ifdef __cplusplus", 'extern "C" {', "#endif", "",
+          f"#define {P}_INPUT_SIZE {in_size}", f"#define {P}_OUTPUT_SIZE {out['nbytes']}",
+          f"#define {P}_ARENA_SIZE {int(low.arena_size)}",
+          f"#define {P}_NUM_INPUTS {len(low.inputs)}", f"#define {P}_NUM_OUTPUTS {len(low.outputs)}",
+          f"#define {P}_PRIMARY_OUTPUT {primary}"]
+    for k, i in enumerate(low.inputs):
+        h.append(f"#define {P}_INPUT{k}_SIZE {i['nbytes']}")
+    for k, o in enumerate(low.outputs):
+        h.append(f"#define {P}_OUTPUT{k}_SIZE {o['nbytes']}")
+    qin = _io_quant(a, low, low.inputs[0]["name"], True) if low.inputs and low.inputs[0]["dtype"] == "int8" else None
+    qout = _io_quant(a, low, out["name"], False) if out["dtype"] == "int8" else None
+    if qin:
+        h += [f"#define {P}_INPUT_SCALE {_float_lit(qin[0])}", f"#define {P}_INPUT_ZERO_POINT {qin[1]}"]
+    if qout:
+        h += [f"#define {P}_OUTPUT_SCALE {_float_lit(qout[0])}", f"#define {P}_OUTPUT_ZERO_POINT {qout[1]}"]
+    h += ["", f"int {prefix}_run(const void *input, void *output);",
+          f"int {prefix}_run_all(const void *const *inputs, void *const *outputs);", "",
+          "#ifdef __cplusplus", "}", "#endif", "", f"#endif /* {P}_H */", ""]
+
+    # ---- source
+    c = [f"/* {prefix}.c: generated by edgeloop from an ONNX graph; do not edit. */",
+         f'#include "{prefix}.h"', "", "#include <stdint.h>", "#include <string.h>"]
+    if needs_math or casts:
+        c.append("#include <math.h>")
+    c += ["", f"/* the activation arena: {int(low.arena_size)} bytes, laid out by edgeloop's memory "
+          f"planner (alignment {low.alignment}) */",
+          f"static union {{ uint64_t align; unsigned char bytes[{arena}]; }} el_arena;", ""]
+    for k in kernels:
+        c.append(KERNELS[k][1])
+    for s, d in casts:
+        c.append(_cast_kernel(s, d))
+    c += consts
+    c += scratch
+    c.append(f"int {prefix}_run_all(const void *const *inputs, void *const *outputs)\n{{")
+    for k, i in enumerate(low.inputs):
+        c.append(f"    memcpy(el_arena.bytes + {i['offset']}, inputs[{k}], {i['nbytes']});")
+    c += body
+    for k, o in enumerate(low.outputs):
+        c.append(f"    if (outputs[{k}]) memcpy(outputs[{k}], el_arena.bytes + {o['offset']}, "
+                 f"{o['nbytes']});")
+    c += ["    return 0;", "}", "",
+          f"int {prefix}_run(const void *input, void *output)\n{{",
+          f"    const void *ins[{max(len(low.inputs), 1)}];",
+          f"    void *outs[{max(len(low.outputs), 1)}];",
+          "    int k;"]
+    off = 0
+    for k, i in enumerate(low.inputs):
+        c.append(f"    ins[{k}] = (const unsigned char *)input + {off};")
+        off += i["nbytes"]
+    c += [f"    for (k = 0; k < {max(len(low.outputs), 1)}; ++k) outs[k] = 0;",
+          f"    outs[{primary}] = output;", f"    return {prefix}_run_all(ins, outs);", "}", ""]
+
+    def qinfo(q):
+        return {"scale": q[0], "zero_point": q[1]} if q else None
+
+    info = {
+        "prefix": prefix,
+        "files": [f"{prefix}.c", f"{prefix}.h"],
+        "arena_size": int(low.arena_size),
+        "arena_alignment": low.alignment,
+        "precision": low.precision,
+        "inputs": low.inputs,
+        "outputs": low.outputs,
+        "primary_output": primary,
+        "input_size": in_size,
+        "output_size": out["nbytes"],
+        "input_dtype": low.inputs[0]["dtype"] if low.inputs else None,
+        "output_dtype": out["dtype"],
+        "input_shape": low.inputs[0]["shape"] if low.inputs else None,
+        "output_shape": out["shape"],
+        "input_quant": qinfo(qin),
+        "output_quant": qinfo(qout),
+        "kernels": kernels + [f"cast_{s}_{d}" for s, d in casts],
+        "const_bytes": int(sum(x.nbytes for x in keep)),
+        "scratch_bytes": int(sum(int(a[2]) * 8 for cl in low.calls for a in cl.args
+                                 if a[0] == "scratch")),
+        "n_calls": len(low.calls),
+    }
+    return "\n".join(c), "\n".join(h), info
+
+
+def generate(model: onnx.ModelProto, out_dir, prefix: str = "model") -> dict:
+    """Write ``<prefix>.c`` and ``<prefix>.h`` for ``model`` into ``out_dir``; returns info."""
+    c, h, info = render(model, prefix)
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    for name, text in ((f"{prefix}.c", c), (f"{prefix}.h", h)):
+        fd, tmp = tempfile.mkstemp(dir=out_dir, prefix=f".{name}.")
+        with os.fdopen(fd, "w") as f:
+            f.write(text)
+        os.chmod(tmp, 0o666 & ~_umask())
+        os.replace(tmp, out_dir / name)
+    return info
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask

@@ -1,0 +1,381 @@
+"""Run generated C on an emulated Cortex-M4 and measure it.
+
+The model's C (``<prefix>.c``/``<prefix>.h`` from the C backend) is
+cross-compiled with ``arm-none-eabi-gcc`` for a Cortex-M4F, linked with a small
+firmware (``firmware/``: vector table, start-up code, a linker script for the
+``mps2-an386`` board's memory map, and a generated ``main`` that embeds the
+inputs in flash) and run under ``qemu-system-arm``. Outputs come back through
+semihosting as hex lines on QEMU's standard output.
+
+Instruction counting: QEMU counts instructions, not cycles. The firmware runs
+under ``-icount shift=0``, where QEMU's virtual clock advances exactly 1 ns per
+executed guest instruction, and reads the board's CMSDK timer 0 (25 MHz in
+virtual time, so one tick per 40 instructions) around each inference. Each
+mark waits for a tick edge in a polling loop, then reads the timer in four
+consecutive instructions across the next edge, which places the mark to the
+instruction. The firmware calls the model and, for calibration, a
+two-instruction stand-in through the same measuring function, so the count is
+exactly the instructions of ``<prefix>_run`` from its entry to its return (as
+TFLite Micro's published counts cover ``Invoke()``). The tests check it on
+loops, on straight-line code and against a single-step execution trace. Chosen
+over a TCG plugin because Debian's QEMU ships no plugins and no
+``qemu-plugin.h`` to build one against, and over ``-d exec`` tracing because
+that writes a log line per executed instruction (gigabytes for KWS).
+
+Stack: before each inference the firmware paints the free stack below the
+measuring function's frame and afterwards finds the deepest word that changed:
+the model's stack high-water mark.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import string
+import subprocess
+import tempfile
+from pathlib import Path
+
+import numpy as np
+
+from edgeloop.errors import EdgeloopError
+
+FIRMWARE_DIR = Path(__file__).resolve().parent / "firmware"
+
+BOARD = "mps2-an386"
+CPU = "cortex-m4"
+CPU_FLAGS = ["-mcpu=cortex-m4", "-mthumb", "-mfpu=fpv4-sp-d16", "-mfloat-abi=hard"]
+# The model is compiled the way the issue promises it compiles (C99, warnings as
+# errors); -O2 is what TFLite Micro uses for its kernels.
+MODEL_CFLAGS = ["-std=c99", "-O2", "-Wall", "-Wextra", "-Werror", "-ffunction-sections", "-fdata-sections"]
+HARNESS_CFLAGS = ["-std=c99", "-O2", "-Wall", "-Wextra", "-ffunction-sections", "-fdata-sections"]
+
+APT_PACKAGES = "gcc-arm-none-eabi libnewlib-arm-none-eabi qemu-system-arm"
+TOOLS = {
+    "gcc": "arm-none-eabi-gcc",
+    "size": "arm-none-eabi-size",
+    "qemu": "qemu-system-arm",
+}
+
+# -icount shift=0: 1 ns of virtual time per instruction; the MPS2 system clock that
+# drives the CMSDK timers is 25 MHz, so one timer tick is 40 instructions.
+INSTRUCTIONS_PER_TICK = 40
+INSTRUCTIONS_PER_POLL = 4  # el_mark's polling loop: ldr, adds, cmp, beq
+NOTHING_INSTRUCTIONS = 2  # the calibration's stand-in for the model: movs r0, #0; bx lr
+COUNT_RESOLUTION = 0  # exact: see el_mark in firmware/main.c.in
+STACK_PAINT_BYTES = 64 * 1024
+COUNT_NOTE = ("QEMU counts instructions, not cycles: the count is exact (QEMU -icount shift=0 "
+              "and the board timer, from the entry of <prefix>_run to its return), but says "
+              "nothing about wait states, pipeline stalls or bus contention")
+
+
+def toolchain() -> dict:
+    """Which of the cross compiler, ``size`` and QEMU are on PATH.
+
+    Returns ``{"gcc": path|None, "size": ..., "qemu": ..., "tools": {tool name: path|None},
+    "newlib": bool, "missing": [what is missing], "install": "apt-get install ..."}``.
+    """
+    found: dict = {key: shutil.which(name) for key, name in TOOLS.items()}
+    found["tools"] = {name: found[key] for key, name in TOOLS.items()}
+    missing = [name for name, path in found["tools"].items() if path is None]
+    newlib = False
+    if found["gcc"]:
+        # libnewlib-arm-none-eabi is a separate package: without it there is no
+        # rdimon.specs and the link fails much later with a confusing message.
+        try:
+            out = subprocess.run([found["gcc"], "-print-file-name=rdimon.specs"], capture_output=True,
+                                 text=True, timeout=30).stdout.strip()
+            newlib = bool(out) and os.path.isabs(out) and os.path.exists(out)
+        except (OSError, subprocess.SubprocessError):
+            newlib = False
+        if not newlib:
+            missing.append("newlib for arm-none-eabi (rdimon.specs)")
+    found["newlib"] = newlib
+    found["missing"] = missing
+    found["install"] = f"apt-get install {APT_PACKAGES}"
+    return found
+
+
+def _require_toolchain() -> dict:
+    tools = toolchain()
+    if tools["missing"]:
+        raise EdgeloopError(
+            f"Cortex-M verification needs {', '.join(tools['missing'])}; "
+            f"install them with: apt-get install {APT_PACKAGES}")
+    return tools
+
+
+def _run(cmd: list[str], what: str, cwd: Path | None = None, timeout: float = 300) -> subprocess.CompletedProcess:
+    try:
+        proc = subprocess.run(cmd, capture_output=True, text=True, cwd=cwd, timeout=timeout)
+    except subprocess.TimeoutExpired as exc:
+        raise EdgeloopError(f"{what} did not finish within {timeout:g} s") from exc
+    if proc.returncode != 0:
+        lines = [ln for ln in (proc.stderr or proc.stdout).splitlines() if ln.strip()]
+        detail = next((ln for ln in lines if "error" in ln.lower()), lines[0] if lines else "no message")
+        raise EdgeloopError(f"{what} failed: {detail.strip()}")
+    return proc
+
+
+def _c_array(name: str, data: bytes) -> str:
+    rows = []
+    for start in range(0, len(data), 24):
+        rows.append("    " + ", ".join(f"0x{b:02x}" for b in data[start:start + 24]) + ",")
+    body = "\n".join(rows) if rows else "    0"
+    return (f"static const unsigned char {name}[] __attribute__((aligned(16))) = {{\n{body}\n}};\n"
+            f"typedef char {name}_has_input_size[(sizeof({name}) == EL_INPUT_SIZE) ? 1 : -1];\n")
+
+
+def _header_macro(header: Path, name: str) -> int | None:
+    """A macro's value from the generated header, when it is a plain integer."""
+    try:
+        text = header.read_text()
+    except OSError:
+        return None
+    m = re.search(rf"^\s*#\s*define\s+{re.escape(name)}\s+\(?\s*(\d+)[uUlL]*\s*\)?\s*$", text, re.M)
+    return int(m.group(1)) if m else None
+
+
+def model_sources(c_dir: Path, prefix: str) -> list[Path]:
+    """The model's C files: ``<prefix>.c`` and any ``<prefix>_*.c`` beside it."""
+    c_dir = Path(c_dir)
+    main = c_dir / f"{prefix}.c"
+    if not main.is_file():
+        raise EdgeloopError(f"no generated C file {main.name} in {c_dir}")
+    extra = sorted(p for p in c_dir.glob(f"{prefix}_*.c") if p.is_file())
+    return [main] + extra
+
+
+def build_firmware(c_dir: Path, prefix: str, inputs: list[np.ndarray], work_dir: Path, *,
+                   stack_paint_bytes: int = STACK_PAINT_BYTES) -> Path:
+    """Cross-compile the model in ``c_dir`` with a main that runs it on ``inputs``.
+
+    Each input is embedded as a ``static const`` byte array (flash) holding the
+    array's raw bytes in C order: the model's own dtype and layout. The model's
+    objects are left in ``work_dir/model/`` for :func:`model_size`. Returns the ELF.
+    """
+    if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", prefix or ""):
+        raise EdgeloopError(f"prefix '{prefix}' is not a valid C identifier")
+    tools = _require_toolchain()
+    c_dir, work_dir = Path(c_dir).resolve(), Path(work_dir).resolve()
+    if not inputs:
+        raise EdgeloopError("no inputs to run the firmware on")
+    header = c_dir / f"{prefix}.h"
+    if not header.is_file():
+        raise EdgeloopError(f"no generated header {header.name} in {c_dir}")
+    blobs = [np.ascontiguousarray(x).tobytes() for x in inputs]
+    in_size = _header_macro(header, f"{prefix.upper()}_INPUT_SIZE")
+    for i, blob in enumerate(blobs):
+        if in_size is not None and len(blob) != in_size:
+            raise EdgeloopError(f"input {i} has {len(blob)} bytes but {prefix}_run expects "
+                                f"{prefix.upper()}_INPUT_SIZE = {in_size}")
+    missing = [f for f in ("main.c.in", "startup.c", "mps2_an386.ld") if not (FIRMWARE_DIR / f).is_file()]
+    if missing:
+        raise EdgeloopError(f"edgeloop's firmware files are missing from {FIRMWARE_DIR}: {', '.join(missing)} "
+                            "(a broken installation: reinstall edgeloop)")
+    work_dir.mkdir(parents=True, exist_ok=True)
+    (work_dir / "model").mkdir(exist_ok=True)
+    for stale in (work_dir / "model").glob("*.o"):
+        stale.unlink()
+
+    objects = []
+    for src in model_sources(c_dir, prefix):
+        obj = work_dir / "model" / (src.stem + ".o")
+        _run([tools["gcc"], *CPU_FLAGS, *MODEL_CFLAGS, "-I", str(c_dir), "-c", str(src), "-o", str(obj)],
+             f"arm-none-eabi-gcc on {src.name}")
+        objects.append(obj)
+
+    template = string.Template((FIRMWARE_DIR / "main.c.in").read_text())
+    names = [f"el_input_{i}" for i in range(len(blobs))]
+    main_c = template.substitute(
+        prefix=prefix, PREFIX=prefix.upper(), n_inputs=len(blobs), stack_paint_bytes=int(stack_paint_bytes),
+        input_arrays="\n".join(_c_array(n, b) for n, b in zip(names, blobs)),
+        input_names=", ".join(names))
+    (work_dir / "el_main.c").write_text(main_c)
+
+    elf = work_dir / f"{prefix}_firmware.elf"
+    _run([tools["gcc"], *CPU_FLAGS, *HARNESS_CFLAGS, "-I", str(c_dir), "--specs=rdimon.specs",
+          "-T", str(FIRMWARE_DIR / "mps2_an386.ld"), "-Wl,--gc-sections",
+          str(work_dir / "el_main.c"), str(FIRMWARE_DIR / "startup.c"), *map(str, objects),
+          "-lm", "-o", str(elf)], "linking the Cortex-M firmware")
+    return elf
+
+
+def model_size(work_dir: Path) -> dict:
+    """Section sizes of the model's objects (from :func:`build_firmware`), via arm-none-eabi-size.
+
+    ``flash_bytes`` is text plus rodata (code and ``static const`` weights);
+    ``data_bytes`` initialised RAM (also stored in flash), ``bss_bytes`` zeroed RAM.
+    """
+    tools = _require_toolchain()
+    objects = sorted((Path(work_dir) / "model").glob("*.o"))
+    if not objects:
+        raise EdgeloopError(f"no model objects in {work_dir}/model: run build_firmware first")
+    sizes = {"text_bytes": 0, "rodata_bytes": 0, "data_bytes": 0, "bss_bytes": 0}
+    proc = _run([tools["size"], "-A", "-d", *map(str, objects)], "arm-none-eabi-size")
+    for line in proc.stdout.splitlines():
+        parts = line.split()
+        if len(parts) < 2 or not parts[1].isdigit():
+            continue
+        name, size = parts[0], int(parts[1])
+        for prefix, key in ((".text", "text_bytes"), (".rodata", "rodata_bytes"),
+                            (".data", "data_bytes"), (".bss", "bss_bytes")):
+            if name == prefix or name.startswith(prefix + "."):
+                sizes[key] += size
+    sizes["flash_bytes"] = sizes["text_bytes"] + sizes["rodata_bytes"] + sizes["data_bytes"]
+    return sizes
+
+
+class FirmwareRun(tuple):
+    """``(outputs, instructions)`` like a tuple, with the rest as attributes."""
+
+    def __new__(cls, outputs, instructions, **extra):
+        self = tuple.__new__(cls, (outputs, instructions))
+        return self
+
+    def __init__(self, outputs, instructions, *, stack_bytes, return_codes, stack_paint_bytes):
+        self.outputs = outputs
+        self.instructions = instructions
+        self.stack_bytes = stack_bytes
+        self.return_codes = return_codes
+        self.stack_paint_bytes = stack_paint_bytes
+
+    @property
+    def stack_high_water(self) -> int:
+        return max(self.stack_bytes) if self.stack_bytes else 0
+
+
+def qemu_command(elf: Path, qemu: str = "qemu-system-arm") -> list[str]:
+    return [qemu, "-M", BOARD, "-cpu", CPU, "-nodefaults", "-display", "none", "-monitor", "none",
+            "-serial", "none", "-icount", "shift=0", "-semihosting-config", "enable=on,target=native",
+            "-kernel", str(elf)]
+
+
+def run_firmware(elf: Path, timeout: float = 120, *, stack_paint_bytes: int = STACK_PAINT_BYTES) -> FirmwareRun:
+    """Run a firmware from :func:`build_firmware` under QEMU.
+
+    Returns ``(outputs, instructions)``: the raw output bytes of each inference
+    and the instructions each inference executed; the result also carries
+    ``stack_bytes`` (per inference) and ``return_codes``.
+    """
+    tools = _require_toolchain()
+    cmd = qemu_command(Path(elf), tools["qemu"])
+    try:
+        proc = subprocess.run(cmd, capture_output=True, timeout=timeout)
+    except subprocess.TimeoutExpired as exc:
+        raise EdgeloopError(f"QEMU ({BOARD}) did not finish within {timeout:g} s") from exc
+    text = proc.stdout.decode("ascii", "replace")
+    lines = [ln.split() for ln in text.splitlines() if ln.startswith("EL:")]
+    fault = [" ".join(ln) for ln in lines if ln[0] == "EL:FAULT"]
+    if fault:
+        raise EdgeloopError(f"the firmware faulted on the emulated {CPU}: {fault[0][9:]}")
+    if not lines or lines[-1][0] != "EL:END":
+        err = proc.stderr.decode("utf-8", "replace").strip().splitlines()
+        raise EdgeloopError(f"QEMU ({BOARD}) stopped before the firmware finished (exit code "
+                            f"{proc.returncode}){': ' + err[-1] if err else ''}")
+
+    def raw(v0, n0, o0, v1, n1, o1) -> int:
+        # Instructions from the end of the first mark to the start of the second,
+        # up to a constant that the calibration removes. Edges are 40 instructions
+        # apart; a mark's phase after its edge is 3 - old; the second mark started
+        # 4 instructions before each of its polls (see el_mark in main.c.in).
+        del n0
+        ticks = (int(v0) - int(v1)) & 0xFFFFFFFF
+        return ticks * INSTRUCTIONS_PER_TICK + int(o0) - int(o1) - INSTRUCTIONS_PER_POLL * int(n1)
+
+    cal = [raw(*ln[1:7]) for ln in lines if ln[0] == "EL:CAL"]
+    if not cal or len(set(cal)) != 1:
+        raise EdgeloopError(f"the instruction-count calibration is unstable ({cal}): is this QEMU "
+                            "running with -icount?")
+    overhead = cal[0]
+    runs = {int(ln[1]): ln for ln in lines if ln[0] == "EL:RUN"}
+    outs = {int(ln[1]): (ln[2] if len(ln) > 2 else "") for ln in lines if ln[0] == "EL:OUT"}
+    n = len(runs)
+    outputs, instructions, stacks, codes = [], [], [], []
+    for i in range(n):
+        _, _, rc, stack, *marks = runs[i]
+        outputs.append(bytes.fromhex(outs[i]))
+        instructions.append(raw(*marks) - overhead + NOTHING_INSTRUCTIONS)
+        stacks.append(int(stack))
+        codes.append(int(rc))
+    return FirmwareRun(outputs, instructions, stack_bytes=stacks, return_codes=codes,
+                       stack_paint_bytes=stack_paint_bytes)
+
+
+def _compare(got: np.ndarray, exp: np.ndarray, rtol: float = 1e-5) -> tuple[bool, float]:
+    """Bitwise for integers; for floats within ``rtol`` of each value, with an
+    absolute floor of ``rtol`` times the largest magnitude in the expected output
+    (values far below the output's scale carry only rounding noise)."""
+    if got.shape != exp.shape:
+        return False, float("inf")
+    if not np.issubdtype(exp.dtype, np.floating):
+        diff = np.abs(got.astype(np.int64) - exp.astype(np.int64))
+        return bool(np.array_equal(got, exp)), float(diff.max()) if diff.size else 0.0
+    g, e = got.astype(np.float64), exp.astype(np.float64)
+    same_nan = np.isnan(g) == np.isnan(e)
+    g, e = np.nan_to_num(g, nan=0.0), np.nan_to_num(e, nan=0.0)
+    diff = np.abs(g - e)
+    scale = float(np.max(np.abs(e))) if e.size else 0.0
+    ok = bool(np.all(same_nan) and np.all(diff <= rtol * np.maximum(np.abs(e), scale)))
+    return ok, float(diff.max()) if diff.size else 0.0
+
+
+def verify(out_dir: Path, prefix: str, info: dict, inputs: list[np.ndarray], expected: list[np.ndarray], *,
+           timeout: float = 300, work_dir: Path | None = None) -> dict:
+    """Cross-compile the generated C in ``out_dir``, run it on the emulated Cortex-M4
+    and compare its outputs with ``expected`` (bitwise for integers, 1e-5 relative for
+    floats). Raises :class:`EdgeloopError` naming the packages to install when the
+    tools are missing. Returns the report's Cortex-M section."""
+    _require_toolchain()
+    if len(inputs) != len(expected):
+        raise EdgeloopError(f"{len(inputs)} inputs but {len(expected)} expected outputs")
+    out_dir = Path(out_dir)
+    if info.get("input_dtype") and len(info.get("inputs", [None])) == 1:
+        # the model's own input dtype (e.g. float64 test data for a float32 model)
+        inputs = [np.asarray(x, dtype=info["input_dtype"]) for x in inputs]
+    with tempfile.TemporaryDirectory(prefix="edgeloop-cortexm-") as tmp:
+        wd = Path(work_dir) if work_dir is not None else Path(tmp)
+        elf = build_firmware(out_dir, prefix, inputs, wd)
+        sizes = model_size(wd)
+        result = run_firmware(elf, timeout=timeout)
+    if any(result.return_codes):
+        raise EdgeloopError(f"{prefix}_run returned {result.return_codes} on the emulated {CPU}")
+    matches, diffs = [], []
+    for raw, exp in zip(result.outputs, expected):
+        exp = np.asarray(exp)
+        got = np.frombuffer(raw, dtype=exp.dtype)
+        if got.size != exp.size:
+            raise EdgeloopError(f"{prefix}_run wrote {len(raw)} bytes but the expected output has {exp.nbytes}")
+        ok, d = _compare(got.reshape(exp.shape), exp)
+        matches.append(ok)
+        diffs.append(d)
+    arena = info.get("arena_size", info.get("arena_bytes"))
+    if arena is None:
+        arena = _header_macro(out_dir / f"{prefix}.h", f"{prefix.upper()}_ARENA_SIZE") or 0
+    stack = result.stack_high_water
+    insns = result.instructions
+    return {
+        "board": BOARD,
+        "cpu": CPU,
+        "cpu_flags": " ".join(CPU_FLAGS),
+        "flash_bytes": sizes["flash_bytes"],
+        "flash": sizes,
+        "arena_bytes": int(arena),
+        "stack_bytes": int(stack),
+        # False when the stack went past the painted region: then ram_bytes is a lower bound.
+        "stack_measured": stack < result.stack_paint_bytes,
+        "ram_bytes": int(arena) + int(stack),
+        # What the linker places in RAM for the model object (.bss + .data): the arena
+        # rounded up to its alignment, plus any other static variable.
+        "static_ram_bytes": sizes["bss_bytes"] + sizes["data_bytes"],
+        "instructions_per_inference": int(round(float(np.median(insns)))) if insns else None,
+        "instructions": insns,
+        "instructions_min": min(insns) if insns else None,
+        "instructions_max": max(insns) if insns else None,
+        "instruction_count_note": COUNT_NOTE,
+        "inputs": len(inputs),
+        "outputs_match": all(matches),
+        "matches": sum(matches),
+        "max_abs_diff": max(diffs) if diffs else 0.0,
+    }

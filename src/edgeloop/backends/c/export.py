@@ -1,0 +1,209 @@
+"""``edgeloop export MODEL --target <microcontroller> -o OUT [--name P] [--verify] [--json]``.
+
+Writes ``OUT/<prefix>.c``, ``OUT/<prefix>.h`` and ``OUT/report.json``. Everything is
+built in a temporary folder beside OUT, compiled once with the host gcc as a check,
+and only then renamed into place: an error leaves OUT as it was.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+import numpy as np
+
+from edgeloop.errors import EdgeloopError, UsageError
+
+
+class VerificationError(EdgeloopError):
+    """The emulated Cortex-M4 gave other outputs than the host build."""
+
+    exit_code = 3
+
+
+def _section_sizes(obj: Path) -> dict | None:
+    """text/rodata/data/bss bytes of an object file (binutils ``size -A``), or None."""
+    size = shutil.which("size")
+    if size is None:
+        return None
+    r = subprocess.run([size, "-A", str(obj)], capture_output=True, text=True)
+    if r.returncode != 0:
+        return None
+    out = {"text": 0, "rodata": 0, "data": 0, "bss": 0}
+    for line in r.stdout.splitlines():
+        parts = line.split()
+        if len(parts) >= 2 and parts[1].isdigit():
+            name = parts[0]
+            for key in out:
+                if name == f".{key}" or name.startswith(f".{key}."):
+                    out[key] += int(parts[1])
+    return out
+
+
+def _host_check(tmp: Path, prefix: str) -> dict | None:
+    """Compile once with -Werror (a check) and measure the host object's sections."""
+    from edgeloop.backends.c import CFLAGS, _cc
+
+    obj = tmp.parent / f".{tmp.name}.{prefix}.o"
+    try:
+        r = subprocess.run([_cc(), *CFLAGS, "-Os", "-c", "-o", str(obj), str(tmp / f"{prefix}.c")],
+                           capture_output=True, text=True)
+        if r.returncode != 0:
+            raise EdgeloopError(f"the generated C did not compile with the host gcc: "
+                                f"{r.stderr.strip().splitlines()[0] if r.stderr.strip() else r.returncode}")
+        return _section_sizes(obj)
+    finally:
+        obj.unlink(missing_ok=True)
+
+
+def _sample_inputs(info: dict, n: int = 3) -> list[list[np.ndarray]]:
+    rng = np.random.default_rng(0)
+    samples = []
+    for _ in range(n):
+        xs = []
+        for spec in info["inputs"]:
+            dt = np.dtype(spec["dtype"])
+            if dt.kind == "f":
+                xs.append(rng.normal(0, 1, spec["shape"]).astype(dt))
+            elif dt.kind in "iu":
+                lo, hi = (max(np.iinfo(dt).min, -128), min(np.iinfo(dt).max, 127))
+                xs.append(rng.integers(lo, hi + 1, spec["shape"]).astype(dt))
+            else:
+                xs.append(np.zeros(spec["shape"], dt))
+        samples.append(xs)
+    return samples
+
+
+def _verify(tmp: Path, prefix: str, info: dict) -> dict:
+    """Host outputs on sample inputs, then the same inputs on the emulated Cortex-M4."""
+    try:
+        from edgeloop.backends.c import cortexm
+    except ImportError as e:
+        return {"available": False, "error": f"Cortex-M verification is not available in this "
+                                             f"build (edgeloop.backends.c.cortexm: {e})"}
+    from edgeloop.backends.c import CModel, compile_shared
+
+    with tempfile.TemporaryDirectory(prefix="edgeloop-host-") as host:
+        hdir = Path(host)
+        for f in info["files"]:
+            shutil.copy(tmp / f, hdir / f)
+        cm = CModel(compile_shared(hdir, prefix), info)
+        samples = _sample_inputs(info)
+        if len(info["inputs"]) != 1:
+            return {"available": False, "error": "Cortex-M verification supports one-input models"}
+        inputs = [s[0] for s in samples]
+        expected = [cm.run(*s) for s in samples]
+        try:
+            result = cortexm.verify(tmp, prefix, info, inputs, expected)
+        except EdgeloopError as e:
+            return {"available": False, "error": str(e)}
+    result = dict(result)
+    result["available"] = True
+    return result
+
+
+def export_cli(model_path, target, output, *, prefix: str = "model", verify: bool = False,
+               as_json: bool = False) -> None:
+    from edgeloop.backends.c.codegen import _c_ident, generate
+    from edgeloop.frontends import load_file
+
+    _c_ident(prefix)
+    output = Path(output)
+    if output.exists() and not output.is_dir():
+        raise UsageError(f"output '{output}' exists and is not a folder")
+    model = load_file(model_path)
+    parent = output.resolve().parent
+    parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{output.name}.tmp-", dir=parent))
+    try:
+        from edgeloop.backends.c.codegen import _umask
+        os.chmod(tmp, 0o777 & ~_umask())
+        try:
+            info = generate(model, tmp, prefix)
+        except EdgeloopError as e:
+            raise e.with_where(str(model_path))
+        sections = _host_check(tmp, prefix)
+        report = {
+            "model": str(model_path),
+            "target": getattr(target, "id", str(target)),
+            "prefix": prefix,
+            "files": info["files"] + ["report.json"],
+            "precision": info["precision"],
+            "arena_bytes": info["arena_size"],
+            "weights_bytes": info["const_bytes"],
+            # a few static work words outside the arena (tree ensembles' double sums)
+            "scratch_bytes": info.get("scratch_bytes", 0),
+            "flash_estimate_bytes": (sections["text"] + sections["rodata"] + sections["data"]
+                                     if sections else info["const_bytes"]),
+            "flash_estimate_note": ("host x86-64 object built with -Os: text + rodata + data; "
+                                    "--verify measures the Cortex-M4 object" if sections else
+                                    "constant data only (binutils 'size' not found)"),
+            "inputs": info["inputs"], "outputs": info["outputs"],
+            "primary_output": info["primary_output"],
+            "input_quant": info["input_quant"], "output_quant": info["output_quant"],
+            "kernels": info["kernels"],
+            "verify": None,
+        }
+        ram = getattr(target, "ram_bytes", None)
+        flash = getattr(target, "flash_bytes", None)
+        if ram:
+            report["fits_ram"] = info["arena_size"] <= ram
+        if flash:
+            report["fits_flash"] = report["flash_estimate_bytes"] <= flash
+        if verify:
+            report["verify"] = _verify(tmp, prefix, info)
+        (tmp / "report.json").write_text(json.dumps(report, indent=2) + "\n")
+        # into place: OUT is replaced only now, whole
+        backup = None
+        if output.exists():
+            backup = parent / f".{output.name}.old-{os.getpid()}"
+            os.replace(output, backup)
+        os.replace(tmp, output)
+        if backup is not None:
+            shutil.rmtree(backup, ignore_errors=True)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    _print(report, output, as_json)
+    v = report["verify"]
+    if v and v.get("available") and not v.get("outputs_match", True):
+        raise VerificationError("the emulated Cortex-M4 gave other outputs than the host build "
+                                f"(max difference {v.get('max_abs_diff')})", where=str(output))
+
+
+def _print(report: dict, output: Path, as_json: bool) -> None:
+    if as_json:
+        sys.stdout.write(json.dumps(report, indent=2) + "\n")
+        return
+    from rich.console import Console
+    from rich.table import Table
+
+    from edgeloop.hardware import format_bytes
+
+    t = Table(title=f"C export for {report['target']} -> {output}", show_header=False)
+    t.add_row("files", ", ".join(report["files"]))
+    t.add_row("precision", report["precision"])
+    t.add_row("arena (RAM)", f"{format_bytes(report['arena_bytes'])} ({report['arena_bytes']} B)")
+    t.add_row("flash (estimate)", f"{format_bytes(report['flash_estimate_bytes'])} "
+                                  f"({report['flash_estimate_note']})")
+    if "fits_ram" in report:
+        t.add_row("fits the target", f"RAM {'yes' if report['fits_ram'] else 'NO'}, flash "
+                                     f"{'yes' if report.get('fits_flash') else 'NO'}")
+    t.add_row("kernels", ", ".join(report["kernels"]))
+    v = report["verify"]
+    if v is not None:
+        if not v.get("available"):
+            t.add_row("Cortex-M4 verify", f"not run: {v.get('error')}")
+        else:
+            t.add_row("Cortex-M4 verify", f"outputs {'match' if v.get('outputs_match') else 'DIFFER'}"
+                                          f" on {v.get('inputs')} inputs")
+            t.add_row("Cortex-M4 flash", f"{v.get('flash_bytes')} B (text + rodata of the model)")
+            t.add_row("Cortex-M4 RAM", f"{v.get('ram_bytes')} B (arena + measured stack)")
+            t.add_row("instructions/inference", f"{v.get('instructions_per_inference')} "
+                                                "(QEMU counts instructions, not cycles)")
+    Console().print(t)
