@@ -1,9 +1,165 @@
-"""CLI commands of this area, registered on the main `edgeloop` app by `register`."""
+"""`edgeloop serve`, `edgeloop samples list|export` and `edgeloop improve`: the on-device loop."""
 
 from __future__ import annotations
 
+import json
+import sys
+from pathlib import Path
+from typing import Optional
+
 import typer
+
+from edgeloop.errors import EdgeloopError, UsageError
+
+
+def _bundle_error(e: Exception) -> EdgeloopError:
+    return EdgeloopError(str(e))
 
 
 def register(app: typer.Typer) -> None:
-    """Add this area's subcommands to the main app (none yet)."""
+    """Add serve, samples and improve to the main app."""
+
+    @app.command()
+    def serve(
+        bundle: Path = typer.Argument(..., help="Bundle folder written by `edgeloop export --target <linux board>`."),
+        host: str = typer.Option("127.0.0.1", "--host", help="Address to listen on (0.0.0.0 exposes it to the network)."),
+        port: int = typer.Option(8080, "--port", help="TCP port."),
+        threads: int = typer.Option(1, "--threads", help="onnxruntime intra-op threads."),
+        capture: Optional[Path] = typer.Option(None, "--capture", help="SQLite file for captured samples (off when not given)."),
+        budget_mb: float = typer.Option(100.0, "--capture-budget-mb", help="Disk budget of the capture store; the least informative samples are evicted first."),
+        privacy: bool = typer.Option(False, "--privacy", help="Store no raw input: only predictions, scores and reasons."),
+        confidence_below: float = typer.Option(0.6, "--confidence-below", help="Capture when the top-1 probability is below this (0 disables)."),
+        margin_below: float = typer.Option(0.2, "--margin-below", help="Capture when top-1 minus top-2 is below this (0 disables)."),
+        entropy_above: float = typer.Option(0.6, "--entropy-above", help="Capture when the normalised entropy is above this (1 disables)."),
+        random_rate: float = typer.Option(0.01, "--random-rate", help="Also capture this fraction at random (an unbiased baseline)."),
+        per_class_quota: Optional[int] = typer.Option(None, "--per-class-quota", help="At most this many samples per predicted class."),
+        max_per_minute: float = typer.Option(120.0, "--max-captures-per-minute", help="Rate limit of captures (0 = no limit)."),
+        max_body: int = typer.Option(1 << 20, "--max-body-bytes", help="Larger request bodies get 413."),
+    ) -> None:
+        """Serve a bundle over HTTP: POST /predict, GET /health, GET /metrics, POST /admin/reload|rollback.
+
+        Checks every file's SHA-256 at start (a changed bundle is refused) and opens no outbound connection.
+        """
+        from edgeloop.runtime.bundle import BundleError
+        from edgeloop.runtime.capture import CapturePolicy
+        from edgeloop.runtime.server import ServerConfig, serve as run_server
+
+        for flag, v in [("--confidence-below", confidence_below), ("--margin-below", margin_below),
+                        ("--entropy-above", entropy_above), ("--random-rate", random_rate)]:
+            if not 0.0 <= v <= 1.0:
+                raise UsageError(f"{flag} must be between 0 and 1, got {v:g}")
+        if budget_mb <= 0 or max_body <= 0 or not (0 < port < 65536):
+            raise UsageError("--capture-budget-mb, --max-body-bytes and --port must be positive")
+        policy = CapturePolicy(confidence_below=confidence_below or None, margin_below=margin_below or None,
+                               entropy_above=None if entropy_above >= 1.0 else entropy_above,
+                               random_rate=random_rate, per_class_quota=per_class_quota,
+                               max_per_minute=max_per_minute or None)
+        config = ServerConfig(bundle=str(bundle), host=host, port=port, threads=threads, max_body_bytes=max_body,
+                              capture=str(capture) if capture else None,
+                              capture_budget_bytes=int(budget_mb * 2**20), privacy=privacy, policy=policy)
+        try:
+            run_server(config)
+        except BundleError as e:
+            raise _bundle_error(e) from None
+
+    samples = typer.Typer(help="Inspect and export captured samples.", no_args_is_help=True)
+    app.add_typer(samples, name="samples")
+
+    @samples.command("list")
+    def samples_list(
+        store: Path = typer.Argument(..., help="Capture store (the SQLite file given to `serve --capture`)."),
+        limit: int = typer.Option(50, "--limit", help="Show at most this many (most informative first)."),
+        as_json: bool = typer.Option(False, "--json", help="Print a JSON list."),
+    ) -> None:
+        """List captured samples: prediction, confidence, margin, reason."""
+        from edgeloop.runtime.capture import CaptureStore
+
+        _need_store(store)
+        with CaptureStore(store, budget_bytes=2**62) as s:
+            rows = list(s.rows())
+        rows.sort(key=lambda r: (-r["score"], r["id"]))
+        if as_json:
+            sys.stdout.write(json.dumps(rows[:limit], indent=2) + "\n")
+            return
+        from rich.console import Console
+        from rich.table import Table
+
+        t = Table(title=f"{store}: {len(rows)} samples", title_justify="left")
+        for col in ("id", "version", "predicted", "confidence", "margin", "entropy", "reason", "raw"):
+            t.add_column(col, justify="right" if col in ("id", "confidence", "margin", "entropy") else "left")
+        fmt = lambda v: "-" if v is None else f"{v:.3f}"  # noqa: E731
+        for r in rows[:limit]:
+            t.add_row(str(r["id"]), str(r["model_version"]), str(r["predicted"]), fmt(r["confidence"]),
+                      fmt(r["margin"]), fmt(r["entropy"]), r["reason"], "yes" if r["has_input"] else "no")
+        Console(highlight=False, width=120).print(t)
+
+    @samples.command("export")
+    def samples_export(
+        store: Path = typer.Argument(..., help="Capture store (SQLite file)."),
+        output: Path = typer.Option(..., "--output", "-o", help="Folder to write samples.npz, samples.csv and README.txt into."),
+        as_json: bool = typer.Option(False, "--json", help="Print the summary as JSON."),
+    ) -> None:
+        """Export captured samples as a dataset ready for labelling (samples.npz + samples.csv)."""
+        from edgeloop.backends.bundle import write_atomically
+        from edgeloop.runtime.capture import export_dataset
+
+        _need_store(store)
+        summary: dict = {}
+
+        def fill(tmp: Path) -> None:
+            try:
+                summary.update(export_dataset(store, tmp))
+            except ValueError as e:
+                raise UsageError(str(e), where=str(store)) from None
+
+        if output.is_dir() and any(output.iterdir()) and not (output / "samples.csv").is_file():
+            raise UsageError(f"{output} is a non-empty folder that is not a samples export; refusing to replace it")
+        write_atomically(output, fill, marker="samples.csv")
+        summary["dir"] = str(output)
+        if as_json:
+            sys.stdout.write(json.dumps(summary, indent=2) + "\n")
+        else:
+            typer.echo(f"exported {summary['samples']} samples ({summary['with_input']} with input) to {output}; "
+                       f"reasons: {summary['reasons']}", err=True)
+
+    @app.command()
+    def improve(
+        bundle: Path = typer.Option(..., "--bundle", "-b", help="The bundle to improve (its source model is refitted)."),
+        data: Path = typer.Option(..., "--data", help="Labelled data: a `samples export` folder with labels filled, or a .npz with x and y."),
+        base_data: Optional[Path] = typer.Option(None, "--base-data", help="The original training data (.npz x, y), trained on together with the new data."),
+        output: Path = typer.Option(..., "--output", "-o", help="Folder for the new bundle (next version)."),
+        holdout: float = typer.Option(0.25, "--holdout", help="Fraction of the data held out to compare old and new."),
+        epochs: int = typer.Option(15, "--epochs", help="Fine-tuning epochs (PyTorch sources)."),
+        seed: int = typer.Option(0, "--seed"),
+        as_json: bool = typer.Option(False, "--json", help="Print the comparison as JSON."),
+    ) -> None:
+        """Refit or fine-tune a bundle's model on labelled captures, re-apply its shrink recipe, write the next version."""
+        from rich.console import Console
+
+        from edgeloop.backends.bundle.improve import improve as run_improve
+
+        if not 0.0 <= holdout < 1.0:
+            raise UsageError(f"--holdout must be in [0, 1), got {holdout:g}")
+        if output.resolve() == bundle.resolve():
+            raise UsageError("--output must differ from --bundle (the old version stays for rollback)")
+        err = Console(stderr=True, highlight=False)
+        with err.status("improving...") as status:
+            comp = run_improve(bundle, data, output, base_data=base_data, holdout=holdout, seed=seed,
+                               epochs=epochs, progress=lambda m: status.update(m))
+        if as_json:
+            sys.stdout.write(json.dumps(comp, indent=2) + "\n")
+            return
+        m = comp["metric"]
+        lines = [f"wrote {output} (version {comp['new_version']}, {comp['method']} on {comp['trained_on']} samples)"]
+        for key, title in (("holdout_new", "held-out new data"), ("holdout_base", "held-out base data")):
+            if key in comp and comp[key]["n"]:
+                c = comp[key]
+                lines.append(f"{title} (n={c['n']}): {m} old {c['old']:.4f} -> new {c['new']:.4f}")
+        lines.append(f"shrink recipe: {comp['recipe_note']}")
+        for line in lines:
+            typer.echo(line)
+
+
+def _need_store(store: Path) -> None:
+    if not store.is_file():
+        raise UsageError("no such capture store", where=str(store))

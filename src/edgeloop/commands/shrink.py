@@ -1,9 +1,185 @@
-"""CLI commands of this area, registered on the main `edgeloop` app by `register`."""
+"""`edgeloop shrink`: the smallest model that still does the job, within a device's limits."""
 
 from __future__ import annotations
 
+import json
+import os
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any, Optional
+
 import typer
+
+from edgeloop.errors import EdgeloopError, UsageError
+
+
+def _write_atomic(path: Path, data: bytes) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=".edgeloop-", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def _find_source(model_path: str, model: Any, source: Optional[str]) -> Optional[str]:
+    """The source file for refits and fine-tunes (scikit-learn .joblib/.pkl or PyTorch .pt2):
+    --source, MODEL itself, or the source recorded in the model's metadata."""
+    sk = (".joblib", ".pkl", ".pickle", ".pt2")
+    if source is not None:
+        if not Path(source).is_file():
+            raise UsageError(f"--source {source}: no such file")
+        return source
+    if model_path.lower().endswith(sk):
+        return model_path
+    from edgeloop.graph import get_metadata
+
+    recorded = get_metadata(model).get("source")
+    if isinstance(recorded, str) and recorded.lower().endswith(sk) and Path(recorded).is_file():
+        return recorded
+    return None
+
+
+def shrink_files(model_path: str, data_path: str, out_dir: str, *, metric: str = "accuracy",
+                 max_drop: float = 0.01, target: Optional[str] = None, max_ram_kb: Optional[float] = None,
+                 max_flash_kb: Optional[float] = None, max_latency_ms: Optional[float] = None,
+                 source: Optional[str] = None, label_column: Optional[str] = None, quick: bool = False,
+                 progress: Any = None) -> dict:
+    """The whole command from Python: returns results.json's content; raises NoCandidateError (exit 3)."""
+    from edgeloop.frontends import load_file
+    from edgeloop.search import Limits, NoCandidateError, closest, run_search
+    from edgeloop.search.data import check_and_split, read_dataset
+    from edgeloop.search.report import recipe_text, render
+
+    limits = Limits(max_drop=max_drop, target=target, max_ram_kb=max_ram_kb, max_flash_kb=max_flash_kb,
+                    max_latency_ms=max_latency_ms)
+    limits.check()  # fail fast, before loading anything
+    model = load_file(model_path)
+    ds = read_dataset(data_path, label_column=label_column)
+    try:
+        splits = check_and_split(model, ds, metric)
+    except EdgeloopError as e:
+        raise e.with_where(data_path)
+    src = _find_source(model_path, model, source)
+    result = run_search(model, splits, limits, source=src, progress=progress, quick=quick)
+    doc = result.to_json()
+    doc["model"] = model_path
+    doc["data"] = data_path
+    doc["source"] = src
+    out = Path(out_dir)
+    near = [c.to_json() for c in closest(result)] if result.chosen is None else []
+    if near:
+        doc["closest"] = [c["id"] for c in near]
+    _write_atomic(out / "results.json", (json.dumps(doc, indent=2, default=_json_default) + "\n").encode())
+    _write_atomic(out / "report.html", render(doc, Path(model_path).name, near).encode())
+    if result.chosen is None:
+        stale = out / "model.onnx"
+        if stale.exists():
+            stale.unlink()  # never leave a model that does not meet these limits
+        parts = [f"{c['id']} ({recipe_text(c['passes']) or 'original'}) misses: {'; '.join(c['misses'])}"
+                 for c in near[:2]]
+        raise NoCandidateError("no candidate meets the limits; closest: " + " | ".join(parts)
+                               + f" (see {out / 'report.html'})")
+    from edgeloop.graph import save
+
+    save(result.chosen.model, out / "model.onnx")  # byte for byte the candidate that was measured
+    return doc
+
+
+def _json_default(o: Any) -> Any:
+    import numpy as np
+
+    if isinstance(o, np.generic):
+        return o.item()
+    if isinstance(o, np.ndarray):
+        return o.tolist()
+    return str(o)
 
 
 def register(app: typer.Typer) -> None:
-    """Add this area's subcommands to the main app (none yet)."""
+    """Add `edgeloop shrink` to the main app."""
+
+    @app.command("shrink")
+    def shrink(
+        model: str = typer.Argument(..., help="Model file: .onnx, .joblib/.pkl, .pt2 or .tflite."),
+        data: str = typer.Option(..., "--data", "-d", help="Labelled data: .npz (x, y, optional x_calib), "
+                                 "a CSV with a label column, an image folder (one subfolder per class), a "
+                                 "dataset folder (edgeloop data) or a built-in name such as sklearn:digits."),
+        output: Path = typer.Option(..., "--output", "-o", help="Output folder: model.onnx, results.json, report.html."),
+        metric: str = typer.Option("accuracy", "--metric", help="accuracy | f1 | auc (classifiers) or mae (regression)."),
+        max_drop: float = typer.Option(0.01, "--max-drop", help="Largest metric loss accepted, in the metric's units "
+                                       "(0.01 = one accuracy point; for mae, the largest increase)."),
+        target: Optional[str] = typer.Option(None, "--target", "-t", help="Catalogue target whose RAM, flash and "
+                                             "precisions the model must fit (see `edgeloop targets`)."),
+        max_ram_kb: Optional[float] = typer.Option(None, "--max-ram-kb", help="Peak activation RAM limit, KB."),
+        max_flash_kb: Optional[float] = typer.Option(None, "--max-flash-kb", help="Flash limit (weights + layer records), KB."),
+        max_latency_ms: Optional[float] = typer.Option(None, "--max-latency-ms", help="Latency limit: estimated "
+                                                       "on --target if given, else measured on this host."),
+        source: Optional[str] = typer.Option(None, "--source", help="The source model for refits and fine-tunes: "
+                                             "scikit-learn .joblib (feature reduction, smaller algorithms) or "
+                                             "PyTorch .pt2 (fine-tune after pruning); default: MODEL if it is one."),
+        label_column: Optional[str] = typer.Option(None, "--label-column", help="CSV data: the label column."),
+        quick: bool = typer.Option(False, "--quick", help="Fewer settings per pass (faster, coarser)."),
+        as_json: bool = typer.Option(False, "--json", help="Print results.json to stdout instead of a summary."),
+    ) -> None:
+        """Quantize, prune, drop features or layers; keep the smallest model within --max-drop and the limits.
+
+        Every candidate is scored on a held-out split (calibration uses separate
+        samples). Exit code 3 when no candidate meets the limits (the report
+        names the closest ones), 2 on bad input.
+        """
+        from rich.console import Console
+        from rich.progress import (BarColumn, MofNCompleteColumn, Progress, SpinnerColumn, TextColumn,
+                                   TimeElapsedColumn)
+
+        err = Console(stderr=True, highlight=False)
+        with Progress(SpinnerColumn(), TextColumn("[progress.description]{task.description}"), BarColumn(),
+                      MofNCompleteColumn(), TimeElapsedColumn(), console=err, transient=True,
+                      disable=not err.is_terminal) as bar:
+            task = bar.add_task("shrink", total=None)
+            state = {"n": 0}
+
+            def progress(label: str) -> None:
+                state["n"] += 1
+                bar.update(task, completed=state["n"] - 1, description=label[:60])
+
+            doc = shrink_files(model, data, str(output), metric=metric, max_drop=max_drop, target=target,
+                               max_ram_kb=max_ram_kb, max_flash_kb=max_flash_kb, max_latency_ms=max_latency_ms,
+                               source=source, label_column=label_column, quick=quick, progress=progress)
+        if as_json:
+            sys.stdout.write(json.dumps(doc, indent=2, default=_json_default) + "\n")
+            return
+        _print_summary(doc, output)
+
+
+def _print_summary(doc: dict, output: Path) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    from edgeloop.search.report import recipe_text
+
+    out = Console(highlight=False, width=160)
+    metric = doc["metric"]
+    t = Table(title=f"{doc['model']}: Pareto front ({len(doc['candidates'])} candidates tried)", title_justify="left")
+    for col in ("id", "passes", metric, "file", "flash", "peak RAM", "precision", "limits"):
+        t.add_column(col, justify="left" if col in ("id", "passes", "precision", "limits") else "right")
+    for c in [doc["baseline"]] + doc["candidates"]:
+        if not c["on_front"] and not c["chosen"]:
+            continue
+        m = c["metrics"]
+        t.add_row(c["id"] + (" *" if c["chosen"] else ""), recipe_text(c["passes"]) or "(original)",
+                  f"{m[metric]:.4f}", f"{m['file_bytes'] / 1024:.1f} KB", f"{m['flash_bytes'] / 1024:.1f} KB",
+                  f"{m['peak_ram_bytes'] / 1024:.1f} KB", m["precision"], "meets" if not c["misses"] else "; ".join(c["misses"]))
+    out.print(t)
+    ch = next(c for c in doc["candidates"] + [doc["baseline"]] if c["chosen"])
+    b = doc["baseline"]["metrics"]
+    key = doc.get("size_key", "file_bytes")
+    what = "flash image" if key == "flash_bytes" else "file"
+    out.print(f"chosen {ch['id']}: {metric} {ch['metrics'][metric]:.4f} (baseline {b[metric]:.4f}), "
+              f"{what} {b[key] / max(1, ch['metrics'][key]):.2f}x smaller; wrote {output}/model.onnx, "
+              f"results.json, report.html")

@@ -1,0 +1,202 @@
+"""Passes: graph in, graph out, each with a small frozen config.
+
+Every pass module defines a frozen dataclass config with a ``NAME`` class
+attribute and a ``run(model, config, data) -> ModelProto`` function. Use them
+through :func:`apply_pass` (one pass) or :func:`apply_recipe` (a list of
+``{"pass": name, "config": {...}}`` steps, as recorded in a model's metadata
+under ``recipe``), so that the history travels with the model and another
+stage (``improve``) can replay it on a refitted model::
+
+    from edgeloop.passes import apply_pass, apply_recipe, Int8Static
+    small = apply_pass(model, Int8Static(calibration="percentile"), data)
+    again = apply_recipe(other_model, get_metadata(small)["recipe"], data)
+
+``data`` (:class:`PassData`) carries what some passes need: calibration
+samples, a fit split for refits, a tune split for measurements, and the
+source model (a scikit-learn estimator or its .joblib path) for refits.
+
+Passes:
+
+========================  =====================================================
+``int8_static``           int8 QDQ, calibrated (MinMax/Percentile/Entropy), TFLite scheme
+``int8_dynamic``          int8 weights, activations quantized at run time
+``float16``               float16 weights (and optionally activations)
+``mixed_precision``       int8 static with the named layers kept float
+``channel_prune``         structured pruning: removes Conv/Gemm output channels
+``magnitude_prune``       unstructured pruning: zeroes the smallest weights
+``sparse_storage``        stores zero-heavy weights compactly (bitmask + values)
+``feature_select``        keeps k input features, refits the scikit-learn source
+``smaller_algorithm``     refits a simpler scikit-learn estimator
+``layer_removal``         drops shape-preserving layers
+========================  =====================================================
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import Any, Callable
+
+import numpy as np
+import onnx
+
+from edgeloop.errors import UsageError
+
+
+@dataclass
+class PassData:
+    """What data-hungry passes may use. Every field is optional.
+
+    - ``x_calib``: unlabelled samples for int8 calibration;
+    - ``x_fit``/``y_fit``: training data for refits (feature_select,
+      smaller_algorithm) and for the least-squares weight reconstruction of the
+      pruning passes;
+    - ``x_tune``/``y_tune``: the split that picks settings (layer sensitivity,
+      permutation importance). Refits also train on it, so it must not be the
+      split a caller reports its final metric on;
+    - ``metric``: accuracy | f1 | auc | mae;
+    - ``source``: a fitted scikit-learn estimator or its .joblib/.pkl path.
+    """
+
+    x_calib: np.ndarray | None = None
+    x_fit: np.ndarray | None = None
+    y_fit: np.ndarray | None = None
+    x_tune: np.ndarray | None = None
+    y_tune: np.ndarray | None = None
+    metric: str = "accuracy"
+    source: Any = None  # a fitted scikit-learn estimator or a path to its .joblib/.pkl
+
+    @classmethod
+    def from_splits(cls, splits: Any, source: Any = None) -> "PassData":
+        return cls(splits.x_calib, splits.x_fit, splits.y_fit, splits.x_tune, splits.y_tune,
+                   splits.metric, source)
+
+    def source_estimator(self) -> Any:
+        """The scikit-learn source, loaded from its file if needed; None without one."""
+        src = self.source
+        if isinstance(src, (str, bytes)) or hasattr(src, "__fspath__"):
+            import os
+
+            path = os.fspath(src)
+            if not path.lower().endswith((".joblib", ".pkl", ".pickle")):
+                return None
+            import joblib
+
+            src = joblib.load(path)
+            self.source = src
+        if src is not None and hasattr(src, "get_params") and hasattr(src, "fit"):
+            return src
+        return None
+
+
+_REGISTRY: dict[str, tuple[type, Callable]] = {}
+_LOADED = False
+_MODULES = ("quantize", "float16", "mixed", "prune_structured", "prune_magnitude", "sklearn_refit",
+            "layers")
+
+
+def register_pass(config_cls: type, fn: Callable) -> None:
+    _REGISTRY[config_cls.NAME] = (config_cls, fn)
+
+
+def _load_registry() -> None:
+    global _LOADED
+    if _LOADED:
+        return
+    _LOADED = True
+    import importlib
+
+    for module in _MODULES:
+        importlib.import_module(f"edgeloop.passes.{module}")
+
+
+def pass_names() -> list[str]:
+    _load_registry()
+    return sorted(_REGISTRY)
+
+
+def config_from_dict(name: str, config: dict | None) -> Any:
+    _load_registry()
+    if name not in _REGISTRY:
+        raise UsageError(f"unknown pass {name!r}; known: {', '.join(sorted(_REGISTRY))}")
+    cls = _REGISTRY[name][0]
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    kwargs = {}
+    for k, v in (config or {}).items():
+        if k not in fields:
+            raise UsageError(f"pass {name}: unknown setting {k!r}")
+        kwargs[k] = tuple(v) if isinstance(v, list) else v
+    return cls(**kwargs)
+
+
+def config_to_dict(config: Any) -> dict:
+    out = {}
+    for f in dataclasses.fields(config):
+        v = getattr(config, f.name)
+        out[f.name] = list(v) if isinstance(v, tuple) else v
+    return out
+
+
+def apply_pass(model: onnx.ModelProto, config: Any, data: PassData | None = None) -> onnx.ModelProto:
+    """Run one pass (given by its config) on a copy of ``model`` and record it in the metadata."""
+    from edgeloop.graph import get_metadata, set_metadata
+
+    _load_registry()
+    name = getattr(config, "NAME", None)
+    if name not in _REGISTRY:
+        raise UsageError(f"not a pass config: {config!r}")
+    fn = _REGISTRY[name][1]
+    src = onnx.ModelProto()
+    src.CopyFrom(model)
+    recipe = list(get_metadata(model).get("recipe") or [])
+    out = fn(src, config, data)
+    recipe.append({"pass": name, "config": config_to_dict(config)})
+    strip_debug_info(out)
+    set_metadata(out, recipe=recipe)
+    return out
+
+
+def strip_debug_info(model: onnx.ModelProto) -> onnx.ModelProto:
+    """Drop per-node debugging text (doc strings, exporter stack traces and name scopes).
+
+    The torch exporter attaches several hundred bytes of provenance to every
+    node; on a small model that is a sizeable share of the file. Model-level
+    metadata (edgeloop's, the labels, the recipe) is kept.
+    """
+    graphs = [model.graph]
+    while graphs:  # iterative: subgraphs (If/Loop bodies) included without recursion
+        g = graphs.pop()
+        g.doc_string = ""
+        for n in g.node:
+            n.doc_string = ""
+            del n.metadata_props[:]
+            for a in n.attribute:
+                if a.HasField("g"):
+                    graphs.append(a.g)
+                graphs.extend(a.graphs)
+        for vi in list(g.input) + list(g.output) + list(g.value_info):
+            vi.doc_string = ""
+            del vi.metadata_props[:]
+        for init in g.initializer:
+            init.doc_string = ""
+            del init.metadata_props[:]
+    return model
+
+
+def apply_recipe(model: onnx.ModelProto, recipe: list[dict], data: PassData | None = None) -> onnx.ModelProto:
+    """Replay ``recipe`` (a list of {"pass", "config"}) on ``model``."""
+    for step in recipe:
+        if not isinstance(step, dict) or "pass" not in step:
+            raise UsageError(f"a recipe step must be {{'pass': name, 'config': {{...}}}}, got {step!r}")
+        model = apply_pass(model, config_from_dict(step["pass"], step.get("config")), data)
+    return model
+
+
+def __getattr__(name: str) -> Any:  # lazy access to the config classes: edgeloop.passes.Int8Static
+    if name.startswith("_") or name in _MODULES:
+        raise AttributeError(name)
+    _load_registry()
+    for cls, _ in _REGISTRY.values():
+        if cls.__name__ == name:
+            return cls
+    raise AttributeError(name)

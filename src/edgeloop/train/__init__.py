@@ -1,0 +1,317 @@
+"""Smallest-first training: from a dataset folder to the smallest model that is good enough.
+
+``train_dataset(dataset, output, target=None, metric=None, min_score=None, ...)``
+fits the candidates of :mod:`edgeloop.train.candidates` (linear, tree, forest,
+MLP, a small CNN for images; per-channel statistics + linear/tree/forest for
+time series) smallest first, by their estimated weight bytes on this data's
+shape and number of classes, scores each on the validation split,
+profiles its ONNX graph (params, flash, peak RAM; estimated latency and fit on
+``target``), and stops at the first that reaches ``min_score`` (and fits the
+target, when one is given). Without ``min_score`` every candidate is tried and
+the best kept. The chosen model is written as ``output`` (.onnx) with its source
+beside it (``<stem>.joblib`` for scikit-learn, ``<stem>.pt2`` for the CNN), and
+scored once on the test split through the ONNX graph that ships.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+import time
+import warnings
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from edgeloop.errors import UsageError
+from edgeloop.train.candidates import CANDIDATES, Candidate, candidates_for, estimate_weight_bytes
+
+METRICS = ("accuracy", "f1", "mae")
+
+__all__ = ["train_dataset", "score", "CANDIDATES", "Candidate", "candidates_for", "estimate_weight_bytes",
+           "METRICS"]
+
+
+def score(metric: str, y_true: np.ndarray, y_pred: np.ndarray) -> float:
+    """accuracy, macro F1 (higher is better) or mean absolute error (lower is better)."""
+    y_true = np.asarray(y_true).reshape(-1)
+    y_pred = np.asarray(y_pred).reshape(-1)
+    if metric == "accuracy":
+        return float(np.mean(y_true == y_pred))
+    if metric == "f1":
+        from sklearn.metrics import f1_score
+
+        return float(f1_score(y_true, y_pred, average="macro"))
+    if metric == "mae":
+        return float(np.mean(np.abs(y_true.astype(np.float64) - y_pred.astype(np.float64))))
+    raise UsageError(f"unknown metric '{metric}'; choose {', '.join(METRICS)}")
+
+
+def _better(metric: str, a: float, b: float) -> bool:
+    return a < b if metric == "mae" else a > b
+
+
+def _reaches(metric: str, value: float, goal: float) -> bool:
+    return value <= goal if metric == "mae" else value >= goal
+
+
+def _flat(x: np.ndarray) -> np.ndarray:
+    return np.ascontiguousarray(x.reshape(len(x), -1), dtype=np.float32)
+
+
+def onnx_predict(model, x: np.ndarray, task: str) -> np.ndarray:
+    """Predictions of an ONNX graph made by ``train``: class indices or regression values."""
+    from edgeloop.graph import session
+
+    sess = session(model)
+    inp = sess.get_inputs()[0]
+    fixed_batch = isinstance(inp.shape[0], int)
+    if len(inp.shape) == 2:
+        x = _flat(x)
+    outs_meta = [o.name for o in sess.get_outputs()]
+    results = []
+    step = 1 if fixed_batch else 4096
+    for start in range(0, len(x), step):
+        out = sess.run(None, {inp.name: np.ascontiguousarray(x[start:start + step], dtype=np.float32)})
+        if task == "classification":
+            if "label" in outs_meta:
+                results.append(np.asarray(out[outs_meta.index("label")]).reshape(-1))
+            else:  # logits
+                results.append(np.asarray(out[0]).argmax(axis=1))
+        else:
+            results.append(np.asarray(out[0]).reshape(-1))
+    return np.concatenate(results)
+
+
+def _profile_row(model, tgt) -> dict[str, Any]:
+    from edgeloop.profile import profile_model
+
+    prof = profile_model(model, latency=False)
+    row = {k: prof[k] for k in ("params", "macs", "weight_bytes", "flash_bytes", "peak_ram_bytes", "precision")}
+    row.update(est_latency_ms=None, fits=None, reasons=[])
+    if tgt is not None:
+        from edgeloop.hardware import recommend
+
+        fit = recommend(prof, [tgt])[0]
+        row.update(est_latency_ms=tgt.estimate_latency_ms(prof["macs"], prof["precision"]) or fit["est_latency_ms"],
+                   fits=fit["fits"], reasons=fit["reasons"])
+    return row
+
+
+def _progress(enabled: bool):
+    from contextlib import nullcontext
+
+    if not enabled:
+        return nullcontext(None)
+    from rich.console import Console
+    from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+
+    return Progress(TextColumn("{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
+                    TimeElapsedColumn(), console=Console(stderr=True), transient=True)
+
+
+def train_dataset(dataset: str | os.PathLike, output: str | os.PathLike, *, target: str | None = None,
+                  metric: str | None = None, min_score: float | None = None, candidates: list[str] | None = None,
+                  seed: int = 0, epochs: int = 4, progress: bool = False,
+                  cnn_threads: int | None = None) -> dict[str, Any]:
+    """Train smallest first; write the chosen model; return the report (see the module docstring)."""
+    from edgeloop.data import load_dataset
+
+    out = Path(output)
+    if out.suffix.lower() != ".onnx":
+        raise UsageError(f"the output must be an .onnx path, got '{out}'")
+    tgt = None
+    if target is not None:
+        from edgeloop.hardware import get_target
+
+        tgt = get_target(target)
+    ds = load_dataset(dataset)
+    task = ds.task
+    metric = metric or ("accuracy" if task == "classification" else "mae")
+    if metric not in METRICS:
+        raise UsageError(f"unknown metric '{metric}'; choose {', '.join(METRICS)}")
+    if (metric == "mae") != (task == "regression"):
+        raise UsageError(f"metric '{metric}' does not apply to a {task} dataset "
+                         f"(use {'mae' if task == 'regression' else 'accuracy or f1'})")
+    if min_score is not None and metric != "mae" and not 0 <= min_score <= 1:
+        raise UsageError(f"--min-score for {metric} is a fraction between 0 and 1, got {min_score:g}")
+    if epochs <= 0:
+        raise UsageError("--epochs must be positive")
+    pool = candidates_for(task, ds.kind, candidates)
+    xtr, ytr = ds.train
+    n_classes = len(ds.classes) if ds.classes is not None else 0
+    shape = list(ds.card["sample_shape"])
+    n_features = int(np.prod(shape))
+    # smallest first: by each candidate's estimated weight bytes on this data (stable: the
+    # family order linear, tree, forest, MLP, CNN breaks ties)
+    estimates = {c.name: estimate_weight_bytes(c.name, n_features, n_classes, shape) for c in pool}
+    pool = sorted(pool, key=lambda c: estimates[c.name])
+    xva, yva = ds.val
+    if len(yva) == 0 or len(ytr) == 0:
+        raise UsageError(f"{dataset}: the dataset has an empty train or validation split")
+
+    import edgeloop
+
+    rows: list[dict[str, Any]] = []
+    fitted: dict[str, Any] = {}
+    work = Path(tempfile.mkdtemp(prefix=".edgeloop-train-"))
+    chosen: str | None = None
+    try:
+        with _progress(progress) as bar:
+            job = bar.add_task("training", total=len(pool)) if bar is not None else None
+            for i, cand in enumerate(pool):
+                if bar is not None:
+                    bar.update(job, description=f"training {cand.name} ({i + 1}/{len(pool)})")
+                t0 = time.perf_counter()
+                if cand.family == "torch":
+                    from edgeloop.train.cnn import CNNClassifier
+
+                    est = CNNClassifier(epochs=epochs, seed=seed, threads=cnn_threads)
+
+                    def on_epoch(e: int, loss: float, _name=cand.name) -> None:
+                        if bar is not None:
+                            bar.update(job, description=f"training {_name}: epoch {e}/{epochs}, loss {loss:.3f}")
+
+                    est.fit(xtr, ytr, n_classes, on_epoch=on_epoch)
+                    converged = True
+                    pred = est.predict(xva)
+                    train_s = time.perf_counter() - t0
+                    src = work / f"{cand.name}.pt2"
+                    est.export(src)
+                    model = edgeloop.load(str(src))
+                    config = est.config()
+                else:
+                    est = cand.build(task, seed, channels=int(xtr.shape[1])) if ds.kind == "series" \
+                        and cand.name.startswith("stats+") else cand.build(task, seed)
+                    with warnings.catch_warnings(record=True) as caught:
+                        # a solver stopping at its iteration cap is reported in the table, not as a warning
+                        warnings.simplefilter("always")
+                        est.fit(_flat(xtr), ytr)
+                    converged = not any(w.category.__name__ == "ConvergenceWarning" for w in caught)
+                    pred = est.predict(_flat(xva))
+                    train_s = time.perf_counter() - t0
+                    src = work / f"{cand.name}.joblib"
+                    model = edgeloop.load(est)
+                    config = {k: _plain(v) for k, v in est.get_params(deep=True).items()
+                              if not hasattr(v, "get_params") and not isinstance(v, list)}
+                val = score(metric, yva, pred)
+                row = {"name": cand.name, "description": cand.description, "estimated_bytes": estimates[cand.name],
+                       "score": val,
+                       "train_seconds": train_s, "converged": converged, **_profile_row(model, tgt)}
+                row["reached"] = min_score is not None and _reaches(metric, val, min_score) \
+                    and row["fits"] is not False
+                rows.append(row)
+                fitted[cand.name] = (est, model, src, config, cand)
+                if bar is not None:
+                    bar.advance(job)
+                if row["reached"]:
+                    chosen = cand.name
+                    break
+        for cand in pool[len(rows):]:
+            rows.append({"name": cand.name, "description": cand.description,
+                         "estimated_bytes": estimates[cand.name], "skipped": f"not tried: {chosen} already reached {min_score:g}"})
+        tried = [r for r in rows if "skipped" not in r]
+        if chosen is not None:
+            summary = f"chose {chosen}: the smallest candidate reaching {metric} " \
+                      f"{'<=' if metric == 'mae' else '>='} {min_score:g} on validation" \
+                      + (f" that fits {tgt.id}" if tgt else "")
+        else:
+            pool_rows = [r for r in tried if r["fits"] is not False] or tried
+            best = pool_rows[0]
+            for r in pool_rows[1:]:
+                if _better(metric, r["score"], best["score"]):
+                    best = r
+            chosen = best["name"]
+            if min_score is not None:
+                summary = f"no candidate reached {metric} {min_score:g}" + (f" while fitting {tgt.id}" if tgt else "") \
+                          + f"; kept the best, {chosen} ({best['score']:.4f})"
+            else:
+                summary = f"no --min-score: tried every candidate and kept the best on validation, {chosen}"
+            if tgt is not None and best["fits"] is False:
+                summary += f" (it does not fit {tgt.id}: {'; '.join(best['reasons'])})"
+        est, model, src, config, cand = fitted[chosen]
+        xte, yte = ds.test
+        onnx_pred = onnx_predict(model, xte, task)
+        test = score(metric, yte, onnx_pred)
+        est_pred = est.predict(xte if cand.family == "torch" else _flat(xte))
+        agreement = float(np.mean(np.asarray(est_pred).reshape(-1) == onnx_pred)) if task == "classification" \
+            else float(np.max(np.abs(np.asarray(est_pred, dtype=np.float64).reshape(-1) - onnx_pred), initial=0.0))
+        source_path = _write(out, est, model, src, cand, ds, metric, config,
+                             next(r for r in rows if r["name"] == chosen)["score"], test, chosen)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    return {
+        "dataset": str(dataset), "dataset_checksum": ds.checksum, "task": task, "metric": metric,
+        "min_score": min_score, "target": tgt.id if tgt else None, "candidates": rows, "chosen": chosen,
+        "summary": summary, "test_score": test, "test_samples": int(len(yte)),
+        "onnx_vs_source": ({"agreement": agreement} if task == "classification" else {"max_abs_diff": agreement}),
+        "output": str(out), "source": str(source_path),
+    }
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def _plain(v: Any) -> Any:
+    if isinstance(v, (str, int, float, bool)) or v is None:
+        return v
+    if isinstance(v, tuple):
+        return [_plain(x) for x in v]
+    if isinstance(v, np.generic):
+        return v.item()
+    return repr(v)
+
+
+def _write(out: Path, est, model, src: Path, cand: Candidate, ds, metric: str, config: dict, val: float,
+           test: float, chosen: str) -> Path:
+    """Write the source beside the graph, then the graph (each atomically); returns the source path."""
+    from edgeloop.graph import save, set_metadata
+
+    out.parent.mkdir(parents=True, exist_ok=True)
+    source = out.with_suffix(".pt2" if cand.family == "torch" else ".joblib")
+    fd, tmp = tempfile.mkstemp(prefix=f".{source.name}.", dir=out.parent)
+    os.close(fd)
+    os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; give the file the user's usual mode
+    try:
+        if cand.family == "torch":
+            shutil.copyfile(src, tmp)
+        else:
+            import joblib
+
+            joblib.dump(est, tmp)
+        os.replace(tmp, source)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+    card = ds.card
+    info = card.get("info") or {}
+    names: dict[str, Any] = {}
+    if ds.classes is not None:
+        # `labels` keeps the frontends' meaning (what the label output emits, or what each score
+        # column stands for): scikit-learn models were fitted on class indices, so their labels
+        # stay 0..C-1 as skl2onnx emits them; the CNN's logit columns are named by the classes.
+        # `class_names` gives the human name of class index i for both.
+        names["class_names"] = list(ds.classes)
+        if cand.family == "torch":
+            names["labels"] = list(ds.classes)
+    set_metadata(
+        model,
+        task=ds.task,
+        **names,
+        source=source.name,  # the source file beside this .onnx (relative to its folder)
+        source_format="torch" if cand.family == "torch" else "sklearn",
+        dataset=str(ds.path),
+        dataset_checksum=ds.checksum,
+        trainer={"name": chosen, "family": cand.family, "description": cand.description, "config": config},
+        input={"sample_shape": card["sample_shape"], "layout": "NCHW" if cand.family == "torch" else "flattened",
+               "scale": info.get("scale")},
+        metrics={"metric": metric, "validation": val, "test": test},
+    )
+    save(model, out)
+    return source

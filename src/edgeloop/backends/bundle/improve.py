@@ -1,0 +1,286 @@
+"""`edgeloop improve`: retrain a bundle's model on newly labelled data and write the next version.
+
+The source kept in the bundle (``source/*.joblib`` or ``source/*.pt2``) is refitted
+(scikit-learn: ``clone`` and ``fit`` on base + new data) or fine-tuned (PyTorch:
+``ExportedProgram.module()`` trained a few epochs, then exported again); the shrink
+recipe recorded in the provenance is replayed with ``edgeloop.passes.apply_recipe``;
+old and new are compared on held-out data the new model never saw.
+"""
+
+from __future__ import annotations
+
+import csv
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any, Optional
+
+import numpy as np
+
+from edgeloop.errors import EdgeloopError, MissingDependencyError, UsageError
+
+
+def _map_labels(raw: list, labels: Optional[list]) -> np.ndarray:
+    """CSV/npz labels to the model's label values (ints when the model's labels are ints)."""
+    if labels:
+        by_text = {str(v): v for v in labels}
+        out = []
+        for v in raw:
+            key = str(v.item() if isinstance(v, np.generic) else v).strip()
+            if key not in by_text:
+                try:  # "3.0" for the label 3
+                    key = str(int(float(key))) if float(key) == int(float(key)) else key
+                except ValueError:
+                    pass
+            if key not in by_text:
+                raise UsageError(f"label {v!r} is not one of the model's labels {labels[:12]}")
+            out.append(by_text[key])
+        return np.asarray(out)
+    try:
+        return np.asarray([int(float(v)) for v in raw], dtype=np.int64)
+    except ValueError:
+        raise UsageError("this model has no label names; labels must be class indices") from None
+
+
+def load_labelled(path: "str | Path", labels: Optional[list]) -> tuple[np.ndarray, np.ndarray]:
+    """A .npz with ``x``/``y`` (or ``X``/``y``), or a folder from ``edgeloop samples export`` whose
+    samples.csv has its ``label`` column filled (rows left empty are skipped)."""
+    p = Path(path)
+    if p.is_dir():
+        npz, table = p / "samples.npz", p / "samples.csv"
+        if not npz.is_file() or not table.is_file():
+            raise UsageError(f"{p}: expected samples.npz and samples.csv (from `edgeloop samples export`)")
+        with np.load(npz, allow_pickle=False) as z:
+            x_all, ids = z["x"], z["ids"]
+        row_of = {int(i): k for k, i in enumerate(ids.tolist())}
+        xs, ys = [], []
+        with open(table, newline="", encoding="utf-8") as f:
+            for row in csv.DictReader(f):
+                lab = (row.get("label") or "").strip()
+                if not lab:
+                    continue
+                k = row_of.get(int(row["id"]))
+                if k is None:
+                    continue  # captured in privacy mode: no input to learn from
+                xs.append(x_all[k])
+                ys.append(lab)
+        if not xs:
+            raise UsageError(f"{table}: no labelled rows with an input (fill the 'label' column)")
+        return np.stack(xs), _map_labels(ys, labels)
+    if not p.is_file():
+        raise UsageError(f"{p}: no such file or folder")
+    try:
+        with np.load(p, allow_pickle=False) as z:
+            keys = set(z.files)
+            xk = "x" if "x" in keys else "X" if "X" in keys else None
+            if xk is None or "y" not in keys:
+                raise UsageError(f"{p}: a .npz needs arrays 'x' and 'y' (has {sorted(keys)})")
+            x, y = z[xk], z["y"]
+    except (OSError, ValueError) as e:
+        raise UsageError(f"{p}: not a readable .npz ({e})") from None
+    if len(x) != len(y):
+        raise UsageError(f"{p}: x has {len(x)} rows but y has {len(y)}")
+    return x, _map_labels(list(y), labels)
+
+
+def _split(x: np.ndarray, y: np.ndarray, holdout: float, seed: int):
+    try:
+        from sklearn.model_selection import train_test_split
+    except ImportError:
+        raise MissingDependencyError("scikit-learn", "sklearn") from None
+
+    if holdout <= 0 or len(x) < 4:
+        return x, x[:0], y, y[:0]
+    try:
+        return train_test_split(x, y, test_size=holdout, random_state=seed, stratify=y)
+    except ValueError:  # a class with a single sample cannot be stratified
+        return train_test_split(x, y, test_size=holdout, random_state=seed)
+
+
+def _evaluate(bundle_model: Any, x: np.ndarray, y: np.ndarray, task: Optional[str]) -> Optional[float]:
+    if len(x) == 0:
+        return None
+    fixed = isinstance(bundle_model.input["shape"][0], int)
+    step = 1 if fixed else 256
+    preds: list = []
+    for i in range(0, len(x), step):
+        res = bundle_model.predict(np.ascontiguousarray(x[i:i + step], dtype=bundle_model.input_dtype))
+        if "label" in res:
+            preds.extend(res["label"])
+        else:
+            preds.extend(np.asarray(next(iter(res["outputs"].values()))).reshape(-1).tolist())
+    p = np.asarray(preds)
+    if task == "regression":
+        return float(np.mean(np.abs(p.astype(np.float64) - y.astype(np.float64))))
+    return float(np.mean(p.astype(str) == np.asarray(y).astype(str)))
+
+
+def _refit_sklearn(src: Path, x: np.ndarray, y: np.ndarray, work: Path):
+    try:
+        import joblib
+        from sklearn.base import clone
+    except ImportError:
+        raise MissingDependencyError("scikit-learn", "sklearn") from None
+
+    est = joblib.load(src)  # the bundle's own file, hash-verified above
+    n = getattr(est, "n_features_in_", None)
+    if n is not None and x.reshape(len(x), -1).shape[1] != n:
+        raise UsageError(f"the source estimator takes {n} features, the data has "
+                         f"{x.reshape(len(x), -1).shape[1]}; improve refits the unreduced source, so "
+                         "give it data with all the source's features")
+    new = clone(est).fit(x.reshape(len(x), -1), y)
+    out = work / src.name
+    joblib.dump(new, out)
+    from edgeloop.frontends.sklearn import from_sklearn
+
+    return from_sklearn(new, where=str(src)), new, out
+
+
+def _finetune_torch(src: Path, x: np.ndarray, y: np.ndarray, work: Path, sample_shape: list, *,
+                    labels: Optional[list], epochs: int, lr: float, seed: int):
+    try:
+        import torch
+    except ImportError:
+        raise MissingDependencyError("torch", "torch") from None
+
+    torch.manual_seed(seed)
+    program = torch.export.load(str(src))
+    module = program.module()
+    params = [p for p in module.parameters()]
+    for p in params:
+        p.requires_grad_(True)
+    if not params:
+        raise UsageError(f"{src}: the exported program has no parameters to fine-tune")
+    idx = np.asarray([labels.index(v) for v in y.tolist()] if labels else y, dtype=np.int64)
+    xt = torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32))
+    yt = torch.from_numpy(idx)
+    opt = torch.optim.Adam(params, lr=lr)
+    gen = torch.Generator().manual_seed(seed)
+    batch = 32
+    fixed_batch = sample_shape[0] if isinstance(sample_shape[0], int) else None
+    for _ in range(epochs):
+        order = torch.randperm(len(xt), generator=gen)
+        for i in range(0, len(xt), batch):
+            sel = order[i:i + batch]
+            xb, yb = xt[sel], yt[sel]
+            if fixed_batch:  # a graph exported with a fixed batch size: feed it chunks of that size
+                losses = [torch.nn.functional.cross_entropy(module(xb[j:j + fixed_batch]), yb[j:j + fixed_batch])
+                          for j in range(0, len(xb) - fixed_batch + 1, fixed_batch)]
+                if not losses:
+                    continue
+                loss = torch.stack(losses).mean()
+            else:
+                loss = torch.nn.functional.cross_entropy(module(xb), yb)
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+    example = torch.zeros([d if isinstance(d, int) else 1 for d in sample_shape], dtype=torch.float32)
+    with torch.no_grad():
+        new_program = torch.export.export(module, (example,))
+    out = work / src.name
+    torch.export.save(new_program, str(out))
+    from edgeloop.frontends.torch import load_pt2
+
+    return load_pt2(out), None, out
+
+
+def improve(bundle: "str | Path", data: "str | Path", output: "str | Path", *,
+            base_data: "str | Path | None" = None, holdout: float = 0.25, seed: int = 0,
+            epochs: int = 15, lr: float = 1e-3, progress: Any = None) -> dict:
+    """Retrain from the bundle's source, replay the recipe, write version+1 to ``output``."""
+    from edgeloop.graph import set_metadata
+    from edgeloop.runtime.bundle import BundleError, verify_bundle
+    from edgeloop.runtime.model import BundleModel
+
+    from . import build_bundle
+
+    def step(msg: str) -> None:
+        if progress is not None:
+            progress(msg)
+
+    bundle = Path(bundle)
+    try:
+        manifest = verify_bundle(bundle)
+    except BundleError as e:
+        raise EdgeloopError(str(e)) from None
+    prov = manifest.get("provenance") or {}
+    src_rel = prov.get("source_file")
+    if not src_rel:
+        raise UsageError(f"{bundle}: the bundle carries no trainable source (.joblib/.pt2); export it "
+                         "from the source model file to use improve")
+    src = bundle / src_rel
+    labels = manifest.get("labels")
+    task = manifest.get("task") or ("classification" if labels or (manifest.get("postprocess") or {}).get("scores") else None)
+    step("loading labelled data")
+    x_new, y_new = load_labelled(data, labels)
+    sample_shape = manifest["inputs"][0]["shape"]
+    want = sample_shape[1:]
+    if x_new.ndim - 1 != len(want) or any(isinstance(d, int) and d != g for d, g in zip(want, x_new.shape[1:])):
+        raise UsageError(f"labelled inputs have shape {list(x_new.shape[1:])} per sample, the model takes "
+                         f"{sample_shape[1:]}")
+    x_tr, x_te, y_tr, y_te = _split(x_new, y_new, holdout, seed)
+    xb_te = yb_te = None
+    if base_data is not None:
+        x_base, y_base = load_labelled(base_data, labels)
+        xb_tr, xb_te, yb_tr, yb_te = _split(x_base, y_base, holdout, seed)
+        x_tr = np.concatenate([xb_tr.astype(np.float32), x_tr.astype(np.float32)])
+        y_tr = np.concatenate([yb_tr, y_tr])
+    fmt = src.suffix.lower()
+    with tempfile.TemporaryDirectory(prefix=".edgeloop-improve-", dir=Path(output).resolve().parent) as tmp:
+        work = Path(tmp)
+        if fmt in (".joblib", ".pkl", ".pickle"):
+            step(f"refitting {src.name} on {len(x_tr)} samples")
+            method = "refit"
+            model, est, new_src = _refit_sklearn(src, x_tr, y_tr, work)
+        elif fmt == ".pt2":
+            step(f"fine-tuning {src.name} on {len(x_tr)} samples")
+            method = "fine-tune"
+            model, est, new_src = _finetune_torch(src, x_tr, y_tr, work, sample_shape, labels=labels,
+                                                  epochs=epochs, lr=lr, seed=seed)
+        else:
+            raise UsageError(f"{src}: cannot retrain a '{fmt}' source")
+        recipe = prov.get("recipe")
+        recipe_note = "no shrink recipe recorded"
+        recipe_applied = False
+        if recipe:
+            try:
+                from edgeloop.passes import PassData, apply_recipe
+            except ImportError:
+                recipe_note = "edgeloop.passes.apply_recipe is not available: recipe NOT re-applied"
+            else:
+                step(f"re-applying the shrink recipe ({len(recipe)} passes)")
+                pdata = PassData(x_calib=x_tr[:512].astype(np.float32), x_fit=x_tr, y_fit=y_tr,
+                                 x_tune=x_te if len(x_te) else None, y_tune=y_te if len(y_te) else None,
+                                 source=est if est is not None else str(new_src))
+                model = apply_recipe(model, recipe, pdata)
+                recipe_applied, recipe_note = True, f"re-applied {len(recipe)} passes"
+        set_metadata(model, source=str(src_rel), source_format=prov.get("source_format") or "",
+                     **({"labels": labels} if labels is not None else {}))
+        old_version = int(manifest.get("version", 1))
+        provenance = {"parent": {"name": manifest.get("name"), "version": old_version,
+                                 "model_sha256": manifest["files"]["model.onnx"]},
+                      "improve": {"method": method, "trained_on": int(len(x_tr)), "new_samples": int(len(x_new)),
+                                  "recipe_applied": recipe_applied, "recipe_note": recipe_note}}
+        if recipe:
+            provenance["recipe"] = recipe
+        step("building and evaluating the new bundle")
+        trial = work / "trial"
+        build_bundle(model, trial, manifest["target"]["id"], name=manifest.get("name"), version=old_version + 1,
+                     source_path=str(new_src), preprocessing=manifest.get("preprocessing"), provenance=provenance)
+        old_m, new_m = BundleModel(bundle), BundleModel(trial)
+        metric = "mae" if task == "regression" else "accuracy"
+        comparison = {
+            "metric": metric, "old_version": old_version, "new_version": old_version + 1,
+            "holdout_new": {"n": int(len(x_te)), "old": _evaluate(old_m, x_te, y_te, task),
+                            "new": _evaluate(new_m, x_te, y_te, task)},
+        }
+        if xb_te is not None:
+            comparison["holdout_base"] = {"n": int(len(xb_te)), "old": _evaluate(old_m, xb_te, yb_te, task),
+                                          "new": _evaluate(new_m, xb_te, yb_te, task)}
+        comparison.update(method=method, trained_on=int(len(x_tr)), recipe_applied=recipe_applied,
+                          recipe_note=recipe_note)
+        provenance["improve"]["comparison"] = comparison
+        build_bundle(model, output, manifest["target"]["id"], name=manifest.get("name"), version=old_version + 1,
+                     source_path=str(new_src), preprocessing=manifest.get("preprocessing"), provenance=provenance)
+        shutil.rmtree(trial, ignore_errors=True)
+    return comparison

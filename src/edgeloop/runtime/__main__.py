@@ -1,0 +1,62 @@
+"""``python -m edgeloop_runtime BUNDLE``: serve a bundle with only the runtime's dependencies."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from typing import List, Optional
+
+from .bundle import BundleError
+from .capture import CapturePolicy
+from .server import ServerConfig, serve
+
+
+def _positive_or_none(text: str) -> Optional[float]:
+    return None if text.lower() in ("none", "off", "") else float(text)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m edgeloop_runtime",
+                                description="Serve an edgeloop bundle over HTTP (no outbound connections).")
+    p.add_argument("bundle", help="bundle directory (with manifest.json and model.onnx)")
+    p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
+    p.add_argument("--port", type=int, default=8080)
+    p.add_argument("--threads", type=int, default=1, help="onnxruntime intra-op threads")
+    p.add_argument("--max-body-bytes", type=int, default=1 << 20)
+    p.add_argument("--capture", default=None, help="SQLite file that stores captured samples (off if unset)")
+    p.add_argument("--capture-budget-mb", type=float, default=100.0)
+    p.add_argument("--privacy", action="store_true", help="store no raw input, only predictions and reasons")
+    p.add_argument("--confidence-below", type=_positive_or_none, default=0.6)
+    p.add_argument("--margin-below", type=_positive_or_none, default=0.2)
+    p.add_argument("--entropy-above", type=_positive_or_none, default=0.6)
+    p.add_argument("--random-rate", type=float, default=0.01)
+    p.add_argument("--per-class-quota", type=int, default=None)
+    p.add_argument("--max-captures-per-minute", type=_positive_or_none, default=120.0)
+    p.add_argument("--seed", type=int, default=None)
+    return p
+
+
+def config_from_args(a: argparse.Namespace) -> ServerConfig:
+    policy = CapturePolicy(confidence_below=a.confidence_below, margin_below=a.margin_below,
+                           entropy_above=a.entropy_above, random_rate=a.random_rate,
+                           per_class_quota=a.per_class_quota, max_per_minute=a.max_captures_per_minute,
+                           seed=a.seed)
+    return ServerConfig(bundle=a.bundle, host=a.host, port=a.port, threads=a.threads,
+                        max_body_bytes=a.max_body_bytes, capture=a.capture,
+                        capture_budget_bytes=int(a.capture_budget_mb * 2**20), privacy=a.privacy,
+                        policy=policy)
+
+
+def main(argv: Optional[List[str]] = None) -> None:
+    args = build_parser().parse_args(argv)
+    try:
+        serve(config_from_args(args))
+    except BundleError as e:
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(e.exit_code)
+    except KeyboardInterrupt:
+        sys.exit(130)
+
+
+if __name__ == "__main__":
+    main()

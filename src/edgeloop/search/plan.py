@@ -1,0 +1,137 @@
+"""Which candidates the search tries, in what order, built on which parents."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from edgeloop.search.data import HIGHER_IS_BETTER
+
+
+def _best(cands: list, metric_key: str = "metric_tune", higher: bool = True):
+    ok = [c for c in cands if c is not None]
+    if not ok:
+        return None
+    return max(ok, key=lambda c: (c.metrics[metric_key] if higher else -c.metrics[metric_key],
+                                  -c.metrics["file_bytes"]))
+
+
+def _is_float(model) -> bool:
+    import onnx
+
+    return any(i.data_type == onnx.TensorProto.FLOAT and len(i.dims) >= 2 for i in model.graph.initializer)
+
+
+def _has_layers(model, ops=("Conv", "Gemm", "MatMul")) -> bool:
+    return any(n.op_type in ops for n in model.graph.node)
+
+
+def quantize_family(s: Any, parent, quick: bool = False) -> Any:
+    """int8 static (each calibration) on ``parent``; returns the best by the tune metric."""
+    from edgeloop.passes import Int8Static
+
+    model = parent.model if parent is not None else s.base_model
+    if not _has_layers(model):
+        return None
+    calibs = ("minmax",) if quick else ("minmax", "percentile", "entropy")
+    got = [s.add(parent, Int8Static(calibration=c)) for c in calibs]
+    return _best(got, higher=HIGHER_IS_BETTER[s.splits.metric])
+
+
+def explore(s: Any, quick: bool = False) -> None:
+    from edgeloop.passes import Float16, Int8Dynamic, pass_names
+
+    hib = HIGHER_IS_BETTER[s.splits.metric]
+    base = s.base_model
+    names = set(pass_names())
+    tune_base = s.baseline.metrics["metric_tune"]
+
+    if _is_float(base):
+        s.add(None, Float16())
+        if s.target is not None and "float16" in s.target.precisions:
+            s.add(None, Float16(activations=True))  # float16 compute, for targets that run it
+        if _has_layers(base):
+            s.add(None, Int8Dynamic())
+        best_q = quantize_family(s, None, quick)
+        s.info["calibration"] = best_q.recipe[-1]["config"]["calibration"] if best_q else None
+
+        # mixed precision: layers whose int8 costs the most stay float, by measurement on tune
+        if best_q is not None and "mixed_precision" in names:
+            loss = (tune_base - best_q.metrics["metric_tune"]) * (1 if hib else -1)
+            from edgeloop.passes.mixed import MixedPrecision, quantizable_layers, rank_sensitivity
+
+            if loss > 0 and len(quantizable_layers(base)) > 1:
+                calib = best_q.recipe[-1]["config"]["calibration"]
+                s.progress("measuring layer sensitivity to int8")
+                try:
+                    ranking = rank_sensitivity(base, s.data, calib, max_layers=4 if quick else 8)
+                except Exception as e:  # a measurement that fails only removes these candidates
+                    s.info["layer_sensitivity_error"] = f"{type(e).__name__}: {e}"
+                    ranking = []
+                s.info["layer_sensitivity"] = [{"layer": n, "gain": g} for n, g in ranking]
+                helpful = [n for n, g in ranking if g > 0]
+                for k in range(1, min(3, len(helpful)) + 1):
+                    s.add(None, MixedPrecision(float_layers=tuple(helpful[:k]), calibration=calib))
+
+        calib = s.info.get("calibration") or "minmax"
+        from edgeloop.passes import Int8Static
+
+        # structured pruning, then int8
+        if "channel_prune" in names:
+            from edgeloop.passes.prune_structured import ChannelPrune, prunable_layers
+
+            if prunable_layers(base):
+                for ratio in ((0.5,) if quick else (0.25, 0.5, 0.75)):
+                    p = s.add(None, ChannelPrune(ratio=ratio))
+                    if p is not None:
+                        s.add(p, Int8Static(calibration=calib))
+
+        # unstructured pruning, int8, compact storage
+        if "magnitude_prune" in names and _has_layers(base):
+            from edgeloop.passes.prune_magnitude import MagnitudePrune, SparseStorage
+
+            settings = [MagnitudePrune(sparsity=sp) for sp in ((0.7,) if quick else (0.5, 0.7, 0.85))]
+            from edgeloop.passes.prune_magnitude import _torch_source
+
+            if not quick and _torch_source(s.data) is not None:  # a PyTorch source: fine-tune too
+                settings += [MagnitudePrune(sparsity=sp, refit=False, finetune_epochs=2) for sp in (0.85, 0.9)]
+            for cfg in settings:
+                p = s.add(None, cfg)
+                if p is not None:
+                    q = s.add(p, Int8Static(calibration=calib))
+                    # The compact form is decoded by onnxruntime when a session starts. A
+                    # microcontroller backend would have to store the decoded (dense) weights,
+                    # so the saving is only real off microcontrollers.
+                    if q is not None and not (s.target is not None and s.target.kind == "mcu"):
+                        s.add(q, SparseStorage())
+
+        if "layer_removal" in names:
+            from edgeloop.passes.layers import LayerRemoval, removable_layers
+
+            for layer in removable_layers(base)[:2 if quick else 4]:
+                r = s.add(None, LayerRemoval(layers=(layer,)))
+                if r is not None:
+                    s.add(r, Int8Static(calibration=calib))
+
+    # refits of a scikit-learn source
+    est = s.data.source_estimator() if s.data.source is not None else None
+    if est is not None and "feature_select" in names:
+        from edgeloop.passes.sklearn_refit import FeatureSelect, SmallerAlgorithm, rank_features
+
+        n = s.splits.x_fit.reshape(len(s.splits.x_fit), -1).shape[1]
+        if n >= 4:
+            s.progress("ranking features by permutation importance")
+            try:
+                order = rank_features(est, s.data)
+            except Exception as e:  # e.g. the source cannot predict on this data
+                s.info["feature_ranking_error"] = f"{type(e).__name__}: {e}"
+                order = []
+            s.info["feature_ranking"] = [int(i) for i in order]
+            for frac in (() if not order else (0.5,) if quick else (0.5, 0.35, 0.25)):
+                k = max(1, int(round(n * frac)))
+                fs = s.add(None, FeatureSelect(keep=tuple(sorted(int(i) for i in order[:k]))))
+                if fs is not None and _is_float(fs.model) and _has_layers(fs.model):
+                    s.add(fs, Int8Static(calibration="minmax"))
+        for kind in (("logistic",) if quick else ("logistic", "tree")):
+            if s.splits.task == "regression":
+                kind = {"logistic": "linear"}.get(kind, kind)
+            s.add(None, SmallerAlgorithm(kind=kind))
