@@ -82,3 +82,10 @@ def test_truncated_pt2_is_refused(tmp_path, net, digits_images):
     path.write_bytes(data[: len(data) // 3])
     with pytest.raises(ModelLoadError, match="torch.export archive"):
         edgeloop.load(path)
+
+
+def test_module_of_an_exported_program(net, digits_images):
+    # ExportedProgram.module() refuses eval()/train(); the importer must cope.
+    program = torch.export.export(net, (torch.from_numpy(digits_images[:1]),))
+    model = edgeloop.load(program.module(), torch.from_numpy(digits_images[:1]))
+    _compare(model, net, digits_images)

@@ -68,6 +68,10 @@ def save(model: onnx.ModelProto, path: str | os.PathLike) -> None:
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(model.SerializeToString())
+        # mkstemp creates the file 0600; give it the mode a plain open() would have.
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):

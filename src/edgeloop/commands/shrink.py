@@ -40,8 +40,11 @@ def _find_source(model_path: str, model: Any, source: Optional[str]) -> Optional
     from edgeloop.graph import get_metadata
 
     recorded = get_metadata(model).get("source")
-    if isinstance(recorded, str) and recorded.lower().endswith(sk) and Path(recorded).is_file():
-        return recorded
+    if isinstance(recorded, str) and recorded.lower().endswith(sk):
+        # recorded as given when imported, or (edgeloop train) relative to the model's folder
+        for candidate in (Path(recorded), Path(model_path).parent / recorded):
+            if candidate.is_file():
+                return str(candidate)
     return None
 
 

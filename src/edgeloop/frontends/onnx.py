@@ -7,7 +7,7 @@ from pathlib import Path
 import onnx
 
 from edgeloop.errors import ModelLoadError
-from edgeloop.graph import finalize
+from edgeloop.graph import finalize, get_metadata
 
 
 def _first_line(e: Exception) -> str:
@@ -25,7 +25,14 @@ def from_proto(model: onnx.ModelProto, *, where: str, source_format: str = "onnx
         onnx.checker.check_model(model)
     except Exception as e:  # onnx.checker.ValidationError and friends
         raise ModelLoadError(f"invalid ONNX model: {_first_line(e)}", where=where) from None
-    return finalize(model, source=where, source_format=source_format)
+    # A graph edgeloop made earlier (imported from scikit-learn, PyTorch or
+    # TFLite, then shrunk) keeps its provenance: `source` still names the model
+    # it came from, so refits and improve can find it; `file` says where this
+    # copy was read from.
+    meta = get_metadata(model)
+    if isinstance(meta.get("source"), str) and meta.get("source_format") not in (None, "onnx"):
+        return finalize(model, source=meta["source"], source_format=meta["source_format"], file=where)
+    return finalize(model, source=where, source_format=source_format, file=where)
 
 
 def load_onnx(path: Path) -> onnx.ModelProto:

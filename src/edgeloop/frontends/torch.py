@@ -78,11 +78,16 @@ def from_torch(module: Any, example_input: Any = None, *, where: str = "<torch m
                                  where=where)
         args = example_input if isinstance(example_input, tuple) else (example_input,)
         was_training = getattr(module, "training", False)
-        module.eval()
+        try:
+            module.eval()
+        except NotImplementedError:
+            # ExportedProgram.module() is already in inference form and refuses eval()/train()
+            was_training = None
         try:
             model = _export(module, args, where)
         finally:
-            module.train(was_training)
+            if was_training is not None:
+                module.train(was_training)
     return finalize(model, source=where, source_format="torch")
 
 
