@@ -20,7 +20,7 @@ from edgeloop.errors import EdgeloopError, UsageError
 
 app = typer.Typer(
     name="edgeloop",
-    help="Embedded machine learning: import a model, profile it, and pick the hardware it fits.",
+    help="Embedded machine learning: import a model or a dataset, train smallest-first, shrink, profile, pick the hardware, export C or a Linux bundle, serve, capture and improve.",
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
