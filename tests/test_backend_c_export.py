@@ -123,3 +123,24 @@ def test_export_verify_on_cortex_m4(mlperf_dir, tmp_path):
         pytest.skip(v["error"])
     assert v["outputs_match"] is True and v["arena_bytes"] == 768
     assert v["instructions_per_inference"] > 100000
+
+
+def test_export_never_replaces_a_users_own_folder(tmp_path):
+    import subprocess
+    import sys
+
+    import joblib
+    from sklearn.datasets import load_iris
+    from sklearn.linear_model import LogisticRegression
+
+    x, y = load_iris(return_X_y=True)
+    model = tmp_path / "iris.joblib"
+    joblib.dump(LogisticRegression(max_iter=500).fit(x, y), model)
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "notes.txt").write_text("keep me")
+    proc = subprocess.run([sys.executable, "-m", "edgeloop", "export", str(model), "--target", "nrf52840",
+                           "-o", str(mine)], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 2 and "refusing to replace" in proc.stderr, proc.stderr
+    assert (mine / "notes.txt").read_text() == "keep me"
+    assert sorted(p.name for p in mine.iterdir()) == ["notes.txt"]

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 from typing import Any
 
 import numpy as np
@@ -61,22 +60,9 @@ def finalize(model: onnx.ModelProto, *, source: str, source_format: str,
 
 def save(model: onnx.ModelProto, path: str | os.PathLike) -> None:
     """Write a model atomically: a reader never sees a half-written file."""
-    path = os.fspath(path)
-    directory = os.path.dirname(os.path.abspath(path))
-    os.makedirs(directory, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".edgeloop-", suffix=".onnx", dir=directory)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(model.SerializeToString())
-        # mkstemp creates the file 0600; give it the mode a plain open() would have.
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    from edgeloop.fsutil import write_bytes_atomic
+
+    write_bytes_atomic(path, model.SerializeToString())
 
 
 def session(model: onnx.ModelProto | bytes, threads: int = 1):

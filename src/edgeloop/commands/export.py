@@ -7,7 +7,6 @@ Linux boards get a deployable bundle (``edgeloop.backends.bundle``).
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Optional
 
 import typer
 

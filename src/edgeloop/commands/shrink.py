@@ -3,28 +3,14 @@
 from __future__ import annotations
 
 import json
-import os
 import sys
-import tempfile
 from pathlib import Path
 from typing import Any, Optional
 
 import typer
 
 from edgeloop.errors import EdgeloopError, UsageError
-
-
-def _write_atomic(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".edgeloop-", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+from edgeloop.fsutil import write_bytes_atomic
 
 
 def _find_source(model_path: str, model: Any, source: Optional[str]) -> Optional[str]:
@@ -78,8 +64,8 @@ def shrink_files(model_path: str, data_path: str, out_dir: str, *, metric: str =
     near = [c.to_json() for c in closest(result)] if result.chosen is None else []
     if near:
         doc["closest"] = [c["id"] for c in near]
-    _write_atomic(out / "results.json", (json.dumps(doc, indent=2, default=_json_default) + "\n").encode())
-    _write_atomic(out / "report.html", render(doc, Path(model_path).name, near).encode())
+    write_bytes_atomic(out / "results.json", (json.dumps(doc, indent=2, default=_json_default) + "\n").encode())
+    write_bytes_atomic(out / "report.html", render(doc, Path(model_path).name, near).encode())
     if result.chosen is None:
         stale = out / "model.onnx"
         if stale.exists():

@@ -17,8 +17,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import shutil
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -26,6 +24,7 @@ from typing import Any
 import numpy as np
 
 from edgeloop.data.readers import DataError, RawData
+from edgeloop.fsutil import staged_dir
 from edgeloop.errors import UsageError
 
 FORMAT = "edgeloop-dataset"
@@ -169,13 +168,8 @@ def write_dataset(raw: RawData, output: str | os.PathLike, *, seed: int = 0,
     for name in SPLITS:
         if len(splits[name]) == 0:
             raise DataError(f"too few samples ({len(raw)}) for a {name} split", where=raw.source)
-    parent = out.resolve().parent
-    parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=parent))
-    mask = os.umask(0)
-    os.umask(mask)
-    os.chmod(tmp, 0o777 & ~mask)  # mkdtemp makes 0700; give the folder the user's usual mode
-    try:
+    # built beside OUT and renamed into place whole (the folder check above guards a user's own folder)
+    with staged_dir(out) as tmp:
         np.save(tmp / "x.npy", np.ascontiguousarray(raw.x, dtype=np.float32))
         y = raw.y.astype(np.int64 if raw.classes is not None else np.float32)
         np.save(tmp / "y.npy", y)
@@ -205,16 +199,6 @@ def write_dataset(raw: RawData, output: str | os.PathLike, *, seed: int = 0,
             "checksums": {f: "sha256:" + _sha256(tmp / f) for f in files},
         }
         (tmp / "card.json").write_text(json.dumps(card, indent=2) + "\n")
-        if out.exists():
-            trash = Path(tempfile.mkdtemp(prefix=f".{out.name}.old-", dir=parent))
-            os.replace(out, trash / "d")
-            os.replace(tmp, out)
-            shutil.rmtree(trash, ignore_errors=True)
-        else:
-            os.replace(tmp, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return out
 
 

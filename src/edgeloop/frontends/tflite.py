@@ -34,10 +34,10 @@ from typing import Any
 
 import numpy as np
 import onnx
-from onnx import TensorProto, helper, numpy_helper
+from onnx import helper, numpy_helper
 
 from edgeloop.errors import ModelLoadError, UnsupportedOperatorError
-from edgeloop.frontends._tflite_reader import ACTIVATIONS, TflGraph, TflOp, TflTensor, parse
+from edgeloop.frontends._tflite_reader import ACTIVATIONS, TflGraph, TflOp, parse
 
 # Opset 17: per-axis DequantizeLinear (13+), Clip with tensor bounds (11+), Softmax over
 # one axis (13+), ReduceMean with an axes attribute (until 17); old enough for any

@@ -17,7 +17,6 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
-import numpy as np
 import onnx
 
 from edgeloop.errors import EdgeloopError, UsageError

@@ -8,7 +8,6 @@ plots. Everything is rendered with jinja2 (autoescaped).
 from __future__ import annotations
 
 import math
-from typing import Any
 
 TEMPLATE = """<!doctype html>
 <html lang="en"><head><meta charset="utf-8"><title>edgeloop shrink: {{ title }}</title>

@@ -251,12 +251,6 @@ def train_dataset(dataset: str | os.PathLike, output: str | os.PathLike, *, targ
     }
 
 
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
-
-
 def _plain(v: Any) -> Any:
     if isinstance(v, (str, int, float, bool)) or v is None:
         return v
@@ -270,25 +264,22 @@ def _plain(v: Any) -> Any:
 def _write(out: Path, est, model, src: Path, cand: Candidate, ds, metric: str, config: dict, val: float,
            test: float, chosen: str) -> Path:
     """Write the source beside the graph, then the graph (each atomically); returns the source path."""
+    from edgeloop.fsutil import write_bytes_atomic
     from edgeloop.graph import save, set_metadata
 
     out.parent.mkdir(parents=True, exist_ok=True)
     source = out.with_suffix(".pt2" if cand.family == "torch" else ".joblib")
-    fd, tmp = tempfile.mkstemp(prefix=f".{source.name}.", dir=out.parent)
-    os.close(fd)
-    os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; give the file the user's usual mode
-    try:
-        if cand.family == "torch":
-            shutil.copyfile(src, tmp)
-        else:
-            import joblib
+    if cand.family == "torch":
+        data = Path(src).read_bytes()
+    else:
+        import io
 
-            joblib.dump(est, tmp)
-        os.replace(tmp, source)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+        import joblib
+
+        buf = io.BytesIO()
+        joblib.dump(est, buf)
+        data = buf.getvalue()
+    write_bytes_atomic(source, data)
     card = ds.card
     info = card.get("info") or {}
     names: dict[str, Any] = {}

@@ -23,7 +23,6 @@ import json
 import os
 import shutil
 import sys
-import tempfile
 from pathlib import Path
 from typing import Any, Optional
 
@@ -297,30 +296,13 @@ def find_source(model_path: Optional[str], meta: dict) -> Optional[Path]:
 # writing
 # --------------------------------------------------------------------------------------------
 def write_atomically(out: Path, fill: Any, marker: str = "manifest.json") -> None:
-    """Build the folder in a temp dir next to ``out`` with ``fill(tmp)``, then swap it in.
+    """Build the folder with ``fill(tmp)`` beside ``out``, then swap it in (see edgeloop.fsutil.staged_dir).
 
     An existing ``out`` is replaced only if it holds ``marker`` (a previous output of the same kind)."""
-    out = Path(out)
-    if out.exists() and not out.is_dir():
-        raise UsageError(f"{out} exists and is not a folder")
-    if out.is_dir() and any(out.iterdir()) and not (out / marker).is_file():
-        raise UsageError(f"{out} is a non-empty folder without {marker}; refusing to replace it")
-    parent = out.resolve().parent
-    parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=parent))
-    try:
+    from edgeloop.fsutil import staged_dir
+
+    with staged_dir(out, marker=marker) as tmp:
         fill(tmp)
-        old = None
-        if out.exists():
-            old = Path(tempfile.mkdtemp(prefix=f".{out.name}.old-", dir=parent))
-            os.rmdir(old)
-            os.replace(out, old)
-        os.replace(tmp, out)
-        if old is not None:
-            shutil.rmtree(old, ignore_errors=True)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
 
 
 def build_bundle(model: onnx.ModelProto, out: "str | os.PathLike[str]", target: Any, *,

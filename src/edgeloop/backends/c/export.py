@@ -8,7 +8,6 @@ and only then renamed into place: an error leaves OUT as it was.
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import subprocess
 import sys
@@ -18,6 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from edgeloop.errors import EdgeloopError, UsageError
+from edgeloop.fsutil import staged_dir
 
 
 class VerificationError(EdgeloopError):
@@ -117,12 +117,9 @@ def export_cli(model_path, target, output, *, prefix: str = "model", verify: boo
     if output.exists() and not output.is_dir():
         raise UsageError(f"output '{output}' exists and is not a folder")
     model = load_file(model_path)
-    parent = output.resolve().parent
-    parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{output.name}.tmp-", dir=parent))
-    try:
-        from edgeloop.backends.c.codegen import _umask
-        os.chmod(tmp, 0o777 & ~_umask())
+    # OUT is replaced only when everything (generation, compile check, verify) succeeded,
+    # and never if it is a non-empty folder that is not an earlier C export.
+    with staged_dir(output, marker="report.json") as tmp:
         try:
             info = generate(model, tmp, prefix)
         except EdgeloopError as e:
@@ -158,17 +155,6 @@ def export_cli(model_path, target, output, *, prefix: str = "model", verify: boo
         if verify:
             report["verify"] = _verify(tmp, prefix, info)
         (tmp / "report.json").write_text(json.dumps(report, indent=2) + "\n")
-        # into place: OUT is replaced only now, whole
-        backup = None
-        if output.exists():
-            backup = parent / f".{output.name}.old-{os.getpid()}"
-            os.replace(output, backup)
-        os.replace(tmp, output)
-        if backup is not None:
-            shutil.rmtree(backup, ignore_errors=True)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     _print(report, output, as_json)
     v = report["verify"]
     if v and v.get("available") and not v.get("outputs_match", True):
