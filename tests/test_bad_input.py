@@ -106,3 +106,18 @@ def test_invalid_onnx_graph_is_refused(tmp_path):
     with pytest.raises(ModelLoadError, match="invalid ONNX model"):
         edgeloop.load(path)
     _assert_clean_failure(_cli("profile", str(path)), str(path), "invalid ONNX model")
+
+
+@pytest.mark.parametrize("make_output", [
+    lambda tmp: tmp / "a_folder",                 # a folder where a file is expected
+    lambda tmp: tmp / "a_file.txt" / "x.onnx",    # below a file
+], ids=["folder", "below-a-file"])
+def test_unwritable_output_is_one_line(tmp_path, good_onnx, make_output):
+    (tmp_path / "a_folder").mkdir()
+    (tmp_path / "a_file.txt").write_text("x")
+    out = make_output(tmp_path)
+    _assert_clean_failure(_cli("convert", str(good_onnx), "-o", str(out)), str(out))
+
+
+def test_nan_limit_is_refused(good_onnx):
+    _assert_clean_failure(_cli("targets", str(good_onnx), "--max-latency-ms", "nan"), "--max-latency-ms")

@@ -80,3 +80,28 @@ def test_contradictory_or_nonsense_limits_are_usage_errors():
                 Limits(max_latency_ms=float("nan"))):
         with pytest.raises(UsageError):
             lim.check()
+
+
+def test_a_dataset_folders_test_split_is_never_used_by_shrink(tmp_path):
+    """edgeloop train scores the test split once; shrink must select on validation, not on test."""
+    import json
+
+    from sklearn.linear_model import LogisticRegression
+
+    import edgeloop
+    from edgeloop.data import import_data
+    from edgeloop.search.data import check_and_split, read_dataset
+
+    folder = import_data("sklearn:wine", tmp_path / "wine")
+    parts = json.loads((folder / "splits.json").read_text())
+    x_all = np.load(folder / "x.npy")
+    y_all = np.load(folder / "y.npy")
+    model = edgeloop.load(LogisticRegression(max_iter=3000).fit(x_all[parts["train"]], y_all[parts["train"]]))
+    sp = check_and_split(model, read_dataset(folder), "accuracy")
+    assert len(sp.y_test) == len(parts["validation"])
+    assert len(sp.y_fit) + len(sp.y_tune) == len(parts["train"])
+    assert "validation" in sp.held_out
+    # wine's rows are distinct, so rows identify samples: no test row reaches shrink
+    seen = {row.tobytes() for part in (sp.x_fit, sp.x_tune, sp.x_test, sp.x_calib) for row in part}
+    assert not any(x_all[i].tobytes() in seen for i in parts["test"])
+    np.testing.assert_array_equal(np.sort(sp.x_test, axis=0), np.sort(x_all[parts["validation"]], axis=0))

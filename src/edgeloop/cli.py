@@ -162,8 +162,8 @@ def targets(
 
     for flag, value in [("--max-latency-ms", max_latency_ms), ("--max-power-w", max_power_w),
                         ("--max-price-usd", max_price_usd)]:
-        if value is not None and value <= 0:
-            raise UsageError(f"{flag} must be positive, got {value:g}")
+        if value is not None and not value > 0:  # also catches nan
+            raise UsageError(f"{flag} must be a positive number, got {value:g}")
     prof = None
     if model is not None:
         prof = _profile(_load(model), model, latency=False)
@@ -220,6 +220,12 @@ def main(argv: Optional[list[str]] = None) -> None:
     except EdgeloopError as e:
         err.print(f"error: {e}", markup=False, soft_wrap=True)
         sys.exit(e.exit_code)
+    except OSError as e:
+        # a path the user gave that cannot be read or written (a folder where a file is
+        # expected, a read-only place, a full disk): one line naming it, not a traceback
+        where = e.filename if e.filename is not None else "error"
+        err.print(f"error: {where}: {e.strerror or e}", markup=False, soft_wrap=True)
+        sys.exit(2)
     except KeyboardInterrupt:
         err.print("interrupted")
         sys.exit(130)

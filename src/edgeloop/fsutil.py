@@ -27,8 +27,13 @@ def _umask() -> int:
 def write_bytes_atomic(path: str | os.PathLike, data: bytes) -> None:
     """Write ``data`` to ``path`` through a temp file in the same folder and a rename."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.tmp-", dir=path.parent)
+    if path.is_dir():
+        raise UsageError(f"{path} is a folder; give a file path")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.tmp-", dir=path.parent)
+    except OSError as e:
+        raise UsageError(f"cannot write here ({e.strerror})", where=str(path)) from None
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(data)
@@ -40,6 +45,16 @@ def write_bytes_atomic(path: str | os.PathLike, data: bytes) -> None:
         raise
 
 
+def check_output_dir(out: str | os.PathLike, *, marker: str | None = None) -> None:
+    """Fail early (before any long work) if ``staged_dir(out, marker=marker)`` would refuse ``out``."""
+    out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise UsageError(f"{out} exists and is not a folder")
+    if marker and out.is_dir() and any(out.iterdir()) and not (out / marker).is_file():
+        raise UsageError(f"{out} is a non-empty folder without {marker}; refusing to replace it "
+                         "(choose another output folder)")
+
+
 @contextlib.contextmanager
 def staged_dir(out: str | os.PathLike, *, marker: str | None = None) -> Iterator[Path]:
     """Yield an empty folder beside ``out``; when the block ends without error it replaces ``out``.
@@ -49,14 +64,13 @@ def staged_dir(out: str | os.PathLike, *, marker: str | None = None) -> Iterator
     the same kind), so a user's own folder is never deleted by a typo.
     """
     out = Path(out)
-    if out.exists() and not out.is_dir():
-        raise UsageError(f"{out} exists and is not a folder")
-    if marker and out.is_dir() and any(out.iterdir()) and not (out / marker).is_file():
-        raise UsageError(f"{out} is a non-empty folder without {marker}; refusing to replace it "
-                         "(choose another output folder)")
+    check_output_dir(out, marker=marker)
     parent = out.resolve().parent
-    parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=parent))
+    try:
+        parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=parent))
+    except OSError as e:
+        raise UsageError(f"cannot write here ({e.strerror})", where=str(out)) from None
     try:
         os.chmod(tmp, 0o777 & ~_umask())  # mkdtemp makes 0700
         yield tmp

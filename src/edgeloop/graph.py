@@ -41,6 +41,22 @@ def get_metadata(model: onnx.ModelProto) -> dict[str, Any]:
     return out
 
 
+def resolve_source(model_path: str | os.PathLike | None, meta: dict[str, Any]) -> str | None:
+    """The file a graph was imported from (``meta`` is its ``get_metadata``), if it still exists.
+
+    ``source`` is stored as given at import, or relative to the model file's
+    folder (edgeloop train and shrink write it so, to keep folders movable).
+    """
+    recorded = meta.get("source")
+    if not isinstance(recorded, str) or recorded.startswith("<"):
+        return None
+    here = os.path.dirname(os.fspath(model_path)) if model_path is not None else ""
+    for candidate in (os.path.join(here, recorded), recorded):
+        if os.path.isfile(candidate):
+            return candidate
+    return None
+
+
 def finalize(model: onnx.ModelProto, *, source: str, source_format: str,
              **metadata: Any) -> onnx.ModelProto:
     """Check a freshly imported graph, infer its shapes, and record where it came from."""

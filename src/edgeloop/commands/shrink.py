@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import sys
 from pathlib import Path
 from typing import Any, Optional
@@ -10,7 +11,7 @@ from typing import Any, Optional
 import typer
 
 from edgeloop.errors import EdgeloopError, UsageError
-from edgeloop.fsutil import write_bytes_atomic
+from edgeloop.fsutil import check_output_dir, staged_dir
 
 
 def _find_source(model_path: str, model: Any, source: Optional[str]) -> Optional[str]:
@@ -23,15 +24,10 @@ def _find_source(model_path: str, model: Any, source: Optional[str]) -> Optional
         return source
     if model_path.lower().endswith(sk):
         return model_path
-    from edgeloop.graph import get_metadata
+    from edgeloop.graph import get_metadata, resolve_source
 
-    recorded = get_metadata(model).get("source")
-    if isinstance(recorded, str) and recorded.lower().endswith(sk):
-        # recorded as given when imported, or (edgeloop train) relative to the model's folder
-        for candidate in (Path(recorded), Path(model_path).parent / recorded):
-            if candidate.is_file():
-                return str(candidate)
-    return None
+    recorded = resolve_source(model_path, get_metadata(model))
+    return recorded if recorded and recorded.lower().endswith(sk) else None
 
 
 def shrink_files(model_path: str, data_path: str, out_dir: str, *, metric: str = "accuracy",
@@ -48,6 +44,7 @@ def shrink_files(model_path: str, data_path: str, out_dir: str, *, metric: str =
     limits = Limits(max_drop=max_drop, target=target, max_ram_kb=max_ram_kb, max_flash_kb=max_flash_kb,
                     max_latency_ms=max_latency_ms)
     limits.check()  # fail fast, before loading anything
+    check_output_dir(out_dir, marker="results.json")
     model = load_file(model_path)
     ds = read_dataset(data_path, label_column=label_column)
     try:
@@ -64,19 +61,27 @@ def shrink_files(model_path: str, data_path: str, out_dir: str, *, metric: str =
     near = [c.to_json() for c in closest(result)] if result.chosen is None else []
     if near:
         doc["closest"] = [c["id"] for c in near]
-    write_bytes_atomic(out / "results.json", (json.dumps(doc, indent=2, default=_json_default) + "\n").encode())
-    write_bytes_atomic(out / "report.html", render(doc, Path(model_path).name, near).encode())
+    import onnx
+
+    from edgeloop.graph import save, set_metadata
+
+    # OUT is replaced whole: results, report and model always belong to the same run, and a run
+    # whose candidates all miss the limits leaves no model.onnx behind.
+    with staged_dir(out, marker="results.json") as tmp:
+        (tmp / "results.json").write_text(json.dumps(doc, indent=2, default=_json_default) + "\n")
+        (tmp / "report.html").write_text(render(doc, Path(model_path).name, near))
+        if result.chosen is not None:
+            chosen = result.chosen.model
+            if src:  # keep the way back to the source for refits (improve), relative to OUT
+                chosen = onnx.ModelProto()
+                chosen.CopyFrom(result.chosen.model)
+                set_metadata(chosen, source=os.path.relpath(os.path.abspath(src), os.path.abspath(out)))
+            save(chosen, tmp / "model.onnx")
     if result.chosen is None:
-        stale = out / "model.onnx"
-        if stale.exists():
-            stale.unlink()  # never leave a model that does not meet these limits
         parts = [f"{c['id']} ({recipe_text(c['passes']) or 'original'}) misses: {'; '.join(c['misses'])}"
                  for c in near[:2]]
         raise NoCandidateError("no candidate meets the limits; closest: " + " | ".join(parts)
                                + f" (see {out / 'report.html'})")
-    from edgeloop.graph import save
-
-    save(result.chosen.model, out / "model.onnx")  # byte for byte the candidate that was measured
     return doc
 
 

@@ -239,7 +239,8 @@ def run_search(model: onnx.ModelProto, splits: Splits, limits: Limits, *, source
     res.info["size_key"] = size_key
     res.info["seconds"] = round(time.perf_counter() - t0, 2)
     res.info["splits"] = {"fit": int(len(splits.y_fit)), "tune": int(len(splits.y_tune)),
-                          "test": int(len(splits.y_test)), "calib": int(len(splits.x_calib))}
+                          "test": int(len(splits.y_test)), "calib": int(len(splits.x_calib)),
+                          "held_out": splits.held_out}
     res.info.update(s.info)
     return res
 

@@ -44,6 +44,7 @@ class Dataset:
     where: str = "<data>"
     classes: list | None = None  # y holds indices into these class names (CSV, image folders)
     test_index: np.ndarray | None = None  # a test split fixed by the source (e.g. an official test set)
+    held_out: str = "a 30% split of DATA"  # what the reported metric is measured on
 
 
 @dataclass
@@ -60,6 +61,7 @@ class Splits:
     task: str
     metric: str
     where: str = "<data>"
+    held_out: str = "a 30% split of DATA"
 
 
 def read_npz(path: str | Path) -> Dataset:
@@ -103,11 +105,24 @@ def _dataset_from_reader(got: Any, where: str) -> Dataset:
     y = getattr(got, "y", None)
     xc = getattr(got, "x_calib", None)
     splits = getattr(got, "splits", None) or {}
+    x = np.asarray(x)
+    y = None if y is None else np.asarray(y)
+    if splits.get("validation") is not None and len(splits["validation"]) and splits.get("train") is not None:
+        # A dataset folder (edgeloop data import): its test split belongs to the final score,
+        # touched once (edgeloop train did). Shrink selects on the validation split and
+        # trains/tunes on the train split, so the test split stays unseen.
+        train = np.asarray(splits["train"], dtype=np.int64)
+        val = np.asarray(splits["validation"], dtype=np.int64)
+        keep = np.concatenate([train, val])
+        return Dataset(x[keep], None if y is None else y[keep], None if xc is None else np.asarray(xc), where,
+                       classes=getattr(got, "classes", None),
+                       test_index=np.arange(len(train), len(keep)),
+                       held_out="the dataset's validation split (its test split is left untouched)")
     test = splits.get("test")
-    return Dataset(np.asarray(x), None if y is None else np.asarray(y),
-                   None if xc is None else np.asarray(xc), where,
+    return Dataset(x, y, None if xc is None else np.asarray(xc), where,
                    classes=getattr(got, "classes", None),
-                   test_index=None if test is None else np.asarray(test))
+                   test_index=None if test is None else np.asarray(test),
+                   held_out="the source's own test split" if test is not None else "a 30% split of DATA")
 
 
 def _model_labels_for(y: np.ndarray, classes: list, model_labels: list | None, where: str) -> np.ndarray:
@@ -120,6 +135,10 @@ def _model_labels_for(y: np.ndarray, classes: list, model_labels: list | None, w
         return y
     by_name = {str(lab): lab for lab in model_labels}
     missing = [c for c in classes if str(c) not in by_name]
+    if missing and [str(lab) for lab in model_labels] == [str(i) for i in range(len(classes))]:
+        # a model trained on class indices (edgeloop train keeps the names in `class_names`):
+        # the reader's indices are the model's labels
+        return y.astype(np.asarray(model_labels).dtype)
     if missing:
         raise DataError(f"classes {missing[:5]} in the data are not among the model's labels "
                         f"{[str(lab) for lab in model_labels][:10]}", where=where)
@@ -368,4 +387,6 @@ def check_and_split(model: onnx.ModelProto, ds: Dataset, metric: str, seed: int 
     else:
         rng = np.random.default_rng(seed)
         x_calib = x[rng.permutation(fit)[:MAX_CALIB]]
-    return Splits(x[fit], y[fit], x[tune], y[tune], x[test], y[test], x_calib, task, metric, where)
+    return Splits(x[fit], y[fit], x[tune], y[tune], x[test], y[test], x_calib, task, metric, where,
+                  held_out=ds.held_out if ds.test_index is not None and 0 < len(ds.test_index) < len(x)
+                  else "a 30% split of DATA")

@@ -286,10 +286,12 @@ def _runtime_source() -> Path:
 
 def find_source(model_path: Optional[str], meta: dict) -> Optional[Path]:
     """The trainable source file: the model file itself, or the file its metadata names."""
-    for cand in (model_path, meta.get("source")):
-        if isinstance(cand, str) and cand.lower().endswith(SOURCE_SUFFIXES) and Path(cand).is_file():
-            return Path(cand)
-    return None
+    from edgeloop.graph import resolve_source
+
+    if isinstance(model_path, str) and model_path.lower().endswith(SOURCE_SUFFIXES) and Path(model_path).is_file():
+        return Path(model_path)
+    recorded = resolve_source(model_path, meta)
+    return Path(recorded) if recorded and recorded.lower().endswith(SOURCE_SUFFIXES) else None
 
 
 # --------------------------------------------------------------------------------------------
@@ -406,17 +408,6 @@ def export_cli(model_path: str, target: Any, output: Path, *, prefix: str = "mod
     from edgeloop.frontends import load_file
 
     model = load_file(model_path)
-    if model_path.lower().endswith(".onnx"):
-        # A shrunk .onnx names its trainable source in its metadata; importing it re-stamped
-        # `source` with the .onnx path, so read the original provenance from the file.
-        from edgeloop.graph import get_metadata, set_metadata
-
-        try:
-            original = get_metadata(onnx.load(model_path, load_external_data=False))
-        except Exception:
-            original = {}
-        if original.get("source") and original.get("source") != model_path:
-            set_metadata(model, source=original["source"], source_format=original.get("source_format", ""))
     name = prefix if prefix and prefix != "model" else Path(model_path).stem
     try:
         manifest = build_bundle(model, output, target, name=name, source_path=model_path, verify=verify)
