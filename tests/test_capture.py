@@ -197,3 +197,22 @@ def test_sigkill_during_capture_writes_loses_nothing_committed(tmp_path, tmp_pat
     db = sqlite3.connect(store)
     assert {r[0] for r in db.execute("SELECT id FROM samples")} >= stored | {new_id}
     assert db.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+
+
+@pytest.mark.parametrize("content", ["garbage", "other-sqlite"])
+def test_samples_commands_refuse_what_is_not_a_capture_store(tmp_path, content):
+    path = tmp_path / "store.db"
+    if content == "garbage":
+        path.write_bytes(b"not a database at all" * 20)
+    else:
+        con = sqlite3.connect(path)
+        con.execute("CREATE TABLE notes (body TEXT)")
+        con.commit()
+        con.close()
+    before = path.read_bytes()
+    for args in (["samples", "list", str(path)], ["samples", "export", str(path), "-o", str(tmp_path / "out")]):
+        proc = subprocess.run([PY, "-m", "edgeloop", *args], capture_output=True, text=True, timeout=120)
+        assert proc.returncode == 2, proc.stderr
+        assert "not a capture store" in proc.stderr and "Traceback" not in proc.stderr
+    assert path.read_bytes() == before  # the user's file is left exactly as it was
+    assert not (tmp_path / "out").exists()

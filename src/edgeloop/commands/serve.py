@@ -161,5 +161,18 @@ def register(app: typer.Typer) -> None:
 
 
 def _need_store(store: Path) -> None:
+    """Refuse, before opening it for writing, anything that is not a capture store."""
+    import sqlite3
+
     if not store.is_file():
         raise UsageError("no such capture store", where=str(store))
+    try:
+        con = sqlite3.connect(store.resolve().as_uri() + "?mode=ro", uri=True)
+        try:
+            tables = {r[0] for r in con.execute("SELECT name FROM sqlite_master WHERE type='table'")}
+        finally:
+            con.close()
+    except sqlite3.DatabaseError as e:
+        raise UsageError(f"not a capture store ({e})", where=str(store)) from None
+    if "samples" not in tables:
+        raise UsageError("not a capture store (an SQLite file without a 'samples' table)", where=str(store))
