@@ -87,7 +87,7 @@ def test_chain_lifetimes_and_peak():
     # x -> Relu -> a -> Relu -> b -> Relu -> y, every tensor 100 float32 = 400 bytes
     nodes = [helper.make_node("Relu", ["x"], ["a"]), helper.make_node("Relu", ["a"], ["b"]),
              helper.make_node("Relu", ["b"], ["y"])]
-    p = plan_model(_model(nodes, [1, 100]))
+    p = plan_model(_model(nodes, [1, 100]), inplace=False)
     assert _lifetimes(p) == {"x": (400, 0, 0), "a": (400, 0, 1), "b": (400, 1, 2), "y": (400, 2, 2)}
     assert p.peak_bytes == 400 + 400  # never more than one input and one output alive
     assert p.steps == ["Relu_0", "Relu_1", "Relu_2"]
@@ -97,7 +97,7 @@ def test_residual_branch_keeps_skip_alive():
     # a = relu(x); b = relu(a); c = relu(b); y = a + c -- a lives across the branch
     nodes = [helper.make_node("Relu", ["x"], ["a"]), helper.make_node("Relu", ["a"], ["b"]),
              helper.make_node("Relu", ["b"], ["c"]), helper.make_node("Add", ["a", "c"], ["y"])]
-    p = plan_model(_model(nodes, [1, 100]))
+    p = plan_model(_model(nodes, [1, 100]), inplace=False)
     assert _lifetimes(p) == {"x": (400, 0, 0), "a": (400, 0, 3), "b": (400, 1, 2),
                              "c": (400, 2, 3), "y": (400, 3, 3)}
     # step 2 holds a, b, c and step 3 holds a, c, y: three 400-byte buffers
@@ -113,7 +113,7 @@ def test_residual_with_different_sizes():
              helper.make_node("GlobalAveragePool", ["b"], ["gb"]),
              helper.make_node("GlobalAveragePool", ["a"], ["ga"]),
              helper.make_node("Add", ["ga", "gb"], ["y"])]
-    p = plan_model(_model(nodes, [1, 8, 16, 16], inits=inits))
+    p = plan_model(_model(nodes, [1, 8, 16, 16], inits=inits), inplace=False)
     big, small, tiny = 8 * 16 * 16 * 4, 8 * 8 * 8 * 4, 8 * 4
     assert _lifetimes(p) == {"x": (big, 0, 0), "a": (big, 0, 3), "b": (small, 1, 2),
                              "gb": (tiny, 2, 4), "ga": (tiny, 3, 4), "y": (tiny, 4, 4)}
@@ -126,16 +126,65 @@ def test_reshape_aliases_its_input():
              helper.make_node("Reshape", ["a", "shape"], ["r"]),
              helper.make_node("Relu", ["r"], ["y"])]
     inits = [numpy_helper.from_array(np.array([1, 6, 4], np.int64), "shape")]
-    p = plan_model(_model(nodes, [1, 24], inits=inits))
+    p = plan_model(_model(nodes, [1, 24], inits=inits), inplace=False)
     # no buffer for r; a lives until the Relu that reads r (step 1)
     assert _lifetimes(p) == {"x": (96, 0, 0), "a": (96, 0, 1), "y": (96, 1, 1)}
     assert p.tensors["r"] == "a" and p.offset_of("r") == p.offset_of("a")
     assert p.peak_bytes == 2 * 96
 
 
+# --- in-place execution ------------------------------------------------------------------
+
+def test_chain_runs_in_place():
+    # the Relu chain of test_chain_lifetimes_and_peak: each Relu overwrites the tensor it
+    # reads (which dies there), so x, a, b and y are one 400-byte buffer
+    nodes = [helper.make_node("Relu", ["x"], ["a"]), helper.make_node("Relu", ["a"], ["b"]),
+             helper.make_node("Relu", ["b"], ["y"])]
+    p = plan_model(_model(nodes, [1, 100]))
+    assert _lifetimes(p) == {"x": (400, 0, 2)}
+    assert p.tensors == {"a": "x", "b": "x", "y": "x"}
+    assert p.offset_of("y") == p.offset_of("x") == 0
+    assert p.peak_bytes == 400
+
+
+def test_in_place_needs_the_input_to_die():
+    # a = relu(x); b = relu(a); c = relu(b); y = a + c: a is read again by the Add, so b
+    # gets a buffer of its own; c overwrites b, and the Add overwrites a (both operands die)
+    nodes = [helper.make_node("Relu", ["x"], ["a"]), helper.make_node("Relu", ["a"], ["b"]),
+             helper.make_node("Relu", ["b"], ["c"]), helper.make_node("Add", ["a", "c"], ["y"])]
+    p = plan_model(_model(nodes, [1, 100]))
+    assert p.tensors == {"a": "x", "c": "b", "y": "x"}
+    assert _lifetimes(p) == {"x": (400, 0, 3), "b": (400, 1, 3)}
+    assert p.peak_bytes == 2 * 400
+
+
+def test_graph_output_is_never_overwritten():
+    # a is a graph output as well as the Relu's input: the Relu must not overwrite it
+    nodes = [helper.make_node("Relu", ["x"], ["a"]), helper.make_node("Relu", ["a"], ["y"])]
+    p = plan_model(_model(nodes, [1, 10], outputs=("a", "y")))
+    assert p.tensors == {"a": "x"}
+    assert _lifetimes(p) == {"x": (40, 0, 1), "y": (40, 1, 1)}
+
+
+def test_in_place_conv_scratch_is_planned():
+    # x [1,6,4,4] -> 1x1 conv 6->3 (in place, scratch: the 6 values of one pixel) and
+    # x [1,6,4,4] -> 1x1 conv 6->12: refused (12 output channels overrun the input)
+    def conv(cout):
+        w = numpy_helper.from_array(RNG.standard_normal((cout, 6, 1, 1)).astype(np.float32), "w")
+        return _model([helper.make_node("Conv", ["x", "w"], ["y"], name="pw")], [1, 6, 4, 4],
+                      inits=[w])
+    p = plan_model(conv(3))
+    assert _lifetimes(p) == {"x": (6 * 16 * 4, 0, 0), "pw#scratch0": (6 * 4, 0, 0)}
+    assert p.tensors == {"y": "x"}
+    assert p.peak_bytes == 6 * 16 * 4 + 6 * 4
+    assert plan_model(conv(3), inplace=False).peak_bytes == 6 * 16 * 4 + 3 * 16 * 4
+    q = plan_model(conv(12))
+    assert _lifetimes(q) == {"x": (6 * 16 * 4, 0, 0), "y": (12 * 16 * 4, 0, 0)}
+
+
 def test_symbolic_batch_is_taken_as_one():
     nodes = [helper.make_node("Relu", ["x"], ["y"])]
-    p = plan_model(_model(nodes, ["N", 10]))
+    p = plan_model(_model(nodes, ["N", 10]), inplace=False)
     assert _lifetimes(p) == {"x": (40, 0, 0), "y": (40, 0, 0)}
     assert any("batch 1" in a for a in p.assumptions)
     with pytest.raises(EdgeloopError, match="'x'.*symbolic dimension 'T'"):

@@ -27,9 +27,12 @@ def ad(mlperf_dir):
 def test_kws_planned_peak_matches_tflite_micro(kws):
     p = plan_model(kws)
     assert p.peak_bytes <= 16000
-    # two 25x5x64 int8 feature maps alive at once
-    assert p.peak_bytes == 2 * 25 * 5 * 64
-    assert all(b.dtype == "int8" for b in p.buffers)
+    # without in-place execution, as TFLite Micro: two 25x5x64 int8 feature maps at once
+    assert plan_model(kws, inplace=False).peak_bytes == 2 * 25 * 5 * 64
+    # in place: the input and the first conv's output; every later conv overwrites its input
+    assert p.peak_bytes == 49 * 10 + 25 * 5 * 64
+    # every activation is int8 (an in-place conv's scratch holds int16 input values)
+    assert all(b.dtype == "int8" for b in p.buffers if "#scratch" not in b.name)
 
 
 def test_ad_planned_peak_matches_tflite_micro(ad):

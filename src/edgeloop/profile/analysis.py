@@ -111,6 +111,13 @@ class Step:
     writes: list[str]         # tensors it writes
     precision: str | None = None  # "int8", "float32", ... ; None for data movement
     index: int = -1           # position among executing steps; -1 for aliases
+    # in-place execution (decided by :func:`decide_inplace`, read by the planner and the C
+    # lowering alike): the read tensor whose buffer the output overwrites, how, and the
+    # per-step work area the kernel needs for it (planned in the arena, alive this step only)
+    inplace_input: str | None = None
+    inplace_scheme: str = ""      # "elementwise", "conv_pixels" or "conv_groups"
+    scratch_bytes: int = 0
+    scratch_dtype: str = ""
 
 
 @dataclass
@@ -399,6 +406,7 @@ def analyze(model: onnx.ModelProto) -> GraphAnalysis:
                       consumers=consumers, graph_inputs=graph_inputs, graph_outputs=graph_outputs,
                       assumptions=assumptions)
     _build_steps(a)
+    _mark_inplace(a)
     return a
 
 
@@ -488,6 +496,32 @@ def _precision_of(a: GraphAnalysis, node: onnx.NodeProto) -> str | None:
     return None
 
 
+def _foldable_bn(a: GraphAnalysis, i: int) -> int | None:
+    """Index of a BatchNormalization that can be folded into float Conv node ``i``: the
+    conv's only consumer, inference mode, constant parameters, one output; else None."""
+    n = a.nodes[i]
+    if n.op_type != "Conv" or n.domain not in ("", "ai.onnx") or not n.output or not n.output[0]:
+        return None
+    y = n.output[0]
+    if y in a.static or y in a.graph_outputs or a.elem_types.get(y) != onnx.TensorProto.FLOAT:
+        return None
+    if len(n.input) < 2 or n.input[1] not in a.static:
+        return None
+    users = a.consumers.get(y, [])
+    if len(users) != 1 or users[0][1] != 0:
+        return None
+    j = users[0][0]
+    bn = a.nodes[j]
+    if bn.op_type != "BatchNormalization" or bn.domain not in ("", "ai.onnx"):
+        return None
+    at = {x.name: helper.get_attribute_value(x) for x in bn.attribute}
+    if at.get("training_mode", 0) or len([o for o in bn.output if o]) != 1 or not bn.output[0]:
+        return None
+    if len(bn.input) < 5 or any(not t or t not in a.constants for t in bn.input[1:5]):
+        return None
+    return j
+
+
 def _build_steps(a: GraphAnalysis) -> None:
     nodes = a.nodes
     kernels: dict[int, tuple[list[int], list[str]]] = {}  # q index -> (chain, dq inputs)
@@ -505,6 +539,7 @@ def _build_steps(a: GraphAnalysis) -> None:
         return nodes[a.producer[t]].input[0]
 
     steps: list[Step] = []
+    folded_bn: set[int] = set()
     for i, n in enumerate(nodes):
         outs = [o for o in n.output if o]
         if not outs or all(o in a.static for o in outs):
@@ -547,6 +582,16 @@ def _build_steps(a: GraphAnalysis) -> None:
                 raise UnsupportedOperatorError(
                     f"cannot profile a non-tensor value '{o}' ({a.non_tensor[o]})",
                     node=name, op=n.op_type)
+        if i in folded_bn:
+            continue  # folded into the convolution before it
+        bn = _foldable_bn(a, i)
+        if bn is not None and bn not in in_kernel:
+            # Conv -> BatchNormalization: one step (the BN scales and shifts the conv's
+            # weights and bias at export time); the conv's own output never exists
+            folded_bn.add(bn)
+            steps.append(Step("op", name, n.op_type, [i, bn], i, data, [nodes[bn].output[0]],
+                              _precision_of(a, n)))
+            continue
         steps.append(Step("op", name, n.op_type, [i], i, data, outs, _precision_of(a, n)))
     index = 0
     for s in steps:
@@ -554,3 +599,165 @@ def _build_steps(a: GraphAnalysis) -> None:
             s.index = index
             index += 1
     a.steps = steps
+
+
+# --- in-place execution ------------------------------------------------------------------
+#
+# A step may write its output over an input that no later step reads, when the kernel
+# computes every output element only from input elements it no longer needs. The
+# decision is made here, once, and stored on the step: the memory planner gives the
+# output the input's buffer (and plans the step's scratch), and the C lowering emits the
+# in-place kernel for exactly these steps, so the arena the C declares stays the
+# profiler's peak.
+
+# float ops lowered to a kernel that reads element i (or a softmax row) before writing it
+INPLACE_UNARY_F32 = {"Relu", "Clip", "Sigmoid", "Tanh", "LeakyRelu", "Abs", "Neg", "Exp", "Sqrt",
+                     "HardSigmoid", "Elu", "Reciprocal", "Floor", "Ceil", "BatchNormalization",
+                     "Softmax", "LogSoftmax"}
+INPLACE_BINARY_F32 = {"Add", "Sub", "Mul", "Div", "Max", "Min"}
+# int8 kernels (main op of a QDQ step) that are element-wise or row-wise
+INPLACE_UNARY_S8 = {"Relu", "Clip", "Softmax", "Reshape", "Flatten", "Squeeze", "Unsqueeze",
+                    "Identity"}
+
+_NEVER = 1 << 62
+
+
+def last_reads(a: GraphAnalysis) -> dict[str, int]:
+    """Buffer owner (``a.root``) -> index of the last executing step that reads it; graph
+    outputs never die."""
+    last: dict[str, int] = {}
+    for s in a.steps:
+        if s.kind == "alias":
+            continue
+        for t in s.reads:
+            r = a.root(t)
+            last[r] = max(last.get(r, -1), s.index)
+    for o in a.graph_outputs:
+        last[a.root(o)] = _NEVER
+    return last
+
+
+def _dq_source(a: GraphAnalysis, t: str) -> str | None:
+    p = a.producer.get(t)
+    if p is None or not is_dq(a.nodes[p]):
+        return None
+    return a.nodes[p].input[0]
+
+
+def decide_inplace(a: GraphAnalysis, s: Step, last: dict[str, int]):
+    """(input tensor, scheme, scratch elements, scratch dtype) when step ``s`` can write its
+    output over an input's buffer, else None. ``last`` is :func:`last_reads`.
+
+    Schemes (the C kernels in ``backends/c/kernels.py`` implement them):
+
+    - ``elementwise``: output element i is computed from input element i only (or a
+      softmax row is read in full before any of it is written), so writing y[i] over x[i]
+      destroys nothing still needed. No scratch.
+    - ``conv_pixels``: 1x1 convolution, stride 1, no padding, one group, C_out <= C_in,
+      NCHW, batch 1. Output (m, p) depends on input (c, p) for every c. For each spatial
+      position p in increasing order the kernel first copies the C_in input values at p
+      into the scratch (minus the zero point, int16, for int8), then computes the C_out
+      outputs at p from the scratch and stores them at (m, p), m < C_out <= C_in: those
+      addresses are input values at position p, already saved, and no later position
+      p' > p reads position p. Scratch: C_in elements.
+    - ``conv_groups``: grouped convolution (G > 1, e.g. depthwise), batch 1. Output group
+      g (channels [g*M/G, (g+1)*M/G)) depends only on input group g. Group g's output is
+      computed into the scratch, then copied to its place, offset g*(M/G)*OH*OW. With
+      (M/G)*OH*OW <= (C/G)*H*W that copy ends at or before the end of input group g, so it
+      only overwrites input groups <= g, all consumed. Any kernel size, stride and
+      padding. Scratch: (M/G)*OH*OW output elements.
+    """
+    if s.kind == "alias" or len(s.writes) != 1:
+        return None
+    y = s.writes[0]
+    if y in a.static or y not in a.shapes or y not in a.elem_types:
+        return None
+    node = a.nodes[s.main]
+    op = node.op_type
+    if node.domain not in ("", "ai.onnx"):
+        return None
+    yt = a.elem_types[y]
+    if s.kind == "kernel":
+        srcs = [_dq_source(a, t) if t and t not in a.static else None for t in node.input]
+        if yt != onnx.TensorProto.INT8:
+            return None
+    else:
+        srcs = [t if t and t not in a.static else None for t in node.input]
+        if yt != onnx.TensorProto.FLOAT:
+            return None
+
+    def dies(t):
+        if t is None or t not in a.shapes or a.elem_types.get(t) != yt:
+            return False
+        r = a.root(t)
+        return (r not in a.static and r in a.shapes and last.get(r, _NEVER) == s.index
+                and a.elem_types.get(r) == yt and a.tensor_bytes(r) >= a.tensor_bytes(y))
+
+    numel_y = a.numel(y)
+    if op == "Conv":
+        return _conv_inplace(a, s, node, srcs[0] if srcs else None, y, dies)
+    if (s.kind == "op" and op in INPLACE_UNARY_F32) or (s.kind == "kernel" and op in INPLACE_UNARY_S8):
+        if op == "BatchNormalization" and len([o for o in node.output if o]) != 1:
+            return None
+        x = srcs[0] if srcs else None
+        if dies(x) and a.numel(x) == numel_y:
+            return x, "elementwise", 0, ""
+        return None
+    if op in INPLACE_BINARY_F32 and s.kind == "op" or op == "Add" and s.kind == "kernel":
+        if len(node.input) != 2:
+            return None
+        for k in (0, 1):
+            x, other = srcs[k], srcs[1 - k]
+            if not dies(x) or tuple(a.shapes[x]) != tuple(a.shapes[y]):
+                continue
+            if (other is not None and a.root(other) == a.root(x)
+                    and tuple(a.shapes.get(other, ())) != tuple(a.shapes[y])):
+                continue  # the other operand reads the same buffer at other positions
+            return x, "elementwise", 0, ""
+    return None
+
+
+def _conv_inplace(a, s, node, x, y, dies):
+    if x is None or not dies(x):
+        return None
+    xs, ys = tuple(a.shapes[x]), tuple(a.shapes[y])
+    if len(xs) not in (3, 4) or len(ys) != len(xs) or xs[0] != 1 or ys[0] != 1:
+        return None
+    w = node.input[1] if len(node.input) > 1 else ""
+    ws = a.shapes.get(w)
+    if not w or w not in a.static or ws is None or len(ws) != len(xs):
+        return None
+    at = {x_.name: helper.get_attribute_value(x_) for x_ in node.attribute}
+    G = int(at.get("group", 1))
+    C, M = xs[1], ys[1]
+    hw, ohw = math.prod(xs[2:]), math.prod(ys[2:])
+    if G < 1 or C % G or M % G:
+        return None
+    int8 = s.kind == "kernel"
+    esize = 1 if int8 else 4
+    out_bytes = M * ohw * esize
+    if G == 1:
+        strides = list(at.get("strides", [1] * (len(xs) - 2)))
+        if (any(k != 1 for k in ws[2:]) or any(v != 1 for v in strides) or ys[2:] != xs[2:]
+                or M > C):
+            return None
+        scratch = C * (2 if int8 else 4)
+        if scratch >= out_bytes:
+            return None
+        return x, "conv_pixels", C, "int16" if int8 else "float32"
+    mg, cg = M // G, C // G
+    if mg * ohw > cg * hw or mg * ohw * esize >= out_bytes:
+        return None
+    return x, "conv_groups", mg * ohw, "int8" if int8 else "float32"
+
+
+def _mark_inplace(a: GraphAnalysis) -> None:
+    last = last_reads(a)
+    for s in a.steps:
+        d = decide_inplace(a, s, last)
+        if d is None:
+            continue
+        x, scheme, n, dt = d
+        s.inplace_input, s.inplace_scheme = x, scheme
+        s.scratch_dtype = dt
+        s.scratch_bytes = n * (np.dtype(dt).itemsize if dt else 0)

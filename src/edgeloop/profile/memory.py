@@ -142,7 +142,8 @@ class MemoryPlan:
                 "buffers": [asdict(b) for b in self.buffers]}
 
 
-def plan_model(model: onnx.ModelProto, *, alignment: int = 1, _analysis=None) -> MemoryPlan:
+def plan_model(model: onnx.ModelProto, *, alignment: int = 1, inplace: bool = True,
+               _analysis=None) -> MemoryPlan:
     """Plan the activation arena of ``model`` as a device runs it.
 
     Buffers are the graph inputs and every activation tensor that a device
@@ -159,6 +160,14 @@ def plan_model(model: onnx.ModelProto, *, alignment: int = 1, _analysis=None) ->
     buffer, extending its lifetime. Sizes are element count times element
     size of the real (integer or float) tensor, with shapes for batch 1 (a
     symbolic leading input dimension is taken as 1).
+
+    In-place execution (``inplace=True``, what the C backend runs): a step that
+    :func:`edgeloop.profile.analysis.decide_inplace` marks writes its output
+    into the buffer of an input that dies at that step, so the two tensors are
+    one buffer (living from the input's first use to the output's last; its
+    name is the first tensor of such a chain and ``tensors`` maps the others to
+    it), and the scratch the in-place kernel needs is a buffer of its own,
+    named ``<step>#scratch``, alive at that step only.
     """
     from edgeloop.profile.analysis import analyze, dtype_name
 
@@ -168,10 +177,23 @@ def plan_model(model: onnx.ModelProto, *, alignment: int = 1, _analysis=None) ->
     first: dict[str, int] = {}
     last: dict[str, int] = {}
     order: list[str] = []
+    # in-place: a written tensor's buffer is the buffer of the input it overwrites
+    owner: dict[str, str] = {}
+
+    def group(root: str) -> str:
+        while root in owner:
+            root = owner[root]
+        return root
+
+    if inplace:
+        for s in a.steps:
+            if s.kind != "alias" and s.inplace_input is not None:
+                owner[a.root(s.writes[0])] = a.root(s.inplace_input)
 
     def touch(root: str, step: int, write: bool):
         if root in a.static:
             return
+        root = group(root)
         if root not in first:
             first[root] = step
             last[root] = step
@@ -194,15 +216,30 @@ def plan_model(model: onnx.ModelProto, *, alignment: int = 1, _analysis=None) ->
         if root not in a.static:
             touch(root, last_step, False)
 
+    members: dict[str, list[str]] = {}
+    for t in set(owner) | set(owner.values()):
+        members.setdefault(group(t), []).append(t)
     buffers = []
     for root in order:
         if root not in a.shapes or root not in a.elem_types:
             raise EdgeloopError(f"shape of tensor '{root}' is unknown; cannot plan its memory")
-        buffers.append(Buffer(root, a.tensor_bytes(root), first[root], last[root],
+        size = max(a.tensor_bytes(t) for t in members.get(root, [root]))
+        buffers.append(Buffer(root, size, first[root], last[root],
                               dtype=dtype_name(a.elem_types[root])))
+    if inplace:
+        for s in a.steps:
+            if s.kind != "alias" and s.inplace_input is not None and s.scratch_bytes:
+                buffers.append(Buffer(scratch_name(s), s.scratch_bytes, s.index, s.index,
+                                      dtype=s.scratch_dtype))
     offsets, peak = plan(buffers, alignment)
     for b, off in zip(buffers, offsets):
         b.offset = off
-    tensors = {t: a.root(t) for t in a.alias_of}
+    tensors = {t: group(a.root(t)) for t in a.alias_of}
+    tensors.update({t: group(t) for t in owner})
     steps = [s.name for s in a.steps if s.kind != "alias"]
     return MemoryPlan(buffers, peak, alignment, steps, tensors, list(a.assumptions))
+
+
+def scratch_name(step) -> str:
+    """The planned buffer holding an in-place step's scratch."""
+    return f"{step.name}#scratch{step.index}"

@@ -146,6 +146,9 @@ def render(model: onnx.ModelProto, prefix: str = "model"):
             kind = arg[0]
             if kind in ("in", "out"):
                 args.append(tensor_ptr(arg[1], arg[2] if len(arg) > 2 else 0, kind == "out"))
+            elif kind == "arena":   # a planned work buffer (an in-place kernel's scratch)
+                args.append(f"(({CTYPES[arg[2]]} *)(el_arena.bytes + "
+                            f"{low.plan.buffer(arg[1]).offset}))")
             elif kind == "const":
                 args.append(const_ptr(arg[1]))
             elif kind == "null":

@@ -444,6 +444,90 @@ static void k_conv_s8(const int8_t *x, int8_t *y, const int8_t *w, const int32_t
 }
 """)
 
+# In-place convolutions: the output is written over the input (x and y point into one
+# buffer; see edgeloop.profile.analysis.decide_inplace for why neither scheme overwrites an
+# input value before its last read). s: this step's planned scratch in the arena. Two
+# kernels rather than one with a switch: the compiler then specializes each on its own.
+
+_k("conv_s8_pw_ip", ("fx",), r"""
+/* 1x1, stride 1, no padding, one group, M <= C: per position p, save the C input values
+   at p (minus the zero point, int16) to s, then store the M outputs at p. */
+static void k_conv_s8_pw_ip(const int8_t *x, int8_t *y, const int8_t *w, const int32_t *b,
+                            const int32_t *mult, const int32_t *shift, int C, long hw, int M,
+                            int x_zp, int y_zp, int lo, int hi, int16_t *s)
+{
+    long p;
+    int m, c;
+    for (p = 0; p < hw; ++p) {
+        for (c = 0; c < C; ++c) s[c] = (int16_t)((int32_t)x[(long)c * hw + p] - x_zp);
+        for (m = 0; m < M; ++m) {
+            const int8_t *wm = w + (long)m * C;
+            int32_t acc = b ? b[m] : 0;
+            for (c = 0; c < C; ++c) acc += (int32_t)s[c] * (int32_t)wm[c];
+            acc = el_mbqm(acc, mult[m], shift[m]) + y_zp;
+            y[(long)m * hw + p] = (int8_t)el_clamp(acc, lo, hi);
+        }
+    }
+}
+""")
+
+_k("conv_s8_grp_ip", ("fx", "conv_s8"), r"""
+/* grouped (e.g. depthwise), (M/G)*OH*OW <= (C/G)*H*W: each group's output into s, then
+   copied to its place, which ends within the input groups already consumed. */
+static void k_conv_s8_grp_ip(const int8_t *x, int8_t *y, const int8_t *w, const int32_t *b,
+                             const int32_t *mult, const int32_t *shift,
+                             int C, int H, int W, int M, int OH, int OW, int KH, int KW,
+                             int SH, int SW, int PT, int PL, int DH, int DW, int G,
+                             int x_zp, int y_zp, int lo, int hi, int8_t *s)
+{
+    int cg = C / G, mg = M / G, g;
+    long hw = (long)H * W, ohw = (long)OH * OW;
+    for (g = 0; g < G; ++g) {
+        long m0 = (long)g * mg;
+        k_conv_s8(x + (long)g * cg * hw, s, w + m0 * cg * KH * KW, b ? b + m0 : 0,
+                  mult + m0, shift + m0, cg, H, W, mg, OH, OW, KH, KW, SH, SW, PT, PL,
+                  DH, DW, 1, x_zp, y_zp, lo, hi);
+        memcpy(y + m0 * ohw, s, (size_t)(mg * ohw));
+    }
+}
+""")
+
+_k("conv_f32_pw_ip", (), r"""
+/* the float 1x1 in-place scheme; the sums run in the order of k_conv_f32 */
+static void k_conv_f32_pw_ip(const float *x, float *y, const float *w, const float *b,
+                             int C, long hw, int M, float *s)
+{
+    long p;
+    int m, c;
+    for (p = 0; p < hw; ++p) {
+        for (c = 0; c < C; ++c) s[c] = x[(long)c * hw + p];
+        for (m = 0; m < M; ++m) {
+            const float *wm = w + (long)m * C;
+            float acc = b ? b[m] : 0.0f;
+            for (c = 0; c < C; ++c) acc += s[c] * wm[c];
+            y[(long)m * hw + p] = acc;
+        }
+    }
+}
+""")
+
+_k("conv_f32_grp_ip", ("conv_f32",), r"""
+/* the float grouped in-place scheme (k_conv_f32 per group, then copied) */
+static void k_conv_f32_grp_ip(const float *x, float *y, const float *w, const float *b,
+                              int C, int H, int W, int M, int OH, int OW, int KH, int KW,
+                              int SH, int SW, int PT, int PL, int DH, int DW, int G, float *s)
+{
+    int cg = C / G, mg = M / G, g;
+    long hw = (long)H * W, ohw = (long)OH * OW;
+    for (g = 0; g < G; ++g) {
+        long m0 = (long)g * mg;
+        k_conv_f32(x + (long)g * cg * hw, s, w + m0 * cg * KH * KW, b ? b + m0 : 0,
+                   cg, H, W, mg, OH, OW, KH, KW, SH, SW, PT, PL, DH, DW, 1);
+        memcpy(y + m0 * ohw, s, (size_t)(mg * ohw) * sizeof(float));
+    }
+}
+""")
+
 _k("fc_s8", ("fx",), r"""
 static void k_fc_s8(const int8_t *x, int8_t *y, const int8_t *w, const int32_t *b,
                     const int32_t *mult, const int32_t *shift, int per_channel,

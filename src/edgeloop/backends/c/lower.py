@@ -7,8 +7,13 @@ aliases, every other node is one step. Buffers and offsets come from
 profiler reports.
 
 A call is ``Call(kernel, args)``; each arg is ``("in", tensor)``, ``("out", tensor)``,
-``("const", ndarray)``, ``("null",)``, ``("int", v)`` or ``("float", v)``. The C emitter
-prints them; :mod:`edgeloop.backends.c.reference` runs the same calls in numpy.
+``("const", ndarray)``, ``("null",)``, ``("int", v)``, ``("float", v)`` or ``("arena",
+buffer, dtype)`` (a planned scratch buffer of an in-place step). The C emitter prints them;
+:mod:`edgeloop.backends.c.reference` runs the same calls in numpy.
+
+In-place steps (``Step.inplace_input``, decided once by the analysis) need no special
+handling for element-wise kernels: the plan gives input and output one offset. In-place
+convolutions use the ``*_pw_ip`` / ``*_grp_ip`` kernels with the step's scratch.
 """
 
 from __future__ import annotations
@@ -112,6 +117,7 @@ class Lowerer:
         self.plan = plan
         self.values = self._static_values()
         self.calls: list[Call] = []
+        self.step = None   # the step being lowered (its in-place decision)
 
     # -- helpers --------------------------------------------------------------------
     def _aligned(self, plan) -> bool:
@@ -211,6 +217,7 @@ class Lowerer:
         for s in a.steps:
             if s.kind == "alias":
                 continue
+            self.step = s
             if s.kind == "kernel":
                 self.lower_kernel(s)
                 continue
@@ -291,6 +298,29 @@ class Lowerer:
                     SH=strides[0], SW=strides[1], PT=pads[0], PL=pads[1], PB=pads[2], PR=pads[3],
                     DH=dil[0], DW=dil[1], at=at)
 
+    # -- in-place execution (decided once by the analysis; see decide_inplace) ------------
+    def _inplace_conv(self, x, y) -> str:
+        """The step's in-place convolution scheme ("conv_pixels", "conv_groups") or ""."""
+        s = self.step
+        if s is None or not s.inplace_scheme.startswith("conv_"):
+            return ""
+        if s.inplace_input != x or s.writes[0] != y or self.plan.offset_of(x) != self.plan.offset_of(y):
+            raise EdgeloopError(f"internal: in-place plan of step '{s.name}' does not match its "
+                                "convolution")
+        return s.inplace_scheme
+
+    def _folded_bn(self, node):
+        """The BatchNormalization the analysis folded into this Conv's step, or None."""
+        s = self.step
+        if s is None or len(s.nodes) != 2 or s.main not in s.nodes:
+            return None
+        other = self.a.nodes[next(i for i in s.nodes if i != s.main)]
+        return other if other.op_type == "BatchNormalization" else None
+
+    def _scratch_arg(self):
+        from edgeloop.profile.memory import scratch_name
+        return ("arena", scratch_name(self.step), self.step.scratch_dtype)
+
     # ================================================================ float ops
     def op_Conv(self, node, name):
         self._check_float(node, name, [node.input[0], node.output[0]])
@@ -302,7 +332,32 @@ class Lowerer:
         g = self._conv_geometry(node, name, xs, wv.shape, ys)
         G = int(g["at"].get("group", 1))
         b = ("const", self.const(node.input[2]).astype(np.float32)) if len(node.input) > 2 and node.input[2] else ("null",)
+        bn = self._folded_bn(node)
+        if bn is not None:
+            # batch norm folded into the weights and bias: y = s * (conv(x) + b - mean) + beta
+            # with s = gamma / sqrt(var + eps), per output channel
+            at = self.attrs(bn)
+            gamma, beta, mean, var = (self.const(t).astype(np.float64).ravel() for t in bn.input[1:5])
+            sc = gamma / np.sqrt(var + at.get("epsilon", 1e-5))
+            b0 = b[1].astype(np.float64) if b[0] == "const" else np.zeros(ys[1])
+            wv = (self.const(w).astype(np.float64) * sc.reshape((-1,) + (1,) * (wv.ndim - 1))).astype(np.float32)
+            b = ("const", ((b0 - mean) * sc + beta).astype(np.float32))
+            node = onnx.NodeProto()
+            node.CopyFrom(self.a.nodes[self.step.main])
+            node.output[0] = bn.output[0]
         N = xs[0]
+        scheme = self._inplace_conv(x, node.output[0])
+        if scheme == "conv_pixels":
+            self.emit("conv_f32_pw_ip", [("in", x), ("out", node.output[0]), ("const", wv), b] + [
+                ("int", v) for v in (xs[1], g["H"] * g["W"], ys[1])] + [self._scratch_arg()],
+                name, "Conv")
+            return
+        if scheme == "conv_groups":
+            self.emit("conv_f32_grp_ip", [("in", x), ("out", node.output[0]), ("const", wv), b] + [
+                ("int", v) for v in (xs[1], g["H"], g["W"], ys[1], g["OH"], g["OW"], g["KH"], g["KW"],
+                                     g["SH"], g["SW"], g["PT"], g["PL"], g["DH"], g["DW"], G)]
+                + [self._scratch_arg()], name, "Conv")
+            return
         for n in range(N):
             self.emit("conv_f32", [("in", x, n * int(np.prod(xs[1:]))), ("out", node.output[0], n * int(np.prod(ys[1:]))),
                                    ("const", wv), b] + [("int", v) for v in (
@@ -1005,6 +1060,20 @@ class Lowerer:
         xs, ys = self.shape(x), self.shape(y)
         g = self._conv_geometry(mnode, name, xs, w.shape, ys)
         G = int(g["at"].get("group", 1))
+        scheme = self._inplace_conv(x, y)
+        head = [("in", x), ("out", y), ("const", np.ascontiguousarray(w)), bias, ("const", mult),
+                ("const", shift)]
+        if scheme == "conv_pixels":
+            self.emit("conv_s8_pw_ip", head + [("int", v) for v in (
+                xs[1], g["H"] * g["W"], ys[1], x_zp, yq[1], lo, hi)] + [self._scratch_arg()],
+                name, "Conv")
+            return
+        if scheme == "conv_groups":
+            self.emit("conv_s8_grp_ip", head + [("int", v) for v in (
+                xs[1], g["H"], g["W"], ys[1], g["OH"], g["OW"], g["KH"], g["KW"], g["SH"], g["SW"],
+                g["PT"], g["PL"], g["DH"], g["DW"], G, x_zp, yq[1], lo, hi)] + [self._scratch_arg()],
+                name, "Conv")
+            return
         for n in range(xs[0]):
             self.emit("conv_s8", [("in", x, n * int(np.prod(xs[1:]))), ("out", y, n * int(np.prod(ys[1:]))),
                                   ("const", np.ascontiguousarray(w)), bias, ("const", mult),

@@ -142,6 +142,20 @@ def conv_s8(x, y, w, b, mult, shift, C, H, W, M, OH, OW, KH, KW, SH, SW, PT, PL,
     y[:M * OH * OW] = np.clip(out, lo, hi).ravel()
 
 
+def conv_s8_pw_ip(x, y, w, b, mult, shift, C, hw, M, x_zp, y_zp, lo, hi, scratch):
+    """The in-place 1x1 convolution: conv_s8's numbers (``x`` and ``y`` are views of one
+    buffer here; conv_s8 reads all of ``x`` before it writes ``y``)."""
+    conv_s8(x, y, w, b, mult, shift, C, 1, hw, M, 1, hw, 1, 1, 1, 1, 0, 0, 1, 1, 1,
+            x_zp, y_zp, lo, hi)
+
+
+def conv_s8_grp_ip(x, y, w, b, mult, shift, C, H, W, M, OH, OW, KH, KW, SH, SW, PT, PL, DH, DW,
+                   G, x_zp, y_zp, lo, hi, scratch):
+    """The in-place grouped convolution: conv_s8's numbers."""
+    conv_s8(x, y, w, b, mult, shift, C, H, W, M, OH, OW, KH, KW, SH, SW, PT, PL, DH, DW, G,
+            x_zp, y_zp, lo, hi)
+
+
 def fc_s8(x, y, w, b, mult, shift, per_channel, M, K, N, y_zp, lo, hi):
     # the input zero point arrives folded into the bias (b - x_zp * sum(w))
     acc = x[:M * K].reshape(M, K).astype(np.int64) @ w.reshape(N, K).astype(np.int64).T
@@ -277,7 +291,7 @@ def reduce_f32(x, y, outer, R, inner, op):
     y[:outer * inner] = acc.ravel()
 
 
-KERNELS = {f.__name__: f for f in (reduce_f32, logistic_s8, conv_s8, fc_s8, pool_s8, add_s8, requant_s8, softmax_s8,
+KERNELS = {f.__name__: f for f in (reduce_f32, logistic_s8, conv_s8, conv_s8_pw_ip, conv_s8_grp_ip, fc_s8, pool_s8, add_s8, requant_s8, softmax_s8,
                                    quantize_s8, dequantize_s8, copy_nd, pad_nd, concat)}
 
 
@@ -316,7 +330,7 @@ def execute(call, buf) -> None:
             args.append(buf(arg[1])[off:])
         elif kind == "const":
             args.append(np.asarray(arg[1]).ravel())
-        elif kind == "null":
+        elif kind in ("null", "arena"):
             args.append(None)
         else:
             args.append(arg[1])
