@@ -145,3 +145,43 @@ def test_export_never_replaces_a_users_own_folder(tmp_path):
     assert proc.returncode == 2 and "refusing to replace" in proc.stderr, proc.stderr
     assert (mine / "notes.txt").read_text() == "keep me"
     assert sorted(p.name for p in mine.iterdir()) == ["notes.txt"]
+
+
+def test_feature_reduced_model_says_which_inputs_it_reads(tmp_path):
+    """The header and report of a feature-selected model name the original features it reads,
+    in input order, and the C agrees with scikit-learn's refit on those columns."""
+    import re
+
+    from sklearn.datasets import load_digits
+    from sklearn.linear_model import LogisticRegression
+
+    import edgeloop
+    from edgeloop.backends.c import generate
+    from edgeloop.passes import PassData, apply_pass
+    from edgeloop.passes.sklearn_refit import FeatureSelect
+
+    x, y = load_digits(return_X_y=True)
+    x = x.astype(np.float32)
+    est = LogisticRegression(max_iter=3000).fit(x[:1200], y[:1200])
+    keep = (50, 3, 17, 42, 9, 33, 60, 21, 12, 28, 36, 44, 19, 26, 53, 10)  # not sorted, on purpose
+    small = apply_pass(edgeloop.load(est), FeatureSelect(keep=keep),
+                       PassData(x_fit=x[:900], y_fit=y[:900], x_tune=x[900:1200], y_tune=y[900:1200], source=est))
+    info = generate(small, tmp_path, "feat")
+    header = (tmp_path / "feat.h").read_text()
+    listed = [int(v) for v in re.search(r"#define FEAT_KEPT_FEATURES \{([^}]*)\}", header).group(1).split(",")]
+    kept_meta = edgeloop.graph.get_metadata(small)["kept_features"]
+    assert listed == list(kept_meta) == info["kept_features"]
+    assert "#define FEAT_N_FEATURES_ORIGINAL 64" in header
+    # an application gathers its full sensor vector with the macro; the C then matches the graph
+    (tmp_path / "app.c").write_text(
+        '#include "feat.h"\n'
+        "int gather(const float *original, float *input) {\n"
+        "    static const int kept[FEAT_N_KEPT_FEATURES] = FEAT_KEPT_FEATURES;\n"
+        "    for (int i = 0; i < FEAT_N_KEPT_FEATURES; ++i) input[i] = original[kept[i]];\n"
+        "    return FEAT_N_FEATURES_ORIGINAL;\n}\n")
+    subprocess.run(["gcc", "-std=c99", "-Wall", "-Wextra", "-Werror", "-c", "app.c", "-o", "app.o"],
+                   cwd=tmp_path, check=True)
+    cm = CModel(compile_shared(tmp_path, "feat"), info)
+    x_new = x[1200:1400]
+    ref = edgeloop.graph.run(small, x_new[:, listed])[1]
+    np.testing.assert_allclose(cm.run(x_new[:, listed]), ref, rtol=1e-5, atol=1e-6)

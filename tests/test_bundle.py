@@ -179,3 +179,35 @@ def test_jetson_nano_bundle_is_converted_to_its_onnxruntime_opset(tmp_path, tmp_
     assert m["onnx"]["conversion"].startswith("converted from opset")
     _, x_te, _, _ = digits()
     assert BundleModel(tmp_path / "nano").predict(x_te)["label"] == digits_estimator().predict(x_te).tolist()
+
+
+def test_feature_reduced_model_takes_the_full_vector_on_the_device(tmp_path):
+    """A bundle of a feature-selected model accepts the device's full input vector (and the
+    kept columns alone), and answers as the refitted estimator does."""
+    from sklearn.datasets import load_digits
+    from sklearn.linear_model import LogisticRegression
+
+    import edgeloop
+    from edgeloop.backends.bundle import build_bundle
+    from edgeloop.passes import PassData, apply_pass
+    from edgeloop.passes.sklearn_refit import FeatureSelect
+    from edgeloop.runtime.model import BundleModel, InputError
+
+    x, y = load_digits(return_X_y=True)
+    x = x.astype(np.float32)
+    est = LogisticRegression(max_iter=3000).fit(x[:1200], y[:1200])
+    keep = tuple(range(8, 56))  # drop the mostly blank first and last rows of pixels
+    small = apply_pass(edgeloop.load(est), FeatureSelect(keep=keep),
+                       PassData(x_fit=x[:900], y_fit=y[:900], x_tune=x[900:1200], y_tune=y[900:1200], source=est))
+    m = build_bundle(small, tmp_path / "b", "raspberry-pi-4")
+    assert m["kept_features"] == list(keep) and m["n_features_original"] == 64
+    bm = BundleModel(tmp_path / "b")
+    x_new = x[1200:1300]
+    full = bm.predict(bm.coerce(x_new.tolist()))
+    kept = bm.predict(bm.coerce(x_new[:, list(keep)].tolist()))
+    np.testing.assert_array_equal(full["index"], kept["index"])
+    ref = edgeloop.graph.run(small, x_new[:, list(keep)])[0]
+    np.testing.assert_array_equal(np.asarray(full["label"]).astype(ref.dtype), ref)
+    assert bm.coerce(x_new.tolist()).shape == (100, 64)  # what a capture stores: the full vector
+    with pytest.raises(InputError, match="64 original features"):
+        bm.coerce(x_new[:, :30].tolist())

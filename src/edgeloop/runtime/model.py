@@ -84,6 +84,11 @@ class BundleModel:
         self.input_dtype = np.dtype(DTYPES.get(self.input["dtype"], np.float32))
         self.sample_shape = list(self.input["shape"][1:])
         self.labels = m.get("labels")
+        # A model shrunk by feature reduction reads only `kept_features` of the original
+        # inputs. Clients may send either the kept columns or the full original vector; the
+        # full vector is what gets captured, so `improve` can refit on every feature.
+        self.kept_features = m.get("kept_features")
+        self.n_features_original = m.get("n_features_original")
         post = m.get("postprocess") or {}
         self.scores_output = post.get("scores")
         self.scores_kind = post.get("scores_kind", "probabilities")
@@ -123,8 +128,14 @@ class BundleModel:
             raise InputError(f"input holds NaN or infinite values (or values too large for {want.name})")
         return self._batch(out)
 
+    def _takes_full_vector(self, arr: np.ndarray) -> bool:
+        return (bool(self.kept_features) and isinstance(self.n_features_original, int)
+                and len(self.input["shape"]) == 2 and arr.ndim >= 1 and arr.shape[-1] == self.n_features_original)
+
     def _batch(self, arr: np.ndarray) -> np.ndarray:
-        spec = self.input["shape"]
+        spec = list(self.input["shape"])
+        if self._takes_full_vector(arr):
+            spec[-1] = self.n_features_original
         if arr.ndim == len(spec) - 1:
             arr = arr[None, ...]
         if arr.ndim != len(spec):
@@ -132,8 +143,10 @@ class BundleModel:
                              f"(or one sample {_fmt_shape(spec[1:])}), got {list(arr.shape)}")
         for i, (got, want) in enumerate(zip(arr.shape, spec)):
             if isinstance(want, int) and want > 0 and got != want:
+                also = (f"; or send all {self.n_features_original} original features"
+                        if self.kept_features and isinstance(self.n_features_original, int) else "")
                 raise InputError(f"input '{self.input['name']}' expects shape {_fmt_shape(spec)}, "
-                                 f"got {list(arr.shape)} (dimension {i} must be {want})")
+                                 f"got {list(arr.shape)} (dimension {i} must be {want}{also})")
         if arr.shape[0] == 0:
             raise InputError("empty batch")
         if arr.shape[0] > MAX_BATCH:
@@ -173,6 +186,8 @@ class BundleModel:
 
     # -- inference ---------------------------------------------------------------------------
     def run(self, batch: np.ndarray) -> Dict[str, np.ndarray]:
+        if self._takes_full_vector(batch):
+            batch = np.ascontiguousarray(batch[:, self.kept_features])
         try:
             values = self.session.run(None, {self.input["name"]: batch})
         except Exception as e:  # input the checks above let through but the graph rejects

@@ -354,6 +354,7 @@ def build_bundle(model: onnx.ModelProto, out: "str | os.PathLike[str]", target: 
         "postprocess": _postprocess(model, meta, outputs),
         "labels": meta.get("labels"),
         "kept_features": meta.get("kept_features"),
+        "n_features_original": meta.get("n_features_original"),
         "provenance": prov,
         "requirements": pins,
         "onnx": {"ir_version": model.ir_version,

@@ -95,6 +95,17 @@ def _io_quant(model_a, low: Lowered, name: str, is_input: bool):
     return None
 
 
+def _kept_features(model: onnx.ModelProto) -> tuple[list[int], int | None]:
+    """The original-input indices a feature-reduced model reads (metadata from the shrink pass)."""
+    from edgeloop.graph import get_metadata
+
+    meta = get_metadata(model)
+    kept, n_original = meta.get("kept_features"), meta.get("n_features_original")
+    if not kept or not isinstance(n_original, int):
+        return [], None
+    return [int(k) for k in kept], n_original
+
+
 def render(model: onnx.ModelProto, prefix: str = "model"):
     """(c text, h text, info) for ``model``."""
     from edgeloop.backends.c.lower import Lowerer
@@ -202,6 +213,13 @@ def render(model: onnx.ModelProto, prefix: str = "model"):
         h += [f"#define {P}_INPUT_SCALE {_float_lit(qin[0])}", f"#define {P}_INPUT_ZERO_POINT {qin[1]}"]
     if qout:
         h += [f"#define {P}_OUTPUT_SCALE {_float_lit(qout[0])}", f"#define {P}_OUTPUT_ZERO_POINT {qout[1]}"]
+    kept, n_original = _kept_features(model)
+    if kept:
+        h += ["", f"/* Feature reduction: the input holds {len(kept)} of the {n_original} original features,",
+              f" * in this order: input[i] = original[{P}_KEPT_FEATURES[i]]. Use as",
+              f" * static const int kept[{P}_N_KEPT_FEATURES] = {P}_KEPT_FEATURES; */",
+              f"#define {P}_N_FEATURES_ORIGINAL {n_original}", f"#define {P}_N_KEPT_FEATURES {len(kept)}",
+              f"#define {P}_KEPT_FEATURES {{{', '.join(str(k) for k in kept)}}}"]
     h += ["", f"int {prefix}_run(const void *input, void *output);",
           f"int {prefix}_run_all(const void *const *inputs, void *const *outputs);", "",
           "#ifdef __cplusplus", "}", "#endif", "", f"#endif /* {P}_H */", ""]
@@ -244,6 +262,8 @@ def render(model: onnx.ModelProto, prefix: str = "model"):
 
     info = {
         "prefix": prefix,
+        "kept_features": kept or None,
+        "n_features_original": n_original,
         "files": [f"{prefix}.c", f"{prefix}.h"],
         "arena_size": int(low.arena_size),
         "arena_alignment": low.alignment,

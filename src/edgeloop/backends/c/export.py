@@ -144,6 +144,9 @@ def export_cli(model_path, target, output, *, prefix: str = "model", verify: boo
             "primary_output": info["primary_output"],
             "input_quant": info["input_quant"], "output_quant": info["output_quant"],
             "kernels": info["kernels"],
+            # feature reduction: which original inputs the model reads (also MODEL_KEPT_FEATURES in the header)
+            "kept_features": info.get("kept_features"),
+            "n_features_original": info.get("n_features_original"),
             "verify": None,
         }
         ram = getattr(target, "ram_bytes", None)
