@@ -35,7 +35,11 @@ def main(demo: Path, target: str) -> None:
     t.add_row("train", f"'{trained['trainer']['name']}' chosen smallest-first; test accuracy "
                        f"{trained['metrics']['test']:.3f}")
     passes = " + ".join(p["pass"] for p in chosen["passes"]) or "none"
-    t.add_row("shrink", f"{passes}: accuracy {chosen['metrics']['accuracy']:.3f} (was {base['accuracy']:.3f}), "
+    kept = get_metadata(load_file(demo / "shrink" / "model.onnx")).get("kept_features")
+    if kept:
+        passes += f" (keeps {len(kept)} of {card['sample_shape'][0]} inputs)"
+    t.add_row("shrink", f"{passes}: validation accuracy {chosen['metrics']['accuracy']:.3f} "
+                        f"(was {base['accuracy']:.3f}), "
                         f"flash {format_bytes(chosen['metrics']['flash_bytes'])} "
                         f"(was {format_bytes(base['flash_bytes'])}), {len(shrink['candidates'])} candidates tried")
     v = export.get("verify") or {}
