@@ -121,6 +121,10 @@ def test_export_verify_on_cortex_m4(mlperf_dir, tmp_path):
     v = json.loads((out / "report.json").read_text())["verify"]
     if not v["available"]:
         assert "install" in v["error"] or "not available" in v["error"]
+        import os
+
+        if os.environ.get("CI"):
+            pytest.fail(v["error"])  # CI installs the toolchain (.ci/run): never skip there
         pytest.skip(v["error"])
     assert v["outputs_match"] is True and v["arena_bytes"] == 768
     assert v["instructions_per_inference"] > 100000

@@ -14,7 +14,7 @@ import pytest
 from edgeloop.backends.c import CModel, compile_shared, generate
 from edgeloop.profile import profile_model
 
-sklearn = pytest.importorskip("sklearn")
+import sklearn  # noqa: E402,F401
 from sklearn.datasets import load_breast_cancer, load_diabetes, load_digits  # noqa: E402
 from sklearn.model_selection import train_test_split  # noqa: E402
 

@@ -419,7 +419,7 @@ def test_generated_digits_mlp_runs_on_cortex_m4_like_on_the_host(tmp_path):
 def test_generated_mlperf_int8_models_are_bit_exact_on_cortex_m4(mlperf_dir, tmp_path):
     """The MLPerf Tiny int8 models: the Cortex-M4 build's outputs equal the host build's
     and TFLite Micro's bit for bit (KWS gives class 5 on the reference input)."""
-    runtime = pytest.importorskip("tflite_micro.python.tflite_micro.runtime")
+    from tflite_micro.python.tflite_micro import runtime
     import edgeloop
     from edgeloop.backends.c import CModel, generate
     from test_frontend_tflite import ad_quantize, ad_windows, kws_input

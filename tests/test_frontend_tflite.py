@@ -31,9 +31,9 @@ from edgeloop.errors import ModelLoadError, UnsupportedOperatorError
 from edgeloop.frontends import load_file
 from edgeloop.frontends.tflite import load_tflite
 
-runtime = pytest.importorskip("tflite_micro.python.tflite_micro.runtime")
-fb = pytest.importorskip("tflite_micro.tensorflow.lite.micro.python.schema_py_generated")
-flatbuffers = pytest.importorskip("flatbuffers")
+from tflite_micro.python.tflite_micro import runtime  # noqa: E402
+from tflite_micro.tensorflow.lite.micro.python import schema_py_generated as fb  # noqa: E402
+import flatbuffers  # noqa: E402
 
 AD_IN_SCALE, AD_IN_ZP = 0.39101523, 89
 AD_OUT_SCALE, AD_OUT_ZP = 0.36449847, 96

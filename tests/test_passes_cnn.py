@@ -6,7 +6,7 @@ import numpy as np
 import onnx
 import pytest
 
-torch = pytest.importorskip("torch")
+import torch  # noqa: E402
 
 
 def _digits():

@@ -68,7 +68,7 @@ def test_sklearn_logistic_regression(iris):
 
 @pytest.fixture(scope="module")
 def torch_mlp():
-    torch = pytest.importorskip("torch")
+    import torch
     torch.manual_seed(0)
     net = torch.nn.Sequential(torch.nn.Linear(10, 32), torch.nn.ReLU(), torch.nn.Linear(32, 3)).eval()
     import warnings

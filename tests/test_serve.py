@@ -297,10 +297,16 @@ def test_server_opens_no_outbound_connection_and_reloads_on_sighup(tmp_path, tmp
         while json.loads(http("GET", proc.url + "/health")[1])["version"] != 2:
             assert time.monotonic() < deadline, "SIGHUP did not reload"
             time.sleep(0.05)
-        # a tampered replacement is refused on SIGHUP; version 2 keeps serving
+        # a tampered version 3 put in its place is refused on SIGHUP: version 2 keeps serving
+        # (were the hashes not checked, /health would turn to 3 within the reload time above)
+        live.rename(tmp_path / "v2")
+        _version_copy(tmp_path / "v2", live, 3)
         _tamper(live)
         proc.send_signal(signal.SIGHUP)
-        time.sleep(0.5)
+        deadline = time.monotonic() + 2.0
+        while time.monotonic() < deadline:
+            assert json.loads(http("GET", proc.url + "/health")[1])["version"] == 2
+            time.sleep(0.1)
         assert proc.poll() is None
         status, out = http("POST", proc.url + "/predict", body)
         assert status == 200 and json.loads(out)["version"] == 2

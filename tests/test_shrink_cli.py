@@ -9,7 +9,7 @@ import numpy as np
 import onnx
 import pytest
 
-torch = pytest.importorskip("torch")
+import torch  # noqa: E402
 
 
 def _cli(*args: str) -> int:
@@ -148,7 +148,6 @@ def test_shrink_a_scikit_learn_source_from_csv(tmp_path):
     from sklearn.pipeline import make_pipeline
     from sklearn.preprocessing import StandardScaler
 
-    pytest.importorskip("edgeloop.data").read_any  # the data readers of issue 6
     x, y = load_wine(return_X_y=True)
     names = ["class_0", "class_1", "class_2"]
     est = make_pipeline(StandardScaler(), MLPClassifier((16,), max_iter=1000, random_state=0))

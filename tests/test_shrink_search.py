@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-pytest.importorskip("sklearn")
+import sklearn  # noqa: E402,F401
 
 
 def test_metrics_agree_with_scikit_learn_on_breast_cancer():
