@@ -41,6 +41,18 @@ def get_metadata(model: onnx.ModelProto) -> dict[str, Any]:
     return out
 
 
+def reinfer_shapes(model: onnx.ModelProto) -> onnx.ModelProto:
+    """A copy whose value_info is inferred afresh (stale exporter shapes dropped); best effort."""
+    m = onnx.ModelProto()
+    m.CopyFrom(model)
+    del m.graph.value_info[:]
+    try:
+        m = onnx.shape_inference.infer_shapes(m, strict_mode=False)
+    except Exception:  # shapes stay unknown where inference cannot follow; callers cope
+        pass
+    return m
+
+
 def resolve_source(model_path: str | os.PathLike | None, meta: dict[str, Any]) -> str | None:
     """The file a graph was imported from (``meta`` is its ``get_metadata``), if it still exists.
 

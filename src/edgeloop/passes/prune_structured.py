@@ -59,15 +59,9 @@ def _attr(node, name, default=None):
 
 
 def _shapes(model: onnx.ModelProto) -> dict[str, list]:
-    from edgeloop.graph import tensor_shape
+    from edgeloop.graph import reinfer_shapes, tensor_shape
 
-    m = onnx.ModelProto()
-    m.CopyFrom(model)
-    del m.graph.value_info[:]
-    try:
-        m = onnx.shape_inference.infer_shapes(m, strict_mode=False)
-    except Exception:
-        pass
+    m = reinfer_shapes(model)
     return {vi.name: tensor_shape(vi) for vi in list(m.graph.value_info) + list(m.graph.input)
             + list(m.graph.output)}
 

@@ -104,13 +104,9 @@ def _keep_metadata(src: onnx.ModelProto, out: onnx.ModelProto) -> onnx.ModelProt
 
 def _prepared(model: onnx.ModelProto) -> onnx.ModelProto:
     """Shape-inferred copy with fresh value_info (quantization needs tensor types), no-op Casts removed."""
-    m = onnx.ModelProto()
-    m.CopyFrom(model)
-    del m.graph.value_info[:]
-    try:
-        m = onnx.shape_inference.infer_shapes(m, strict_mode=False)
-    except Exception:
-        pass
+    from edgeloop.graph import reinfer_shapes
+
+    m = reinfer_shapes(model)
     _drop_noop_casts(m)
     return m
 
