@@ -127,3 +127,38 @@ def test_improve_refuses_bad_input(tmp_path, tmp_path_factory):
                         str(tmp_path / "v2")], capture_output=True, text=True, timeout=120)
     assert r.returncode == 2 and "SHA-256" in r.stderr
     assert not (tmp_path / "v2").exists()
+
+
+def test_feature_reduced_bundle_improves_from_full_vectors(tmp_path):
+    """Captures of a feature-reduced model hold every original feature; improve refits the source on
+    all of them and replays the feature selection, so version 2 reads the same kept inputs."""
+    import joblib
+    from sklearn.datasets import load_digits
+    from sklearn.linear_model import LogisticRegression
+
+    import edgeloop
+    from edgeloop.backends.bundle import build_bundle
+    from edgeloop.backends.bundle.improve import improve
+    from edgeloop.graph import save
+    from edgeloop.passes import PassData, apply_pass
+    from edgeloop.passes.sklearn_refit import FeatureSelect
+    from edgeloop.runtime.model import BundleModel
+
+    x, y = load_digits(return_X_y=True)
+    x = x.astype(np.float32)
+    src = tmp_path / "digits.joblib"
+    joblib.dump(LogisticRegression(max_iter=3000).fit(x[:600], y[:600]), src)
+    keep = tuple(range(8, 56))
+    small = apply_pass(edgeloop.load(src), FeatureSelect(keep=keep),
+                       PassData(x_fit=x[:450], y_fit=y[:450], x_tune=x[450:600], y_tune=y[450:600], source=str(src)))
+    save(small, tmp_path / "small.onnx")
+    build_bundle(edgeloop.load(tmp_path / "small.onnx"), tmp_path / "v1", "raspberry-pi-4", source_path=str(src))
+    np.savez(tmp_path / "new.npz", x=x[600:1200], y=y[600:1200])  # full 64-pixel vectors, as captured
+    comparison = improve(tmp_path / "v1", tmp_path / "new.npz", tmp_path / "v2")
+    m2 = json.loads((tmp_path / "v2" / "manifest.json").read_text())
+    assert m2["version"] == 2 and m2["kept_features"] == list(keep) and m2["n_features_original"] == 64
+    assert comparison["recipe_applied"] is True
+    new = BundleModel(tmp_path / "v2")
+    pred = new.predict(new.coerce(x[1300:1500].tolist()))  # the device keeps sending all 64 features
+    acc = float(np.mean(np.asarray(pred["label"]) == y[1300:1500]))
+    assert acc >= comparison["holdout_new"]["old"] - 0.05 and acc > 0.85

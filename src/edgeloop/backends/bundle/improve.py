@@ -215,9 +215,13 @@ def improve(bundle: "str | Path", data: "str | Path", output: "str | Path", *,
     x_new, y_new = load_labelled(data, labels)
     sample_shape = manifest["inputs"][0]["shape"]
     want = sample_shape[1:]
+    if manifest.get("kept_features") and isinstance(manifest.get("n_features_original"), int) and len(want) == 1:
+        # a feature-reduced model: the source is refitted on every original feature (what the
+        # server captures), then the recipe's feature selection is replayed
+        want = [manifest["n_features_original"]]
     if x_new.ndim - 1 != len(want) or any(isinstance(d, int) and d != g for d, g in zip(want, x_new.shape[1:])):
         raise UsageError(f"labelled inputs have shape {list(x_new.shape[1:])} per sample, the model takes "
-                         f"{sample_shape[1:]}")
+                         f"{want}")
     x_tr, x_te, y_tr, y_te = _split(x_new, y_new, holdout, seed)
     xb_te = yb_te = None
     if base_data is not None:
