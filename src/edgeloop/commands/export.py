@@ -18,7 +18,7 @@ def register(app: typer.Typer) -> None:
     def export(
         model: str = typer.Argument(..., help="Model file: .onnx, .joblib/.pkl, .pt2 or .tflite."),
         target: str = typer.Option(..., "--target", "-t", help="Catalogue target (see `edgeloop targets`): a microcontroller gets C, a Linux board a bundle."),
-        output: Path = typer.Option(..., "--output", "-o", help="Output folder (replaced only when the export succeeds)."),
+        output: Path = typer.Option(..., "--output", "-o", help="Output folder, replaced whole and only when the export succeeds; a non-empty folder that is not an earlier export is refused."),
         name: str = typer.Option("model", "--name", help="C symbol prefix for microcontroller exports."),
         verify: bool = typer.Option(False, "--verify", help="Microcontrollers: cross-compile and run under QEMU (Cortex-M4) and compare with the host."),
         as_json: bool = typer.Option(False, "--json", help="Print the export report as JSON."),
