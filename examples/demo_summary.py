@@ -52,7 +52,7 @@ def main(demo: Path, target: str) -> None:
                                   "not cycles)")
     else:
         t.add_row("export (C)", f"{', '.join(export['files'])}; arena {export['arena_bytes']:,} B; not run on "
-                                f"a Cortex-M4: {v.get('reason', 'cross tools not installed')}")
+                                f"a Cortex-M4: {v.get('error', 'the Arm toolchain or QEMU is not installed')}")
     t.add_row("fits", f"{len(fits)} targets: {', '.join(fits)}")
     Console(width=140).print(t)
 
