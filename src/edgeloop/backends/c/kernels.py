@@ -22,7 +22,13 @@ def _k(name: str, deps: tuple[str, ...], text: str) -> None:
 # ---------------------------------------------------------------- fixed-point helpers
 
 _k("fx", (), r"""
-static int32_t el_srdhm(int32_t a, int32_t b)
+/* the requantization runs once per output: inlined (gcc otherwise calls it) */
+#if defined(__GNUC__)
+#define EL_INLINE inline __attribute__((always_inline))
+#else
+#define EL_INLINE inline
+#endif
+static EL_INLINE int32_t el_srdhm(int32_t a, int32_t b)
 {
     int64_t ab;
     int32_t nudge;
@@ -32,7 +38,7 @@ static int32_t el_srdhm(int32_t a, int32_t b)
     return (int32_t)((ab + nudge) / ((int64_t)1 << 31));
 }
 
-static int32_t el_rdbpot(int32_t x, int e)
+static EL_INLINE int32_t el_rdbpot(int32_t x, int e)
 {
     int32_t mask = (int32_t)(((int64_t)1 << e) - 1);
     int32_t rem = x & mask;
@@ -40,7 +46,7 @@ static int32_t el_rdbpot(int32_t x, int e)
     return (x >> e) + (rem > thr ? 1 : 0);
 }
 
-static int32_t el_mbqm(int32_t x, int32_t m, int shift)
+static EL_INLINE int32_t el_mbqm(int32_t x, int32_t m, int shift)
 {
     int left = shift > 0 ? shift : 0;
     int right = shift > 0 ? 0 : -shift;
@@ -383,7 +389,181 @@ static void k_dequantize_s8(const int8_t *x, float *y, long n, float scale, int 
 
 # ---------------------------------------------------------------- int8 kernels (TFLM reference)
 
-_k("conv_s8", ("fx",), r"""
+# Cortex-M4/M7/M33 (the DSP extension): two 16x16 multiply-accumulates per SMLAD on
+# sign-extended byte pairs (SXTB16). Integer sums in int32 do not depend on the order of
+# the products, so these paths are bit-exact with the portable loops, which the host
+# build (no __ARM_FEATURE_DSP) keeps running. Loads go through memcpy (strict aliasing;
+# the compiler emits one unaligned LDR, which these cores allow).
+_k("fx_dsp", (), r"""
+#if defined(__ARM_FEATURE_DSP)
+#include <arm_acle.h>
+#define EL_DSP 1
+static inline int32_t el_ld32(const void *p)
+{
+    int32_t v;
+    memcpy(&v, p, 4);
+    return v;
+}
+
+/* bytes 1 and 3 sign-extended to two int16 (SXTB16 with its built-in rotation) */
+static inline int32_t el_sxtb16_r8(int32_t v)
+{
+    int32_t r;
+    __asm__("sxtb16 %0, %1, ror #8" : "=r"(r) : "r"(v));
+    return r;
+}
+#endif
+""")
+
+_k("conv_s8", ("fx", "fx_dsp"), r"""
+/* One input channel per output channel (depthwise, or a one-channel input), dilation 1.
+   A whole window: sum(x * w) - x_zp * sum(w), sum(w) folded into the bias once (and
+   SMLAD on rows of 4 taps on the DSP path); a window cut by the border sums
+   (x - x_zp) * w over the taps inside the input. Kept out of line: inlined into k_conv_s8
+   they lose their registers to its locals. */
+#if defined(__GNUC__)
+#define EL_NOINLINE __attribute__((noinline))
+#else
+#define EL_NOINLINE
+#endif
+static EL_NOINLINE void el_conv1_s8(const int8_t *x, int8_t *y, const int8_t *w, int32_t bias,
+                                    int32_t qm, int qs, int H, int W, int OH, int OW, int KH,
+                                    int KW, int SH, int SW, int PT, int PL, int x_zp, int y_zp,
+                                    int lo, int hi)
+{
+    int oy, ox, ky, kx;
+    int32_t bias_full = bias;
+    for (ky = 0; ky < KH * KW; ++ky) bias_full -= x_zp * (int32_t)w[ky];
+    for (oy = 0; oy < OH; ++oy) {
+        int iy = oy * SH - PT;
+        int ky0 = iy < 0 ? -iy : 0, ky1 = iy + KH > H ? H - iy : KH;
+        for (ox = 0; ox < OW; ++ox) {
+            int ix = ox * SW - PL;
+            int kx0 = ix < 0 ? -ix : 0, kx1 = ix + KW > W ? W - ix : KW;
+            int32_t acc;
+            if (ky0 == 0 && ky1 == KH && kx0 == 0 && kx1 == KW) {
+                const int8_t *xr = x + (long)iy * W + ix, *wr = w;
+                acc = bias_full;
+                for (ky = 0; ky < KH; ++ky, xr += W, wr += KW) {
+                    kx = 0;
+#if defined(EL_DSP)
+                    for (; kx + 4 <= KW; kx += 4) {
+                        int32_t xv = el_ld32(xr + kx), wv = el_ld32(wr + kx);
+                        acc = __smlad(__sxtb16(xv), __sxtb16(wv), acc);
+                        acc = __smlad(el_sxtb16_r8(xv), el_sxtb16_r8(wv), acc);
+                    }
+#endif
+                    for (; kx < KW; ++kx) acc += (int32_t)xr[kx] * (int32_t)wr[kx];
+                }
+            } else {
+                acc = bias;
+                for (ky = ky0; ky < ky1; ++ky) {
+                    const int8_t *xr = x + (long)(iy + ky) * W + ix, *wr = w + ky * KW;
+                    for (kx = kx0; kx < kx1; ++kx)
+                        acc += ((int32_t)xr[kx] - x_zp) * (int32_t)wr[kx];
+                }
+            }
+            acc = el_mbqm(acc, qm, qs) + y_zp;
+            *y++ = (int8_t)el_clamp(acc, lo, hi);
+        }
+    }
+}
+
+/* one output of a window cut by the border: acc + sum((x - x_zp) * w) over its taps
+   inside the input (out of line: the loops of the whole windows keep their registers) */
+static EL_NOINLINE int32_t el_conv1_edge(const int8_t *x, const int8_t *w, int32_t acc, int H,
+                                         int W, int KH, int KW, int iy, int ix, int x_zp)
+{
+    int ky0 = iy < 0 ? -iy : 0, ky1 = iy + KH > H ? H - iy : KH;
+    int kx0 = ix < 0 ? -ix : 0, kx1 = ix + KW > W ? W - ix : KW, ky, kx;
+    for (ky = ky0; ky < ky1; ++ky) {
+        const int8_t *xr = x + (long)(iy + ky) * W + ix, *wr = w + ky * KW;
+        for (kx = kx0; kx < kx1; ++kx) acc += ((int32_t)xr[kx] - x_zp) * (int32_t)wr[kx];
+    }
+    return acc;
+}
+
+/* el_conv1_s8 for a 3x3 filter: per output row, the left border, the whole windows (the
+   filter in registers; on the DSP path a row of 3 taps is one 4-byte load, SXTB16 twice,
+   one SMLAD for taps 0 and 2 and one SMLABB/SMLABT for tap 1), the right border */
+static EL_NOINLINE void el_conv1_3x3_s8(const int8_t *x, int8_t *y, const int8_t *w,
+                                        int32_t bias, int32_t qm, int qs, int H, int W,
+                                        int OH, int OW, int SH, int SW, int PT, int PL,
+                                        int x_zp, int y_zp, int lo, int hi)
+{
+    int32_t w0 = w[0], w1 = w[1], w2 = w[2], w3 = w[3], w4 = w[4], w5 = w[5], w6 = w[6],
+            w7 = w[7], w8 = w[8];
+    int32_t bias_full = bias - x_zp * (w0 + w1 + w2 + w3 + w4 + w5 + w6 + w7 + w8);
+    /* a window missing its left (right) column: the bias minus x_zp times the other taps */
+    int32_t zc0 = bias - x_zp * (w1 + w2 + w4 + w5 + w7 + w8);
+    int32_t zc2 = bias - x_zp * (w0 + w1 + w3 + w4 + w6 + w7);
+    /* whole windows: ix = ox * SW - PL >= 0 and ix + 3 <= W */
+    int ox_lo = (PL + SW - 1) / SW, ox_hi = W >= 3 ? (W - 3 + PL) / SW + 1 : 0;
+    int oy, ox;
+#if defined(EL_DSP)
+#define EL_PAIR(lo16, hi16) ((int32_t)(((uint32_t)(uint16_t)(hi16) << 16) | (uint16_t)(lo16)))
+    int32_t p02 = EL_PAIR(w0, w2), p35 = EL_PAIR(w3, w5), p68 = EL_PAIR(w6, w8);
+    int32_t p14 = EL_PAIR(w1, w4), p7 = EL_PAIR(w7, 0);
+#undef EL_PAIR
+#endif
+    if (ox_hi > OW) ox_hi = OW;
+    if (ox_lo > OW) ox_lo = OW;
+    if (ox_hi < ox_lo) ox_hi = ox_lo;
+    for (oy = 0; oy < OH; ++oy) {
+        int iy = oy * SH - PT, a = ox_lo, z = ox_hi;
+        int8_t *yr = y + (long)oy * OW;
+        if (iy < 0 || iy + 3 > H) a = z = OW;
+#if defined(EL_DSP)
+        /* the 4th byte of a row's load stays in the plane except, maybe, at the very end */
+        if (z > a && (long)(iy + 2) * W + (long)(z - 1) * SW - PL + 4 > (long)H * W) --z;
+#endif
+        for (ox = 0; ox < a; ++ox) {
+            int ix = ox * SW - PL;
+            int32_t acc;
+            if (ix == -1 && a < OW && W >= 2) {   /* rows inside, the left column outside */
+                const int8_t *r = x + (long)iy * W;
+                acc = zc0 + r[0] * w1 + r[1] * w2 + r[W] * w4 + r[W + 1] * w5
+                    + r[2 * W] * w7 + r[2 * W + 1] * w8;
+            } else {
+                acc = el_conv1_edge(x, w, bias, H, W, 3, 3, iy, ix, x_zp);
+            }
+            yr[ox] = (int8_t)el_clamp(el_mbqm(acc, qm, qs) + y_zp, lo, hi);
+        }
+        if (a < z) {
+            const int8_t *r = x + (long)iy * W + (long)a * SW - PL;
+            for (ox = a; ox < z; ++ox, r += SW) {
+                int32_t acc;
+#if defined(EL_DSP)
+                int32_t v0 = el_ld32(r), v1 = el_ld32(r + W), v2 = el_ld32(r + 2 * W);
+                acc = __smlad(__sxtb16(v0), p02, bias_full);
+                acc = __smlabb(el_sxtb16_r8(v0), p14, acc);
+                acc = __smlad(__sxtb16(v1), p35, acc);
+                acc = __smlabt(el_sxtb16_r8(v1), p14, acc);
+                acc = __smlad(__sxtb16(v2), p68, acc);
+                acc = __smlabb(el_sxtb16_r8(v2), p7, acc);
+#else
+                acc = bias_full + r[0] * w0 + r[1] * w1 + r[2] * w2 + r[W] * w3 + r[W + 1] * w4
+                    + r[W + 2] * w5 + r[2 * W] * w6 + r[2 * W + 1] * w7 + r[2 * W + 2] * w8;
+#endif
+                yr[ox] = (int8_t)el_clamp(el_mbqm(acc, qm, qs) + y_zp, lo, hi);
+            }
+        }
+        for (ox = z; ox < OW; ++ox) {
+            int ix = ox * SW - PL;
+            int32_t acc;
+            if (ix == W - 2 && ix >= 0 && iy >= 0 && iy + 3 <= H) {
+                /* rows inside, the right column outside */
+                const int8_t *r = x + (long)iy * W + ix;
+                acc = zc2 + r[0] * w0 + r[1] * w1 + r[W] * w3 + r[W + 1] * w4
+                    + r[2 * W] * w6 + r[2 * W + 1] * w7;
+            } else {
+                acc = el_conv1_edge(x, w, bias, H, W, 3, 3, iy, ix, x_zp);
+            }
+            yr[ox] = (int8_t)el_clamp(el_mbqm(acc, qm, qs) + y_zp, lo, hi);
+        }
+    }
+}
+
 static void k_conv_s8(const int8_t *x, int8_t *y, const int8_t *w, const int32_t *b,
                       const int32_t *mult, const int32_t *shift,
                       int C, int H, int W, int M, int OH, int OW, int KH, int KW,
@@ -411,32 +591,71 @@ static void k_conv_s8(const int8_t *x, int8_t *y, const int8_t *w, const int32_t
         }
         return;
     }
+    /* A whole window: sum(x * w) - x_zp * sum(w), sum(w) folded into the bias once per
+       output channel, so the zero point leaves the inner loop (rows of 4 taps by SMLAD on
+       the DSP path); a window cut by the border sums (x - x_zp) * w over its taps. */
     for (m = 0; m < M; ++m) {
         const int8_t *xg = x + (long)(m / mg) * cg * hw;
         const int8_t *wm = w + (long)m * cg * KH * KW;
-        int32_t bias = b ? b[m] : 0, qm = mult[m];
-        int qs = shift[m];
+        int32_t bias = b ? b[m] : 0, qm = mult[m], bias_full;
+        int qs = shift[m], taps = cg * KH * KW, k;
         int8_t *ym = y + (long)m * OH * OW;
+        if (cg == 1 && DH == 1 && DW == 1) {
+            if (KH == 3 && KW == 3)
+                el_conv1_3x3_s8(xg, ym, wm, bias, qm, qs, H, W, OH, OW, SH, SW, PT, PL,
+                                x_zp, y_zp, lo, hi);
+            else
+                el_conv1_s8(xg, ym, wm, bias, qm, qs, H, W, OH, OW, KH, KW, SH, SW, PT, PL,
+                            x_zp, y_zp, lo, hi);
+            continue;
+        }
+        bias_full = bias;
+        for (k = 0; k < taps; ++k) bias_full -= x_zp * (int32_t)wm[k];
         for (oy = 0; oy < OH; ++oy) {
             int iy0 = oy * SH - PT, ky0 = 0, ky1 = KH;
             while (ky0 < KH && iy0 + ky0 * DH < 0) ++ky0;          /* taps inside the input */
             while (ky1 > ky0 && iy0 + (ky1 - 1) * DH >= H) --ky1;
             for (ox = 0; ox < OW; ++ox) {
                 int ix0 = ox * SW - PL, kx0 = 0, kx1 = KW;
-                int32_t acc = 0;
+                int32_t acc;
                 while (kx0 < KW && ix0 + kx0 * DW < 0) ++kx0;
                 while (kx1 > kx0 && ix0 + (kx1 - 1) * DW >= W) --kx1;
-                for (c = 0; c < cg; ++c) {
-                    const int8_t *xc = xg + c * hw + ix0;
-                    const int8_t *wc = wm + (long)c * KH * KW;
-                    for (ky = ky0; ky < ky1; ++ky) {
-                        const int8_t *xr = xc + (long)(iy0 + ky * DH) * W;
-                        const int8_t *wr = wc + ky * KW;
-                        for (kx = kx0; kx < kx1; ++kx)
-                            acc += ((int32_t)xr[kx * DW] - x_zp) * (int32_t)wr[kx];
+                if (ky0 == 0 && ky1 == KH && kx0 == 0 && kx1 == KW) {
+                    const int8_t *wr = wm;
+                    acc = bias_full;
+                    for (c = 0; c < cg; ++c) {
+                        const int8_t *xr = xg + c * hw + (long)iy0 * W + ix0;
+                        for (ky = 0; ky < KH; ++ky, xr += (long)DH * W, wr += KW) {
+                            if (KW == 3 && DW == 1) {
+                                acc += xr[0] * wr[0] + xr[1] * wr[1] + xr[2] * wr[2];
+                                continue;
+                            }
+                            kx = 0;
+#if defined(EL_DSP)
+                            if (DW == 1)
+                                for (; kx + 4 <= KW; kx += 4) {
+                                    int32_t xv = el_ld32(xr + kx), wv = el_ld32(wr + kx);
+                                    acc = __smlad(__sxtb16(xv), __sxtb16(wv), acc);
+                                    acc = __smlad(el_sxtb16_r8(xv), el_sxtb16_r8(wv), acc);
+                                }
+#endif
+                            for (; kx < KW; ++kx) acc += (int32_t)xr[kx * DW] * (int32_t)wr[kx];
+                        }
+                    }
+                } else {
+                    acc = bias;
+                    for (c = 0; c < cg; ++c) {
+                        const int8_t *xc = xg + c * hw + ix0;
+                        const int8_t *wc = wm + (long)c * KH * KW;
+                        for (ky = ky0; ky < ky1; ++ky) {
+                            const int8_t *xr = xc + (long)(iy0 + ky * DH) * W;
+                            const int8_t *wr = wc + ky * KW;
+                            for (kx = kx0; kx < kx1; ++kx)
+                                acc += ((int32_t)xr[kx * DW] - x_zp) * (int32_t)wr[kx];
+                        }
                     }
                 }
-                acc = el_mbqm(acc + bias, qm, qs) + y_zp;
+                acc = el_mbqm(acc, qm, qs) + y_zp;
                 ym[oy * OW + ox] = (int8_t)el_clamp(acc, lo, hi);
             }
         }
@@ -449,23 +668,73 @@ static void k_conv_s8(const int8_t *x, int8_t *y, const int8_t *w, const int32_t
 # input value before its last read). s: this step's planned scratch in the arena. Two
 # kernels rather than one with a switch: the compiler then specializes each on its own.
 
-_k("conv_s8_pw_ip", ("fx",), r"""
+_k("conv_s8_pw_ip", ("fx", "fx_dsp"), r"""
 /* 1x1, stride 1, no padding, one group, M <= C: per position p, save the C input values
    at p (minus the zero point, int16) to s, then store the M outputs at p. */
 static void k_conv_s8_pw_ip(const int8_t *x, int8_t *y, const int8_t *w, const int32_t *b,
                             const int32_t *mult, const int32_t *shift, int C, long hw, int M,
                             int x_zp, int y_zp, int lo, int hi, int16_t *s)
 {
+    /* On the DSP path each group of 4 channels is saved as (v0, v2, v1, v3), the order in
+       which SXTB16 unpacks 4 weight bytes, so one SMLAD takes two products. Two outputs
+       per pass share each load of s. */
     long p;
-    int m, c;
+    int m, c, c4 = 0;
+#if defined(EL_DSP)
+    c4 = C & ~3;
+#endif
     for (p = 0; p < hw; ++p) {
-        for (c = 0; c < C; ++c) s[c] = (int16_t)((int32_t)x[(long)c * hw + p] - x_zp);
-        for (m = 0; m < M; ++m) {
-            const int8_t *wm = w + (long)m * C;
-            int32_t acc = b ? b[m] : 0;
-            for (c = 0; c < C; ++c) acc += (int32_t)s[c] * (int32_t)wm[c];
-            acc = el_mbqm(acc, mult[m], shift[m]) + y_zp;
-            y[(long)m * hw + p] = (int8_t)el_clamp(acc, lo, hi);
+        const int8_t *xp = x + p;
+        for (c = 0; c < c4; c += 4, xp += 4 * hw) {
+            s[c] = (int16_t)((int32_t)xp[0] - x_zp);
+            s[c + 1] = (int16_t)((int32_t)xp[2 * hw] - x_zp);
+            s[c + 2] = (int16_t)((int32_t)xp[hw] - x_zp);
+            s[c + 3] = (int16_t)((int32_t)xp[3 * hw] - x_zp);
+        }
+        for (; c < C; ++c, xp += hw) s[c] = (int16_t)((int32_t)*xp - x_zp);
+        for (m = 0; m < M; m += 2) {
+            int two = m + 1 < M;
+            const int8_t *w0 = w + (long)m * C, *w1 = two ? w0 + C : w0;
+            const int16_t *sp = s;
+            int32_t a0 = b ? b[m] : 0, a1 = (b && two) ? b[m + 1] : 0;
+            c = 0;
+#if defined(EL_DSP)
+            for (; c + 8 <= c4; c += 8) {
+                int32_t s02 = el_ld32(sp), s13 = el_ld32(sp + 2);
+                int32_t u = el_ld32(w0), v = el_ld32(w1);
+                a0 = __smlad(s02, __sxtb16(u), a0);
+                a0 = __smlad(s13, el_sxtb16_r8(u), a0);
+                a1 = __smlad(s02, __sxtb16(v), a1);
+                a1 = __smlad(s13, el_sxtb16_r8(v), a1);
+                s02 = el_ld32(sp + 4);
+                s13 = el_ld32(sp + 6);
+                u = el_ld32(w0 + 4);
+                v = el_ld32(w1 + 4);
+                a0 = __smlad(s02, __sxtb16(u), a0);
+                a0 = __smlad(s13, el_sxtb16_r8(u), a0);
+                a1 = __smlad(s02, __sxtb16(v), a1);
+                a1 = __smlad(s13, el_sxtb16_r8(v), a1);
+                sp += 8; w0 += 8; w1 += 8;
+            }
+            for (; c < c4; c += 4) {
+                int32_t s02 = el_ld32(sp), s13 = el_ld32(sp + 2);
+                int32_t u = el_ld32(w0), v = el_ld32(w1);
+                a0 = __smlad(s02, __sxtb16(u), a0);
+                a0 = __smlad(s13, el_sxtb16_r8(u), a0);
+                a1 = __smlad(s02, __sxtb16(v), a1);
+                a1 = __smlad(s13, el_sxtb16_r8(v), a1);
+                sp += 4; w0 += 4; w1 += 4;
+            }
+#endif
+            for (; c < C; ++c) {
+                int32_t sv = *sp++;
+                a0 += sv * (int32_t)*w0++;
+                a1 += sv * (int32_t)*w1++;
+            }
+            y[(long)m * hw + p] = (int8_t)el_clamp(el_mbqm(a0, mult[m], shift[m]) + y_zp, lo, hi);
+            if (two)
+                y[(long)(m + 1) * hw + p] =
+                    (int8_t)el_clamp(el_mbqm(a1, mult[m + 1], shift[m + 1]) + y_zp, lo, hi);
         }
     }
 }
@@ -528,23 +797,46 @@ static void k_conv_f32_grp_ip(const float *x, float *y, const float *w, const fl
 }
 """)
 
-_k("fc_s8", ("fx",), r"""
+_k("fc_s8", ("fx", "fx_dsp"), r"""
 static void k_fc_s8(const int8_t *x, int8_t *y, const int8_t *w, const int32_t *b,
                     const int32_t *mult, const int32_t *shift, int per_channel,
                     int M, int K, int N, int y_zp, int lo, int hi)
 {
-    /* the input zero point is folded into the bias: b - x_zp * sum(w) */
+    /* the input zero point is folded into the bias: b - x_zp * sum(w). Two output
+       neurons per pass share each load of the input row. */
     int i, j, k;
     for (i = 0; i < M; ++i) {
         const int8_t *xr = x + (long)i * K;
-        for (j = 0; j < N; ++j) {
-            const int8_t *wr = w + (long)j * K;
-            int32_t acc = 0;
-            int q = per_channel ? j : 0;
-            for (k = 0; k < K; ++k) acc += (int32_t)xr[k] * (int32_t)wr[k];
-            if (b) acc += b[j];
-            acc = el_mbqm(acc, mult[q], shift[q]) + y_zp;
-            y[(long)i * N + j] = (int8_t)el_clamp(acc, lo, hi);
+        int8_t *yr = y + (long)i * N;
+        for (j = 0; j < N; j += 2) {
+            int two = j + 1 < N;
+            const int8_t *w0 = w + (long)j * K, *w1 = two ? w0 + K : w0, *xp = xr;
+            int32_t a0 = 0, a1 = 0;
+            int q;
+            k = K;
+#if defined(EL_DSP)
+            for (; k >= 4; k -= 4) {
+                int32_t xv = el_ld32(xp), u = el_ld32(w0), v = el_ld32(w1);
+                int32_t xe = __sxtb16(xv), xo = el_sxtb16_r8(xv);
+                a0 = __smlad(xe, __sxtb16(u), a0);
+                a0 = __smlad(xo, el_sxtb16_r8(u), a0);
+                a1 = __smlad(xe, __sxtb16(v), a1);
+                a1 = __smlad(xo, el_sxtb16_r8(v), a1);
+                xp += 4; w0 += 4; w1 += 4;
+            }
+#endif
+            for (; k > 0; --k) {
+                int32_t xv = *xp++;
+                a0 += xv * (int32_t)*w0++;
+                a1 += xv * (int32_t)*w1++;
+            }
+            if (b) { a0 += b[j]; if (two) a1 += b[j + 1]; }
+            q = per_channel ? j : 0;
+            yr[j] = (int8_t)el_clamp(el_mbqm(a0, mult[q], shift[q]) + y_zp, lo, hi);
+            if (two) {
+                q = per_channel ? j + 1 : 0;
+                yr[j + 1] = (int8_t)el_clamp(el_mbqm(a1, mult[q], shift[q]) + y_zp, lo, hi);
+            }
         }
     }
 }
