@@ -980,8 +980,9 @@ static int32_t el_exp_neg(int32_t a /* Q(ib).(31-ib), <= 0 */, int ib)
 }
 """)
 
-_k("fx_recip", ("fx_exp",), r"""
-static int32_t el_one_over_one_plus(int32_t a /* Q0.31 in [0, 1) */)
+_k("fx_half_recip", ("fx_exp",), r"""
+/* Newton-Raphson core shared by gemmlowp's 1/(1+x) and (1-x)/(1+x): 1/(1+x) in Q2.29 */
+static int32_t el_half_recip(int32_t a /* Q0.31 in [0, 1] */)
 {
     int64_t sum = (int64_t)a + INT32_MAX;
     int32_t half_den = (int32_t)((sum + (sum >= 0 ? 1 : -1)) / 2);
@@ -992,24 +993,22 @@ static int32_t el_one_over_one_plus(int32_t a /* Q0.31 in [0, 1) */)
         int32_t one_minus = (1 << 29) - hdx;
         x = x + el_sat_shl(el_srdhm(x, one_minus), 2);
     }
-    return el_sat_shl(x, 1);
+    return x;
 }
 """)
 
-_k("fx_tanh", ("fx_exp",), r"""
+_k("fx_recip", ("fx_half_recip",), r"""
+static int32_t el_one_over_one_plus(int32_t a /* Q0.31 in [0, 1) */)
+{
+    return el_sat_shl(el_half_recip(a), 1);
+}
+""")
+
+_k("fx_tanh", ("fx_half_recip",), r"""
 /* (1 - x) / (1 + x) for x in [0, 1], as gemmlowp's tanh uses it */
 static int32_t el_one_minus_over_one_plus(int32_t a)
 {
-    int64_t sum = (int64_t)a + INT32_MAX;
-    int32_t half_den = (int32_t)((sum + (sum >= 0 ? 1 : -1)) / 2);
-    int32_t x = 1515870810 + el_srdhm(half_den, -1010580540);
-    int k;
-    for (k = 0; k < 3; ++k) {
-        int32_t hdx = el_srdhm(half_den, x);
-        int32_t one_minus = (1 << 29) - hdx;
-        x = x + el_sat_shl(el_srdhm(x, one_minus), 2);
-    }
-    return el_sat_shl(x - (1 << 29), 2);
+    return el_sat_shl(el_half_recip(a) - (1 << 29), 2);
 }
 """)
 

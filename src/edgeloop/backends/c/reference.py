@@ -86,24 +86,24 @@ def exp_on_negative_values(a, integer_bits: int = 5):
     return np.where(a == 0, I32_MAX, result)
 
 
-def one_over_one_plus_x(a):
-    """gemmlowp's 1/(1+x) for x in [0, 1) (Q0.31), result Q0.31 (Newton-Raphson)."""
+def _half_reciprocal(a):
+    """Newton-Raphson core shared by gemmlowp's 1/(1+x) and (1-x)/(1+x): 1/(1+x) in Q2.29."""
     s = np.asarray(a, np.int64) + I32_MAX
     half = trunc_div(s + np.where(s >= 0, 1, -1), 2)
     x = 1515870810 + srdhm(half, -1010580540)   # 48/17 - 32/17 * d, in Q2.29
     for _ in range(3):
         x = x + sat_shl(srdhm(x, (1 << 29) - srdhm(half, x)), 2)
-    return sat_shl(x, 1)
+    return x
+
+
+def one_over_one_plus_x(a):
+    """gemmlowp's 1/(1+x) for x in [0, 1) (Q0.31), result Q0.31 (Newton-Raphson)."""
+    return sat_shl(_half_reciprocal(a), 1)
 
 
 def one_minus_x_over_one_plus_x(a):
     """gemmlowp's (1-x)/(1+x) for x in [0, 1] (Q0.31), result Q0.31."""
-    s = np.asarray(a, np.int64) + I32_MAX
-    half = trunc_div(s + np.where(s >= 0, 1, -1), 2)
-    x = 1515870810 + srdhm(half, -1010580540)
-    for _ in range(3):
-        x = x + sat_shl(srdhm(x, (1 << 29) - srdhm(half, x)), 2)
-    return sat_shl(x - (1 << 29), 2)
+    return sat_shl(_half_reciprocal(a) - (1 << 29), 2)
 
 
 def clz32(x: int) -> int:
