@@ -151,9 +151,9 @@ def _check_writable_store(path: Path) -> None:
     try:
         parent.mkdir(parents=True, exist_ok=True)
     except OSError as e:
-        raise CaptureError(f"{parent}: cannot create the capture store's folder ({e.strerror or e})") from None
+        raise CaptureError(f"{path}: cannot create its folder ({e.strerror or e})") from None
     if _read_only(parent):  # SQLite creates STORE-wal and STORE-shm beside the store
-        raise CaptureError(f"{parent}: folder is read-only; the capture store needs to write its WAL there")
+        raise CaptureError(f"{path}: its folder is read-only; the capture store needs to write its WAL there")
 
 
 def encode_array(x: np.ndarray) -> bytes:
@@ -195,7 +195,8 @@ class CaptureStore:
             self._setup(new)
         except sqlite3.Error as e:
             self.db.close()
-            raise CaptureError(f"{self.path}: cannot use this file as a capture store ({one_line(e)})") from None
+            raise CaptureError(f"{self.path}: cannot use this file as a capture store: unreadable, locked or "
+                               f"corrupt ({one_line(e)})") from None
         except CaptureError:
             self.db.close()
             raise
@@ -216,6 +217,9 @@ class CaptureStore:
             if "samples" not in tables:
                 raise CaptureError(f"{self.path}: not a capture store (no 'samples' table)")
             return
+        # checked before anything is written, so a corrupt file is left exactly as it was
+        if not new and self.db.execute("PRAGMA quick_check").fetchone()[0] != "ok":
+            raise CaptureError(f"{self.path}: the capture store is corrupt (PRAGMA quick_check failed)")
         if new:  # freed pages go back to the filesystem on `PRAGMA incremental_vacuum`
             self.db.execute("PRAGMA auto_vacuum=INCREMENTAL")
         mode = self.db.execute("PRAGMA journal_mode=WAL").fetchone()[0]
@@ -229,8 +233,6 @@ class CaptureStore:
         self.db.execute(f"PRAGMA wal_autocheckpoint={min(1000, max(4, wal_bytes // page))}")
         self.db.execute(f"PRAGMA journal_size_limit={wal_bytes}")
         self.db.executescript(SCHEMA)
-        if self.db.execute("PRAGMA quick_check").fetchone()[0] != "ok":
-            raise CaptureError(f"{self.path}: the capture store is corrupt (PRAGMA quick_check failed)")
 
     def close(self) -> None:
         with self._lock:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import io
 import math
+import re
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence
 
@@ -168,15 +169,16 @@ class BundleModel:
         # Pillow's own guard: open() raises DecompressionBombError above twice this, which the
         # header check below then never needs; a process serving one limit sets it once.
         Image.MAX_IMAGE_PIXELS = max_pixels
-        too_big = f"image is above the limit of {max_pixels} pixels (--max-image-pixels)"
+        too_big = f"is above the limit of {max_pixels} pixels (--max-image-pixels)"
         try:
             img = Image.open(io.BytesIO(payload))  # lazy: reads the header only
             w, h = img.size
             if w * h > max_pixels:
-                raise InputError(f"{w}x{h} {too_big}", status=413)
+                raise InputError(f"a {w}x{h} image {too_big}", status=413)
             img.load()
-        except Image.DecompressionBombError:
-            raise InputError(too_big, status=413) from None
+        except Image.DecompressionBombError as e:  # Pillow's message names the pixel count
+            n = re.search(r"\((\d+) pixels\)", str(e))
+            raise InputError(f"an image of {n.group(1) if n else 'too many'} pixels {too_big}", status=413) from None
         except (UnidentifiedImageError, OSError, ValueError, SyntaxError, EOFError) as e:
             raise InputError(f"not a decodable image ({type(e).__name__})", status=415) from None
         channels = int(pre.get("channels", 1))
