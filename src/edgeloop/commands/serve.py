@@ -56,12 +56,13 @@ def register(app: typer.Typer) -> None:
                                entropy_above=None if entropy_above >= 1.0 else entropy_above,
                                random_rate=random_rate, per_class_quota=per_class_quota,
                                max_per_minute=max_per_minute or None)
-        config = ServerConfig(bundle=str(bundle), host=host, port=port, threads=threads, max_body_bytes=max_body,
-                              capture=str(capture) if capture else None,
-                              capture_budget_bytes=_capture_budget_bytes(budget_mb), privacy=privacy, policy=policy,
-                              max_image_pixels=max_image_pixels, bundles_dir=str(bundles_dir) if bundles_dir else None,
-                              admin_token_file=str(admin_token_file) if admin_token_file else None)
         try:
+            config = ServerConfig(bundle=str(bundle), host=host, port=port, threads=threads, max_body_bytes=max_body,
+                                  capture=str(capture) if capture else None,
+                                  capture_budget_bytes=_capture_budget_bytes(budget_mb), privacy=privacy,
+                                  policy=policy, max_image_pixels=max_image_pixels,
+                                  bundles_dir=str(bundles_dir) if bundles_dir else None,
+                                  admin_token_file=str(admin_token_file) if admin_token_file else None)
             check_config(config)
             run_server(config)
         except BundleError as e:

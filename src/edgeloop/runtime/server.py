@@ -108,8 +108,10 @@ def check_config(config: ServerConfig) -> None:
 
 
 def _capture_budget_bytes(mb: float) -> int:
-    """MB as given on the command line to bytes; NaN or infinity become an invalid -1 for check_config."""
-    return int(mb * 2**20) if math.isfinite(mb) else -1
+    """``--capture-budget-mb`` to bytes (StartupError for NaN or infinity; check_config does the rest)."""
+    if not math.isfinite(mb):
+        raise StartupError(f"--capture-budget-mb must be a finite number, got {mb}")
+    return int(mb * 2**20)
 
 
 def _write_token(path: Path, token: str) -> None:
