@@ -207,7 +207,8 @@ NUMBERS = [
 def test_nonsensical_numbers_are_one_line_startup_errors(tmp_path, tmp_path_factory, cli):
     bundle = digits_bundle(tmp_path_factory)
     launcher = [PY, "-m", "edgeloop", "serve"] if cli == "edgeloop serve" else [PY, "-m", "edgeloop_runtime"]
-    cases = NUMBERS if cli == "edgeloop_runtime" else NUMBERS[:-1]  # typer's own type errors span a box
+    # both CLIs share check_config: the (slower to start) edgeloop CLI runs a few of the cases
+    cases = NUMBERS if cli == "edgeloop_runtime" else [NUMBERS[i] for i in (0, 2, 4, 7)]
     for args, flag in cases:
         _one_line_exit_2(launcher + [str(bundle), "--port", str(free_port()), "--capture",
                                      str(tmp_path / "c.db"), *args], [flag], cwd=bundle)

@@ -505,11 +505,29 @@ def _own_hosts(server: Any, config: ServerConfig) -> set:
 
 def serve(config: ServerConfig) -> None:
     """Verify the bundle, then run uvicorn until interrupted (SIGHUP reloads the bundle)."""
+    private = None
+    if not (config.admin_token_file or config.capture):
+        # no capture store to put it beside: a private folder of its own (mode 0700), removed at exit
+        private = tempfile.TemporaryDirectory(prefix="edgeloop-admin-")
+        config.admin_token_file = str(Path(private.name) / TOKEN_FILE)
+    def on_term(signum: int, frame: Any) -> None:
+        # uvicorn shuts down gracefully on SIGTERM, then raises the signal again with the handler
+        # it found: this one turns it into an exit (code 143) that still runs the cleanup below.
+        raise SystemExit(128 + signum)
+
+    previous = signal.signal(signal.SIGTERM, on_term) if threading.current_thread() is threading.main_thread() else None
+    try:
+        _run(config)
+    finally:
+        if private is not None:
+            private.cleanup()
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
+
+
+def _run(config: ServerConfig) -> None:
     import uvicorn
 
-    if not (config.admin_token_file or config.capture):
-        # no capture store to put it beside: a private folder of its own (mode 0700)
-        config.admin_token_file = str(Path(tempfile.mkdtemp(prefix="edgeloop-admin-")) / TOKEN_FILE)
     app = create_app(config)
     state: State = app.state  # type: ignore[attr-defined]
 
