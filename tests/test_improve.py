@@ -71,10 +71,11 @@ def test_sklearn_refit_from_labelled_captures(tmp_path, tmp_path_factory):
 
     est2 = joblib.load(v2 / m["provenance"]["source_file"])
     assert new.predict(x_te)["label"] == est2.predict(x_te).tolist()
-    r = c.post("/admin/reload", json={"bundle": str(v2)})
+    auth = {"Authorization": "Bearer " + c.app.state.admin_token}  # the token the server made at start
+    r = c.post("/admin/reload", json={"bundle": str(v2)}, headers=auth)
     assert r.json()["version"] == 2
     assert c.post("/predict", json={"inputs": x_te[:5].tolist()}).json()["label"] == est2.predict(x_te[:5]).tolist()
-    assert c.post("/admin/rollback").json()["version"] == 1
+    assert c.post("/admin/rollback", json={}, headers=auth).json()["version"] == 1
 
 
 def test_torch_finetune_replays_the_int8_recipe(tmp_path, tmp_path_factory):

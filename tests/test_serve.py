@@ -14,7 +14,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from test_serve_fixtures import (PY, _CACHE, cnn_bundle, copy_bundle, digits, digits_bundle,
+from test_serve_fixtures import (PY, _CACHE, admin_headers, cnn_bundle, copy_bundle, digits, digits_bundle,
                                  digits_estimator, http, server)
 
 
@@ -204,26 +204,27 @@ def _version_copy(bundle, dest, version):
 
 
 def test_reload_switches_versions_and_rolls_back(tmp_path, tmp_path_factory):
-    b1 = digits_bundle(tmp_path_factory)
+    b1 = copy_bundle(digits_bundle(tmp_path_factory), tmp_path / "v1")  # the bundles folder: tmp_path
     b2 = _version_copy(b1, tmp_path / "v2", 2)
     bad = _version_copy(b1, tmp_path / "v3", 3)
     with open(bad / "model.onnx", "r+b") as f:
         f.seek(200)
         f.write(b"\x00\x01")
     c = client(b1)
+    auth = admin_headers(c)
     _, x_te, _, _ = digits()
-    assert c.post("/admin/reload", json={"bundle": str(b2)}).json()["version"] == 2
+    assert c.post("/admin/reload", json={"bundle": str(b2)}, headers=auth).json()["version"] == 2
     assert c.post("/predict", json={"input": x_te[0].tolist()}).json()["version"] == 2
-    r = c.post("/admin/reload", json={"bundle": str(bad)})
+    r = c.post("/admin/reload", json={"bundle": str(bad)}, headers=auth)
     assert r.status_code == 409 and "model.onnx" in r.json()["error"] and "still serving version 2" in r.json()["error"]
     assert c.get("/health").json()["version"] == 2
-    assert c.post("/admin/rollback").json()["version"] == 1
+    assert c.post("/admin/rollback", headers=auth).json()["version"] == 1
     assert c.post("/predict", json={"input": x_te[0].tolist()}).json()["version"] == 1
-    assert c.post("/admin/rollback").status_code == 409  # nothing older
-    assert c.post("/admin/reload", content=b"{", headers={"content-type": "application/json"}).status_code == 400
+    assert c.post("/admin/rollback", headers=auth).status_code == 409  # nothing older
+    assert c.post("/admin/reload", content=b"{", headers=auth).status_code == 400
     remote = client(b1, peer=("192.168.1.20", 40000))
-    assert remote.post("/admin/reload", json={"bundle": str(b2)}).status_code == 403
-    assert remote.post("/admin/rollback").status_code == 403
+    assert remote.post("/admin/reload", json={"bundle": str(b2)}, headers=admin_headers(remote)).status_code == 403
+    assert remote.post("/admin/rollback", headers=admin_headers(remote)).status_code == 403
     assert remote.get("/health").json()["version"] == 1
 
 

@@ -191,10 +191,15 @@ def server(bundle: Path, *args: str, python: str = PY, module: str = "edgeloop_r
                 stream.close()
 
 
+def admin_headers(c) -> dict:
+    """What an admin request to a TestClient app needs: its bearer token, as JSON."""
+    return {"Authorization": "Bearer " + c.app.state.admin_token, "Content-Type": "application/json"}
+
+
 def post_json(url: str, doc) -> tuple[int, dict]:
     status, body = http("POST", url + "/predict", json.dumps(doc).encode())
     return status, json.loads(body)
 
 
 __all__ = ["digits", "digits_joblib", "digits_bundle", "cnn_bundle", "cnn_pt2", "cnn_module", "server",
-           "http", "post_json", "free_port", "copy_bundle", "export_bundle", "REPO", "PY", "os"]
+           "http", "post_json", "admin_headers", "free_port", "copy_bundle", "export_bundle", "REPO", "PY", "os"]

@@ -35,29 +35,35 @@ def register(app: typer.Typer) -> None:
         per_class_quota: Optional[int] = typer.Option(None, "--per-class-quota", help="At most this many samples per predicted class."),
         max_per_minute: float = typer.Option(120.0, "--max-captures-per-minute", help="Rate limit of captures (0 = no limit)."),
         max_body: int = typer.Option(1 << 20, "--max-body-bytes", help="Larger request bodies get 413."),
+        max_image_pixels: int = typer.Option(4_000_000, "--max-image-pixels", help="Uploaded images with more pixels get 413, before decoding."),
+        bundles_dir: Optional[Path] = typer.Option(None, "--bundles-dir", help="POST /admin/reload takes only bundles under this folder (default: the bundle's parent)."),
+        admin_token_file: Optional[Path] = typer.Option(None, "--admin-token-file", help="Where to write the admin bearer token, mode 0600 (default: next to the capture store)."),
     ) -> None:
         """Serve a bundle over HTTP: POST /predict, GET /health, GET /metrics, POST /admin/reload|rollback.
 
         Checks every file's SHA-256 at start (a changed bundle is refused) and opens no outbound connection.
+        Admin requests need the bearer token the server writes at start (its path is printed).
         """
         from edgeloop.runtime.bundle import BundleError
         from edgeloop.runtime.capture import CapturePolicy
-        from edgeloop.runtime.server import ServerConfig, serve as run_server
+        from edgeloop.runtime.server import ServerConfig, _capture_budget_bytes, check_config, serve as run_server
 
         for flag, v in [("--confidence-below", confidence_below), ("--margin-below", margin_below),
                         ("--entropy-above", entropy_above), ("--random-rate", random_rate)]:
-            if not 0.0 <= v <= 1.0:
+            if not 0.0 <= v <= 1.0:  # NaN fails too
                 raise UsageError(f"{flag} must be between 0 and 1, got {v:g}")
-        if budget_mb <= 0 or max_body <= 0 or not (0 < port < 65536):
-            raise UsageError("--capture-budget-mb, --max-body-bytes and --port must be positive")
         policy = CapturePolicy(confidence_below=confidence_below or None, margin_below=margin_below or None,
                                entropy_above=None if entropy_above >= 1.0 else entropy_above,
                                random_rate=random_rate, per_class_quota=per_class_quota,
                                max_per_minute=max_per_minute or None)
-        config = ServerConfig(bundle=str(bundle), host=host, port=port, threads=threads, max_body_bytes=max_body,
-                              capture=str(capture) if capture else None,
-                              capture_budget_bytes=int(budget_mb * 2**20), privacy=privacy, policy=policy)
         try:
+            config = ServerConfig(bundle=str(bundle), host=host, port=port, threads=threads, max_body_bytes=max_body,
+                                  capture=str(capture) if capture else None,
+                                  capture_budget_bytes=_capture_budget_bytes(budget_mb), privacy=privacy,
+                                  policy=policy, max_image_pixels=max_image_pixels,
+                                  bundles_dir=str(bundles_dir) if bundles_dir else None,
+                                  admin_token_file=str(admin_token_file) if admin_token_file else None)
+            check_config(config)
             run_server(config)
         except BundleError as e:
             raise _bundle_error(e) from None
@@ -72,11 +78,14 @@ def register(app: typer.Typer) -> None:
         as_json: bool = typer.Option(False, "--json", help="Print a JSON list."),
     ) -> None:
         """List captured samples: prediction, confidence, margin, reason."""
-        from edgeloop.runtime.capture import CaptureStore
+        from edgeloop.runtime.capture import CaptureError, CaptureStore
 
         _need_store(store)
-        with CaptureStore(store, budget_bytes=2**62) as s:
-            rows = list(s.rows())
+        try:
+            with CaptureStore(store, budget_bytes=2**62, readonly=True) as s:
+                rows = list(s.rows())
+        except CaptureError as e:
+            raise UsageError(str(e)) from None
         rows.sort(key=lambda r: (-r["score"], r["id"]))
         if as_json:
             sys.stdout.write(json.dumps(rows[:limit], indent=2) + "\n")
@@ -97,19 +106,20 @@ def register(app: typer.Typer) -> None:
     def samples_export(
         store: Path = typer.Argument(..., help="Capture store (SQLite file)."),
         output: Path = typer.Option(..., "--output", "-o", help="Folder to write samples.npz, samples.csv and README.txt into."),
+        version: Optional[str] = typer.Option(None, "--version", help="Export only the samples this model version captured (needed when versions take inputs of different shapes)."),
         as_json: bool = typer.Option(False, "--json", help="Print the summary as JSON."),
     ) -> None:
         """Export captured samples as a dataset ready for labelling (samples.npz + samples.csv)."""
         from edgeloop.backends.bundle import write_atomically
-        from edgeloop.runtime.capture import export_dataset
+        from edgeloop.runtime.capture import CaptureError, export_dataset
 
         _need_store(store)
         summary: dict = {}
 
         def fill(tmp: Path) -> None:
             try:
-                summary.update(export_dataset(store, tmp))
-            except ValueError as e:
+                summary.update(export_dataset(store, tmp, version=version))
+            except (ValueError, CaptureError) as e:
                 raise UsageError(str(e), where=str(store)) from None
 
         if output.is_dir() and any(output.iterdir()) and not (output / "samples.csv").is_file():

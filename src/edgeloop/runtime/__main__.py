@@ -8,16 +8,23 @@ from typing import List, Optional
 
 from .bundle import BundleError
 from .capture import CapturePolicy
-from .server import ServerConfig, serve
+from .model import MAX_IMAGE_PIXELS
+from .server import ServerConfig, _capture_budget_bytes, serve
 
 
 def _positive_or_none(text: str) -> Optional[float]:
     return None if text.lower() in ("none", "off", "") else float(text)
 
 
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> None:  # type: ignore[override]
+        # one line, like every other startup error (argparse would print the usage block first)
+        self.exit(2, f"error: {message} (see --help)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m edgeloop_runtime",
-                                description="Serve an edgeloop bundle over HTTP (no outbound connections).")
+    p = _Parser(prog="python -m edgeloop_runtime",
+                description="Serve an edgeloop bundle over HTTP (no outbound connections).")
     p.add_argument("bundle", help="bundle directory (with manifest.json and model.onnx)")
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
     p.add_argument("--port", type=int, default=8080)
@@ -33,6 +40,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--per-class-quota", type=int, default=None)
     p.add_argument("--max-captures-per-minute", type=_positive_or_none, default=120.0)
     p.add_argument("--seed", type=int, default=None)
+    p.add_argument("--max-image-pixels", type=int, default=MAX_IMAGE_PIXELS,
+                   help=f"refuse (413) uploaded images with more pixels, before decoding (default {MAX_IMAGE_PIXELS})")
+    p.add_argument("--bundles-dir", default=None,
+                   help="POST /admin/reload takes only bundles under this folder (default: the bundle's parent)")
+    p.add_argument("--admin-token-file", default=None,
+                   help="where to write the admin bearer token, mode 0600 (default: next to the capture store)")
     return p
 
 
@@ -43,8 +56,9 @@ def config_from_args(a: argparse.Namespace) -> ServerConfig:
                            seed=a.seed)
     return ServerConfig(bundle=a.bundle, host=a.host, port=a.port, threads=a.threads,
                         max_body_bytes=a.max_body_bytes, capture=a.capture,
-                        capture_budget_bytes=int(a.capture_budget_mb * 2**20), privacy=a.privacy,
-                        policy=policy)
+                        capture_budget_bytes=_capture_budget_bytes(a.capture_budget_mb), privacy=a.privacy,
+                        policy=policy, max_image_pixels=a.max_image_pixels, bundles_dir=a.bundles_dir,
+                        admin_token_file=a.admin_token_file)
 
 
 def main(argv: Optional[List[str]] = None) -> None:

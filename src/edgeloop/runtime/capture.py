@@ -5,17 +5,25 @@ why (low confidence, small top-2 margin, high entropy, or a random baseline),
 under per-class quotas and a rate limit.  :class:`CaptureStore` keeps the
 chosen samples in a local SQLite database in WAL mode: every ``add`` is one
 committed transaction, so a crash loses at most the sample being written.
-The store stays within a byte budget by evicting the least informative
-samples first; with ``privacy=True`` it stores no raw input at all (only the
-prediction, its scores and the reason).
+The store stays within a byte budget of real disk use (database file plus
+WAL) by evicting the least informative samples first, reusing freed pages
+(incremental auto-vacuum) and checkpointing the WAL; with ``privacy=True`` it
+stores no raw input at all (only the prediction, its scores and the reason).
+
+A capture is a side job of a prediction: :class:`Capturer` turns any storage
+failure (disk full, read-only, corrupt) into a skipped capture, counts it and
+reports the store as degraded until a later write succeeds.
 """
 
 from __future__ import annotations
 
 import io
 import json
+import math
+import os
 import random
 import sqlite3
+import stat
 import threading
 import time
 from dataclasses import dataclass
@@ -47,6 +55,19 @@ CREATE INDEX IF NOT EXISTS samples_score ON samples(score, id);
 CREATE INDEX IF NOT EXISTS samples_class ON samples(predicted);
 """
 ROW_OVERHEAD = 256  # bytes per row besides the raw input: columns, index entries, page slack
+MIN_BUDGET = 64 * 1024  # an empty store (schema pages, WAL header) already takes ~20 KiB
+WAL_SHARE = 4  # the WAL may grow to 1/4 of the budget before it is checkpointed and truncated
+SCHEMA_RESERVE = 8 * 4096  # pages the schema and the B-tree interiors take whatever the rows
+SQLITE_MAGIC = b"SQLite format 3\x00"
+
+
+class CaptureError(Exception):
+    """A capture store that cannot be used (not SQLite, read-only, a folder...): one line."""
+
+
+def one_line(e: BaseException) -> str:
+    text = (str(e).strip().splitlines() or [""])[0]
+    return f"{type(e).__name__}: {text}" if text else type(e).__name__
 
 
 @dataclass
@@ -106,6 +127,35 @@ def informativeness(confidence: Optional[float], margin: Optional[float],
     return float(max(m, entropy or 0.0))
 
 
+def _read_only(p: Path) -> bool:
+    # os.access alone says "writable" to root whatever the mode bits; a store whose owner took
+    # away every write bit is meant to be read-only, so both are checked (a read-only mount
+    # fails os.access for root too).
+    return not os.access(p, os.W_OK) or stat.S_IMODE(p.stat().st_mode) & 0o222 == 0
+
+
+def _check_writable_store(path: Path) -> None:
+    """Refuse, with one line, a --capture path the server could not write samples to."""
+    if path.is_dir():
+        raise CaptureError(f"{path}: is a folder; give the capture store's file name (e.g. {path / 'captures.db'})")
+    if path.exists():
+        if not path.is_file():
+            raise CaptureError(f"{path}: not a regular file")
+        if _read_only(path):
+            raise CaptureError(f"{path}: the capture store is read-only")
+        with open(path, "rb") as f:
+            head = f.read(len(SQLITE_MAGIC))
+        if head and head != SQLITE_MAGIC:
+            raise CaptureError(f"{path}: not an SQLite file; give a new file or an existing capture store")
+    parent = path.parent
+    try:
+        parent.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise CaptureError(f"{path}: cannot create its folder ({e.strerror or e})") from None
+    if _read_only(parent):  # SQLite creates STORE-wal and STORE-shm beside the store
+        raise CaptureError(f"{path}: its folder is read-only; the capture store needs to write its WAL there")
+
+
 def encode_array(x: np.ndarray) -> bytes:
     buf = io.BytesIO()
     np.save(buf, np.ascontiguousarray(x), allow_pickle=False)
@@ -119,20 +169,70 @@ def decode_array(blob: bytes) -> np.ndarray:
 class CaptureStore:
     """A SQLite (WAL) store of captured samples within ``budget_bytes``."""
 
-    def __init__(self, path: "str | Path", *, budget_bytes: int = 100 * 2**20, privacy: bool = False):
+    def __init__(self, path: "str | Path", *, budget_bytes: int = 100 * 2**20, privacy: bool = False,
+                 readonly: bool = False, timeout: float = 10.0):
         self.path = Path(path)
+        if not (isinstance(budget_bytes, (int, float)) and math.isfinite(budget_bytes)) or budget_bytes < MIN_BUDGET:
+            raise CaptureError(f"capture budget of {budget_bytes} bytes is below the minimum of {MIN_BUDGET} "
+                               "(64 KiB): an empty store already takes about 20 KiB")
         self.budget_bytes = int(budget_bytes)
         self.privacy = privacy
-        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.readonly = readonly
         self._lock = threading.Lock()
-        self.db = sqlite3.connect(str(self.path), check_same_thread=False, isolation_level=None,
-                                  timeout=10.0)
-        self.db.execute("PRAGMA journal_mode=WAL")
+        if not readonly:
+            _check_writable_store(self.path)
+        new = not self.path.exists() or self.path.stat().st_size == 0
+        try:
+            if readonly:
+                self.db = sqlite3.connect(self.path.resolve().as_uri() + "?mode=ro", uri=True,
+                                          check_same_thread=False, isolation_level=None, timeout=timeout)
+            else:
+                self.db = sqlite3.connect(str(self.path), check_same_thread=False, isolation_level=None,
+                                          timeout=timeout)
+        except sqlite3.Error as e:
+            raise CaptureError(f"{self.path}: cannot open the capture store ({one_line(e)})") from None
+        try:
+            self._setup(new)
+        except sqlite3.Error as e:
+            self.db.close()
+            raise CaptureError(f"{self.path}: cannot use this file as a capture store: unreadable, locked or "
+                               f"corrupt ({one_line(e)})") from None
+        except CaptureError:
+            self.db.close()
+            raise
+        self._total = int(self.db.execute("SELECT COALESCE(SUM(nbytes), 0) FROM samples").fetchone()[0])
+        self._page = int(self.db.execute("PRAGMA page_size").fetchone()[0])
+        self._vacuums = int(self.db.execute("PRAGMA auto_vacuum").fetchone()[0]) != 0
+        self._used = self._measure()
+        # What the rows may take by their estimated size; lowered when the real disk use says the
+        # estimate is optimistic (index entries, overflow-page slack).
+        self._row_budget = max(0, self.budget_bytes - self.budget_bytes // WAL_SHARE - SCHEMA_RESERVE)
+
+    def _setup(self, new: bool) -> None:
+        tables = {r[0] for r in self.db.execute("SELECT name FROM sqlite_master WHERE type='table'")}
+        if tables - {"sqlite_sequence"} and "samples" not in tables:
+            raise CaptureError(f"{self.path}: not a capture store (an SQLite file with other tables, "
+                               f"e.g. '{sorted(tables)[0]}'); give a new file")
+        if self.readonly:
+            if "samples" not in tables:
+                raise CaptureError(f"{self.path}: not a capture store (no 'samples' table)")
+            return
+        # checked before anything is written, so a corrupt file is left exactly as it was
+        if not new and self.db.execute("PRAGMA quick_check").fetchone()[0] != "ok":
+            raise CaptureError(f"{self.path}: the capture store is corrupt (PRAGMA quick_check failed)")
+        if new:  # freed pages go back to the filesystem on `PRAGMA incremental_vacuum`
+            self.db.execute("PRAGMA auto_vacuum=INCREMENTAL")
+        mode = self.db.execute("PRAGMA journal_mode=WAL").fetchone()[0]
+        if str(mode).lower() != "wal":
+            raise CaptureError(f"{self.path}: SQLite cannot use WAL mode here (got '{mode}')")
         # NORMAL in WAL mode: a committed transaction survives a process crash (SIGKILL);
         # only a power cut can lose the last few, never corrupt the database.
         self.db.execute("PRAGMA synchronous=NORMAL")
+        page = int(self.db.execute("PRAGMA page_size").fetchone()[0])
+        wal_bytes = self.budget_bytes // WAL_SHARE
+        self.db.execute(f"PRAGMA wal_autocheckpoint={min(1000, max(4, wal_bytes // page))}")
+        self.db.execute(f"PRAGMA journal_size_limit={wal_bytes}")
         self.db.executescript(SCHEMA)
-        self._total = int(self.db.execute("SELECT COALESCE(SUM(nbytes), 0) FROM samples").fetchone()[0])
 
     def close(self) -> None:
         with self._lock:
@@ -146,6 +246,29 @@ class CaptureStore:
 
     @property
     def used_bytes(self) -> int:
+        """Real disk use: the database file plus its WAL (as measured after the last write; reading
+        it never waits for a write in progress).  A store made before incremental auto-vacuum
+        cannot give free pages back, so for it the free pages (which SQLite reuses) do not count."""
+        return self._used
+
+    def _measure(self) -> int:
+        size = 0
+        for suffix in ("", "-wal"):
+            try:
+                size += os.stat(str(self.path) + suffix).st_size
+            except OSError:
+                pass
+        if self._vacuums:
+            return size
+        try:
+            free = int(self.db.execute("PRAGMA freelist_count").fetchone()[0])
+        except sqlite3.Error:
+            free = 0
+        return max(0, size - free * self._page)
+
+    @property
+    def row_bytes(self) -> int:
+        """The estimated bytes of the stored rows (what eviction counts)."""
         return self._total
 
     def count(self, predicted: Optional[str] = None) -> int:
@@ -164,13 +287,13 @@ class CaptureStore:
         score = informativeness(confidence, margin, entropy)
         blob = None if self.privacy else encode_array(x)
         nbytes = ROW_OVERHEAD + (len(blob) if blob is not None else 0)
-        if nbytes > self.budget_bytes:
+        if nbytes > self._row_budget:
             return None
         pred = None if predicted is None else str(predicted)
         with self._lock:
             cur = self.db.cursor()
-            cur.execute("BEGIN IMMEDIATE")
             try:
+                cur.execute("BEGIN IMMEDIATE")
                 if per_class_quota is not None and pred is not None:
                     n = cur.execute("SELECT COUNT(*) FROM samples WHERE predicted = ?", (pred,)).fetchone()[0]
                     if n >= per_class_quota:
@@ -178,15 +301,13 @@ class CaptureStore:
                         row = cur.execute("SELECT id, score, nbytes FROM samples WHERE predicted = ? "
                                           "ORDER BY score, id LIMIT 1", (pred,)).fetchone()
                         if row is None or row[1] >= score:
-                            cur.execute("ROLLBACK")
+                            self._abort()
                             return None
                         cur.execute("DELETE FROM samples WHERE id = ?", (row[0],))
                         self._total -= row[2]
-                freed = self._evict(cur, self._total + nbytes - self.budget_bytes, score)
+                freed = self._evict(cur, self._total + nbytes - self._row_budget, score)
                 if freed is None:
-                    cur.execute("ROLLBACK")
-                    self._total = int(self.db.execute(
-                        "SELECT COALESCE(SUM(nbytes), 0) FROM samples").fetchone()[0])
+                    self._abort()
                     return None
                 cur.execute(
                     "INSERT INTO samples (created, model_name, model_version, reason, score, predicted, "
@@ -196,14 +317,69 @@ class CaptureStore:
                      confidence, margin, entropy,
                      None if probabilities is None else json.dumps([round(float(p), 6) for p in probabilities]),
                      str(x.dtype), json.dumps(list(x.shape)), blob, nbytes))
-                rowid = cur.lastrowid
+                rowid = int(cur.lastrowid)
                 cur.execute("COMMIT")
             except BaseException:
-                cur.execute("ROLLBACK")
-                self._total = int(self.db.execute("SELECT COALESCE(SUM(nbytes), 0) FROM samples").fetchone()[0])
+                self._abort()
+                self._used = self._measure()
                 raise
             self._total += nbytes
-            return int(rowid)
+            try:
+                self._used = self._measure()
+                if self._used > self.budget_bytes and not self._bound_disk(rowid):
+                    return None
+            finally:
+                self._used = self._measure()
+            return rowid
+
+    def _abort(self) -> None:
+        """Roll back if a transaction is still open and resync the byte count.
+
+        SQLite rolls a transaction back by itself on some errors (SQLITE_FULL at COMMIT): a second
+        ROLLBACK would then fail with 'no transaction is active' and hide the first error, so any
+        failure here is dropped and the caller re-raises the original one."""
+        try:
+            if self.db.in_transaction:
+                self.db.execute("ROLLBACK")
+        except sqlite3.Error:
+            pass
+        try:
+            self._total = int(self.db.execute("SELECT COALESCE(SUM(nbytes), 0) FROM samples").fetchone()[0])
+        except sqlite3.Error:
+            pass
+
+    def _bound_disk(self, rowid: int) -> bool:
+        """The database and its WAL are above the budget: checkpoint and truncate the WAL, then
+        evict the least informative rows (10% below the budget, so this does not run on every
+        add) and give their pages back.  Returns whether ``rowid`` is still stored."""
+        self.db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        for _ in range(16):
+            used = self._measure()
+            if used <= self.budget_bytes:
+                break
+            target = int(min(self._row_budget, self._total) * self.budget_bytes / used * 0.9)
+            self._row_budget = max(0, target)
+            cur = self.db.cursor()
+            try:
+                cur.execute("BEGIN IMMEDIATE")
+                need = self._total - self._row_budget
+                doomed, freed = [], 0
+                for rid, nbytes in cur.execute("SELECT id, nbytes FROM samples ORDER BY score, id"):
+                    if freed >= need:
+                        break
+                    doomed.append(rid)
+                    freed += nbytes
+                cur.executemany("DELETE FROM samples WHERE id = ?", [(r,) for r in doomed])
+                cur.execute("COMMIT")
+            except BaseException:
+                self._abort()
+                raise
+            self._total -= freed
+            self.db.execute("PRAGMA incremental_vacuum").fetchall()
+            self.db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+            if not doomed:
+                break
+        return self.db.execute("SELECT 1 FROM samples WHERE id = ?", (rowid,)).fetchone() is not None
 
     def _evict(self, cur: sqlite3.Cursor, need: int, new_score: float) -> Optional[int]:
         """Delete least-informative rows until ``need`` bytes are free; None if the new sample is
@@ -249,17 +425,28 @@ class CaptureStore:
 
 
 class Capturer:
-    """Glue between a model's predictions and a store: applies the policy row by row."""
+    """Glue between a model's predictions and a store: applies the policy row by row.
+
+    A storage failure never reaches the prediction: the sample is skipped (its id is None),
+    ``errors`` counts it and ``degraded`` holds the reason until a later write succeeds."""
 
     def __init__(self, store: CaptureStore, policy: CapturePolicy):
         self.store = store
         self.policy = policy
         self.captured = 0
         self.skipped_rate = 0
+        self.errors = 0
+        self.degraded: Optional[str] = None
+        self._lock = threading.Lock()
+
+    def status(self) -> Dict[str, Any]:
+        return {"status": "degraded" if self.degraded else "ok", "reason": self.degraded,
+                "errors": self.errors}
 
     def consider(self, model: Any, batch: np.ndarray, result: Dict[str, Any]) -> List[Optional[int]]:
         ids: List[Optional[int]] = []
         probs = result.get("probabilities")
+        failed = False
         for i in range(batch.shape[0]):
             if probs is not None:
                 c, m, e = (float(result["confidence"][i]), float(result["margin"][i]),
@@ -271,18 +458,34 @@ class Capturer:
                 ids.append(None)
                 continue
             if not self.policy.allow():
-                self.skipped_rate += 1
+                with self._lock:
+                    self.skipped_rate += 1
+                ids.append(None)
+                continue
+            if failed:  # one failed write per request: the rest of the batch would fail the same way
+                with self._lock:
+                    self.errors += 1
                 ids.append(None)
                 continue
             label = result["label"][i] if "label" in result else None
-            rid = self.store.add(
-                batch[i], reason=why, model_name=model.name, model_version=model.version,
-                predicted=label, predicted_index=None if probs is None else int(result["index"][i]),
-                confidence=c, margin=m, entropy=e,
-                probabilities=None if probs is None else probs[i].tolist(),
-                per_class_quota=self.policy.per_class_quota)
-            if rid is not None:
-                self.captured += 1
+            try:
+                rid = self.store.add(
+                    batch[i], reason=why, model_name=model.name, model_version=model.version,
+                    predicted=label, predicted_index=None if probs is None else int(result["index"][i]),
+                    confidence=c, margin=m, entropy=e,
+                    probabilities=None if probs is None else probs[i].tolist(),
+                    per_class_quota=self.policy.per_class_quota)
+            except (sqlite3.Error, OSError, CaptureError) as err:
+                failed = True
+                with self._lock:
+                    self.errors += 1
+                    self.degraded = f"{self.store.path}: {one_line(err)}"
+                ids.append(None)
+                continue
+            with self._lock:
+                self.degraded = None
+                if rid is not None:
+                    self.captured += 1
             ids.append(rid)
         return ids
 
@@ -291,10 +494,11 @@ CSV_COLUMNS = ("id", "created", "model_name", "model_version", "reason", "score"
                "confidence", "margin", "entropy", "has_input", "label")
 
 
-def export_dataset(store_path: "str | Path", out_dir: "str | Path") -> Dict[str, Any]:
+def export_dataset(store_path: "str | Path", out_dir: "str | Path", version: Any = None) -> Dict[str, Any]:
     """Write ``samples.npz`` (``x``: the raw inputs, ``ids``) and ``samples.csv`` (one row per
     sample: prediction, scores, reason and an empty ``label`` column to fill) into ``out_dir``,
-    which must not exist yet or be empty.  Returns a summary."""
+    which must not exist yet or be empty.  ``version`` keeps only the samples one model version
+    captured (needed when versions take inputs of different shapes).  Returns a summary."""
     import csv
     import datetime as dt
 
@@ -302,15 +506,30 @@ def export_dataset(store_path: "str | Path", out_dir: "str | Path") -> Dict[str,
     if not store_path.is_file():
         raise FileNotFoundError(f"{store_path}: no such capture store")
     out_dir = Path(out_dir)
-    store = CaptureStore(store_path, budget_bytes=2**62)
+    store = CaptureStore(store_path, budget_bytes=2**62, readonly=True)
     try:
         rows = list(store.rows(with_input=True))
     finally:
         store.close()
+    versions = sorted({str(r["model_version"]) for r in rows}, key=_version_key)
+    if version is not None:
+        rows = [r for r in rows if str(r["model_version"]) == str(version)]
+        if not rows:
+            raise ValueError(f"no samples from model version {version}; the store holds versions "
+                             f"{', '.join(versions) or '(none)'}")
     xs = [r["input"] for r in rows if r["input"] is not None]
-    shapes = {tuple(x.shape) for x in xs}
-    if len(shapes) > 1:
-        raise ValueError(f"captured inputs have different shapes {sorted(shapes)}; export per model version")
+    by_shape: Dict[tuple, set] = {}
+    for r in rows:
+        if r["input"] is not None:
+            by_shape.setdefault(tuple(r["input"].shape), set()).add(str(r["model_version"]))
+    if len(by_shape) > 1:
+        what = "; ".join(f"shape {list(k)} from version {', '.join(sorted(v, key=_version_key))}"
+                         for k, v in sorted(by_shape.items()))
+        if version is None:
+            raise ValueError(f"captured inputs have different shapes ({what}); pick one model version "
+                             "with --version N")
+        raise ValueError(f"version {version} captured inputs of different shapes ({what}); "
+                         "they cannot go into one array")
     out_dir.mkdir(parents=True, exist_ok=True)
     ids = np.asarray([r["id"] for r in rows if r["input"] is not None], dtype=np.int64)
     x = np.stack(xs) if xs else np.zeros((0,), dtype=np.float32)
@@ -333,5 +552,9 @@ def export_dataset(store_path: "str | Path", out_dir: "str | Path") -> Dict[str,
         "Fill the 'label' column (use the model's label names), then run\n"
         "  edgeloop improve --bundle BUNDLE --data THIS_FOLDER -o NEW_BUNDLE\n"
         "Rows with has_input=0 were captured in privacy mode: no raw input was stored.\n")
-    return {"samples": len(rows), "with_input": int(len(ids)), "dir": str(out_dir),
+    return {"samples": len(rows), "with_input": int(len(ids)), "dir": str(out_dir), "version": version,
             "reasons": {k: sum(1 for r in rows if r["reason"] == k) for k in sorted({r["reason"] for r in rows})}}
+
+
+def _version_key(v: str) -> tuple:
+    return (0, float(v), v) if v.replace(".", "", 1).isdigit() else (1, 0.0, v)

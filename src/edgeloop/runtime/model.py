@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import io
 import math
+import re
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence
 
@@ -20,7 +21,7 @@ from .bundle import MODEL, BundleError, verify_bundle
 DTYPES = {"float32": np.float32, "float64": np.float64, "float16": np.float16, "int64": np.int64,
           "int32": np.int32, "int8": np.int8, "uint8": np.uint8, "bool": np.bool_}
 MAX_BATCH = 1024
-MAX_IMAGE_PIXELS = 64_000_000
+MAX_IMAGE_PIXELS = 4_000_000  # default upload limit: 4 megapixels decode to at most ~16 MB (RGBA)
 
 
 class InputError(Exception):
@@ -153,8 +154,11 @@ class BundleModel:
             raise InputError(f"batch of {arr.shape[0]} rows is above the limit of {MAX_BATCH}", status=413)
         return np.ascontiguousarray(arr)
 
-    def decode_image(self, payload: bytes) -> np.ndarray:
-        """Decode an uploaded image and preprocess it as the manifest says (Pillow, imported here)."""
+    def decode_image(self, payload: bytes, max_pixels: int = MAX_IMAGE_PIXELS) -> np.ndarray:
+        """Decode an uploaded image and preprocess it as the manifest says (Pillow, imported here).
+
+        An image of more than ``max_pixels`` is refused (413) from its header, before any pixel is
+        decoded: a small compressed file can otherwise expand to gigabytes (a decompression bomb)."""
         if not self.is_image:
             raise InputError("this model takes arrays, not images; POST JSON", status=415)
         try:
@@ -162,11 +166,20 @@ class BundleModel:
         except ImportError:  # pragma: no cover - image bundles list pillow in requirements.txt
             raise InputError("image upload needs Pillow on this device (pip install pillow)", status=415) from None
         pre = self.preprocessing
-        Image.MAX_IMAGE_PIXELS = MAX_IMAGE_PIXELS
+        # Pillow's own guard: open() raises DecompressionBombError above twice this, which the
+        # header check below then never needs; a process serving one limit sets it once.
+        Image.MAX_IMAGE_PIXELS = max_pixels
+        too_big = f"is above the limit of {max_pixels} pixels (--max-image-pixels)"
         try:
-            img = Image.open(io.BytesIO(payload))
+            img = Image.open(io.BytesIO(payload))  # lazy: reads the header only
+            w, h = img.size
+            if w * h > max_pixels:
+                raise InputError(f"a {w}x{h} image {too_big}", status=413)
             img.load()
-        except (UnidentifiedImageError, OSError, ValueError, SyntaxError, Image.DecompressionBombError) as e:
+        except Image.DecompressionBombError as e:  # Pillow's message names the pixel count
+            n = re.search(r"\((\d+) pixels\)", str(e))
+            raise InputError(f"an image of {n.group(1) if n else 'too many'} pixels {too_big}", status=413) from None
+        except (UnidentifiedImageError, OSError, ValueError, SyntaxError, EOFError) as e:
             raise InputError(f"not a decodable image ({type(e).__name__})", status=415) from None
         channels = int(pre.get("channels", 1))
         img = img.convert("L" if channels == 1 else "RGB")

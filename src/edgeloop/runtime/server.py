@@ -6,35 +6,51 @@ Endpoints:
                          (``image/png``, ``image/jpeg``, ...) or a multipart form field ``file``.
   GET  /health           model name, version and capture state.
   GET  /metrics          Prometheus text: request counts by path and status, latency quantiles.
-  POST /admin/reload     load the bundle again (or ``{"bundle": "/path"}``), verify its hashes,
-                         switch atomically; a failed load keeps the current version.
+  POST /admin/reload     load the bundle again (or ``{"bundle": "/path"}``, a folder under the
+                         bundles folder), verify its hashes, switch atomically; a failed load
+                         keeps the current version, reloading the version being served is a no-op.
   POST /admin/rollback   switch back to the previous version.
-Admin endpoints answer only loopback clients.  SIGHUP reloads the bundle path given at start.
+Admin endpoints answer only loopback clients, and only a request a web page cannot forge: it must
+say ``Content-Type: application/json``, carry ``Authorization: Bearer TOKEN`` (a token made at
+start and written to a 0600 file), have a ``Host`` that is the server's own address (no DNS
+rebinding) and no foreign ``Origin``.  SIGHUP reloads the bundle path given at start.
+
+Decoding, inference and capture run in a worker thread, so /health answers while a slow request
+runs; an image above ``max_image_pixels`` is refused (413) from its header, before decoding.  A
+capture failure (disk full, read-only or corrupt store) never fails a prediction: it is counted
+and /health reports the capture as degraded until a later write succeeds.
 """
 
 from __future__ import annotations
 
 import asyncio
+import hmac
 import json
 import logging
+import math
+import os
+import secrets
 import signal
 import socket
+import tempfile
 import threading
 import time
 from collections import deque
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Deque, Dict, List, Optional, Tuple
 
 import numpy as np
 
 from .bundle import BundleError
-from .capture import CapturePolicy, CaptureStore, Capturer
-from .model import BundleModel, InputError
+from .capture import MIN_BUDGET, CaptureError, CapturePolicy, CaptureStore, Capturer
+from .model import MAX_IMAGE_PIXELS, BundleModel, InputError
 
 log = logging.getLogger("edgeloop.runtime")
 IMAGE_TYPES = ("image/png", "image/jpeg", "image/bmp", "image/gif", "image/webp", "image/tiff",
                "image/x-portable-graymap", "image/x-portable-anymap")
 LOOPBACK = {"127.0.0.1", "::1", "localhost"}
+TOKEN_FILE = "admin-token"
 
 
 class StartupError(BundleError):
@@ -53,6 +69,68 @@ class ServerConfig:
     privacy: bool = False
     policy: CapturePolicy = field(default_factory=CapturePolicy)
     keep_versions: int = 3
+    max_image_pixels: int = MAX_IMAGE_PIXELS
+    bundles_dir: Optional[str] = None  # reload paths must be under it; default: the bundle's parent
+    admin_token_file: Optional[str] = None  # default: next to the capture store
+    admin_token: Optional[str] = None  # default: a new random token at every start
+
+
+def _whole(v: Any) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def check_config(config: ServerConfig) -> None:
+    """Refuse nonsensical numbers with one line naming the option (StartupError, exit 2)."""
+    pol = config.policy
+    problems = []
+    if not (_whole(config.port) and 0 < config.port < 65536):
+        problems.append(f"--port must be between 1 and 65535, got {config.port}")
+    if not (_whole(config.threads) and config.threads >= 1):
+        problems.append(f"--threads must be a whole number of at least 1, got {config.threads}")
+    if not (_whole(config.max_body_bytes) and config.max_body_bytes >= 1):
+        problems.append(f"--max-body-bytes must be at least 1, got {config.max_body_bytes}")
+    if not (_whole(config.max_image_pixels) and config.max_image_pixels >= 1):
+        problems.append(f"--max-image-pixels must be at least 1, got {config.max_image_pixels}")
+    if not (_whole(config.capture_budget_bytes) and config.capture_budget_bytes >= MIN_BUDGET):
+        problems.append(f"--capture-budget-mb must be a number of at least {MIN_BUDGET / 2**20:g} "
+                        f"(64 KiB), got {config.capture_budget_bytes / 2**20:g}")
+    for flag, v in [("--confidence-below", pol.confidence_below), ("--margin-below", pol.margin_below),
+                    ("--entropy-above", pol.entropy_above), ("--random-rate", pol.random_rate)]:
+        if v is not None and not (isinstance(v, (int, float)) and 0.0 <= v <= 1.0):  # NaN fails too
+            problems.append(f"{flag} must be between 0 and 1, got {v}")
+    if pol.per_class_quota is not None and not (_whole(pol.per_class_quota) and pol.per_class_quota >= 1):
+        problems.append(f"--per-class-quota must be a whole number of at least 1, got {pol.per_class_quota}")
+    m = pol.max_per_minute
+    if m is not None and not (isinstance(m, (int, float)) and math.isfinite(m) and m >= 0):
+        problems.append(f"--max-captures-per-minute must be a finite number of at least 0, got {m}")
+    if problems:
+        raise StartupError(problems[0])
+
+
+def _capture_budget_bytes(mb: float) -> int:
+    """``--capture-budget-mb`` to bytes (StartupError for NaN or infinity; check_config does the rest)."""
+    if not math.isfinite(mb):
+        raise StartupError(f"--capture-budget-mb must be a finite number, got {mb}")
+    return int(mb * 2**20)
+
+
+def _write_token(path: Path, token: str) -> None:
+    """Write the admin token to ``path`` with mode 0600, atomically (a reader never sees half)."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as f:
+            f.write(token + "\n")
+        os.chmod(tmp, 0o600)
+        os.replace(tmp, path)
+    except OSError as e:
+        try:
+            tmp.unlink()
+        except OSError:
+            pass
+        raise StartupError(f"{path}: cannot write the admin token file ({e.strerror or e}); "
+                           "choose another place with --admin-token-file") from None
 
 
 class Metrics:
@@ -105,23 +183,47 @@ class State:
     """The current model and its predecessors; switching is one reference assignment."""
 
     def __init__(self, config: ServerConfig):
+        check_config(config)
         self.config = config
         self.model = BundleModel(config.bundle, threads=config.threads)
+        self.first = self.model
         self.history: List[BundleModel] = []
         self.lock = threading.Lock()
+        self.bundles_dir = Path(config.bundles_dir or Path(config.bundle).resolve().parent).resolve()
+        if not self.bundles_dir.is_dir():
+            raise StartupError(f"{self.bundles_dir}: --bundles-dir is not a folder")
         self.capturer: Optional[Capturer] = None
         if config.capture:
-            store = CaptureStore(config.capture, budget_bytes=config.capture_budget_bytes,
-                                 privacy=config.privacy)
+            try:
+                store = CaptureStore(config.capture, budget_bytes=config.capture_budget_bytes,
+                                     privacy=config.privacy)
+            except CaptureError as e:
+                raise StartupError(f"--capture {e}") from None
             self.capturer = Capturer(store, config.policy)
+        self.admin_token = config.admin_token or secrets.token_urlsafe(32)
+        self.token_file: Optional[Path] = None
+        if config.admin_token_file:
+            self.token_file = Path(config.admin_token_file)
+        elif config.capture:
+            self.token_file = Path(config.capture).parent / TOKEN_FILE
+        if self.token_file is not None:
+            _write_token(self.token_file, self.admin_token)
 
-    def reload(self, path: Optional[str] = None) -> BundleModel:
+    def reload(self, path: Optional[str] = None) -> Tuple[BundleModel, bool]:
+        """Load, verify and switch to a bundle; returns (the model now serving, whether it changed).
+
+        Reloading the version being served (same folder, same manifest) changes nothing; the history
+        holds each version once, at most ``keep_versions``, and always the one served at start."""
         with self.lock:
             new = BundleModel(path or self.config.bundle, threads=self.config.threads)
-            self.history.append(self.model)
-            del self.history[:-self.config.keep_versions]
+            if _same(new, self.model):
+                return self.model, False
+            self.history = [m for m in self.history if not _same(m, self.model)] + [self.model]
+            while len(self.history) > max(1, self.config.keep_versions):
+                oldest = next((i for i, m in enumerate(self.history) if m is not self.first), 0)
+                del self.history[oldest]
             self.model = new
-            return new
+            return new, True
 
     def rollback(self) -> BundleModel:
         with self.lock:
@@ -129,6 +231,10 @@ class State:
                 raise InputError("no previous version to roll back to", status=409)
             self.model = self.history.pop()
             return self.model
+
+
+def _same(a: BundleModel, b: BundleModel) -> bool:
+    return a.path.resolve() == b.path.resolve() and a.manifest == b.manifest
 
 
 def _error(status: int, message: str) -> Any:
@@ -196,6 +302,7 @@ def _jsonable(x: Any) -> Any:
 def create_app(config: ServerConfig, state: Optional[State] = None) -> Any:
     """The Starlette application (raises BundleError if the bundle does not verify)."""
     from starlette.applications import Starlette
+    from starlette.concurrency import run_in_threadpool
     from starlette.requests import Request
     from starlette.responses import JSONResponse, PlainTextResponse, Response
     from starlette.routing import Route
@@ -208,14 +315,21 @@ def create_app(config: ServerConfig, state: Optional[State] = None) -> Any:
         ctype = request.headers.get("content-type", "").split(";")[0].strip().lower()
         body = await _read_body(request, config.max_body_bytes)
         if ctype in ("application/json", "text/json") or ctype.endswith("+json"):
-            batch = _inputs_from_json(body, model)
+            decode = lambda: _inputs_from_json(body, model)  # noqa: E731
         elif ctype in IMAGE_TYPES or (ctype == "application/octet-stream" and model.is_image):
-            batch = model.decode_image(body)
+            decode = lambda: model.decode_image(body, max_pixels=config.max_image_pixels)  # noqa: E731
         elif ctype == "multipart/form-data":
-            batch = model.decode_image(await _multipart_file(request, body))
+            upload = await _multipart_file(request, body)
+            decode = lambda: model.decode_image(upload, max_pixels=config.max_image_pixels)  # noqa: E731
         else:
             kinds = "application/json" + (", an image type or multipart/form-data" if model.is_image else "")
             raise InputError(f"unsupported Content-Type '{ctype or '(none)'}'; send {kinds}", status=415)
+        # Parsing, decoding, inference and capture are CPU or disk work: a worker thread does them,
+        # so the event loop keeps answering /health and other requests meanwhile.
+        return JSONResponse(await run_in_threadpool(_answer, model, decode))
+
+    def _answer(model: BundleModel, decode: Any) -> Dict[str, Any]:
+        batch = decode()
         t0 = time.perf_counter()
         result = model.predict(batch)
         metrics.inference.append(time.perf_counter() - t0)
@@ -230,7 +344,7 @@ def create_app(config: ServerConfig, state: Optional[State] = None) -> Any:
             doc["confidence"] = [round(float(c), 6) for c in result["confidence"]]
         if state.capturer is not None:
             doc["captured"] = state.capturer.consider(model, batch, result)
-        return JSONResponse(doc)
+        return doc
 
     async def _multipart_file(request: Request, body: bytes) -> bytes:
         # The body was already read under the size limit; let Starlette parse it from memory.
@@ -255,10 +369,10 @@ def create_app(config: ServerConfig, state: Optional[State] = None) -> Any:
                "previous_versions": [h.version for h in state.history],
                "capture": None}
         if state.capturer is not None:
-            doc["capture"] = {"store": str(state.capturer.store.path), "privacy": state.capturer.store.privacy,
-                              "captured": state.capturer.captured,
-                              "used_bytes": state.capturer.store.used_bytes,
-                              "budget_bytes": state.capturer.store.budget_bytes}
+            cap = state.capturer
+            doc["capture"] = {"store": str(cap.store.path), "privacy": cap.store.privacy,
+                              "captured": cap.captured, "used_bytes": cap.store.used_bytes,
+                              "budget_bytes": cap.store.budget_bytes, **cap.status()}
         return JSONResponse(doc)
 
     async def metrics_endpoint(request: Request) -> Response:
@@ -271,36 +385,65 @@ def create_app(config: ServerConfig, state: Optional[State] = None) -> Any:
             extra["edgeloop_captured_total"] = state.capturer.captured
             extra["edgeloop_capture_rate_limited_total"] = state.capturer.skipped_rate
             extra["edgeloop_capture_store_bytes"] = state.capturer.store.used_bytes
+            extra["edgeloop_capture_errors_total"] = state.capturer.errors
+            extra["edgeloop_capture_degraded"] = 1.0 if state.capturer.degraded else 0.0
         return PlainTextResponse(metrics.render(extra), media_type="text/plain; version=0.0.4")
 
-    def _admin_allowed(request: Request) -> bool:
-        host = request.client.host if request.client else ""
-        return host in LOOPBACK
+    def _admin_refusal(request: Request) -> Optional[Any]:
+        """None if an admin request may go on, else the 4xx answer that refuses it."""
+        if (request.client.host if request.client else "") not in LOOPBACK:
+            return _error(403, "admin endpoints answer loopback clients only")
+        own = _own_hosts(request.scope.get("server"), config)
+        host = request.headers.get("host", "").strip().lower()
+        if host not in own:
+            return _error(403, f"Host header '{host[:100]}' is not this server's address "
+                               f"(expected {sorted(own)[0]}); refusing a DNS-rebinding request")
+        origin = request.headers.get("origin")
+        if origin is not None and origin.strip().lower().rstrip("/") not in {f"http://{h}" for h in own}:
+            return _error(403, f"cross-site request from Origin '{origin[:100]}' refused")
+        auth = request.headers.get("authorization", "")
+        scheme, _, token = auth.partition(" ")
+        if scheme.lower() != "bearer" or not hmac.compare_digest(token.strip().encode(),
+                                                                 state.admin_token.encode()):
+            where = f" (the token is in {state.token_file})" if state.token_file else ""
+            return _error(401, f"admin endpoints need 'Authorization: Bearer TOKEN'{where}")
+        ctype = request.headers.get("content-type", "").split(";")[0].strip().lower()
+        if ctype != "application/json":
+            return _error(415, f"admin endpoints take Content-Type application/json, got '{ctype or '(none)'}'")
+        return None
 
     async def reload(request: Request) -> Response:
-        if not _admin_allowed(request):
-            return _error(403, "admin endpoints answer loopback clients only")
+        refusal = _admin_refusal(request)
+        if refusal is not None:
+            return refusal
         body = await _read_body(request, 64 * 1024)
         path = None
         if body.strip():
             try:
                 doc = json.loads(body)
-            except ValueError as e:
+            except (ValueError, UnicodeDecodeError) as e:
                 raise InputError(f"malformed JSON: {e}", status=400) from None
             path = doc.get("bundle") if isinstance(doc, dict) else None
             if path is not None and not isinstance(path, str):
                 raise InputError("'bundle' must be a path string", status=400)
+        if path is not None:
+            try:
+                Path(path).resolve().relative_to(state.bundles_dir)
+            except (ValueError, OSError):
+                return _error(403, f"reload path {path[:200]} is outside the bundles folder {state.bundles_dir} "
+                                   "(--bundles-dir)")
         old = state.model.version
         try:
-            new = await asyncio.get_running_loop().run_in_executor(None, state.reload, path)
+            new, changed = await run_in_threadpool(state.reload, path)
         except BundleError as e:
             return _error(409, f"reload refused, still serving version {old}: {e}")
-        return JSONResponse({"status": "reloaded", "version": new.version, "previous": old,
-                             "bundle": str(new.path)})
+        return JSONResponse({"status": "reloaded" if changed else "unchanged", "version": new.version,
+                             "previous": old, "bundle": str(new.path)})
 
     async def rollback(request: Request) -> Response:
-        if not _admin_allowed(request):
-            return _error(403, "admin endpoints answer loopback clients only")
+        refusal = _admin_refusal(request)
+        if refusal is not None:
+            return refusal
         old = state.model.version
         m = state.rollback()
         return JSONResponse({"status": "rolled back", "version": m.version, "previous": old,
@@ -344,17 +487,58 @@ def create_app(config: ServerConfig, state: Optional[State] = None) -> Any:
 _KNOWN = {"/predict", "/health", "/metrics", "/admin/reload", "/admin/rollback"}
 
 
+def _own_hosts(server: Any, config: ServerConfig) -> set:
+    """The Host header values that name this server: the address the connection came in on
+    (the ASGI ``server`` pair) and, for a loopback address, the other loopback spellings."""
+    host, port = (server[0], server[1]) if server else (config.host, config.port)
+    names = {str(host).lower()}
+    if names & LOOPBACK or str(host) in ("0.0.0.0", "::"):
+        names |= LOOPBACK
+    out = set()
+    for name in names:
+        shown = f"[{name}]" if ":" in name else name
+        out.add(f"{shown}:{port}")
+        if port == 80:
+            out.add(shown)
+    return out
+
+
 def serve(config: ServerConfig) -> None:
     """Verify the bundle, then run uvicorn until interrupted (SIGHUP reloads the bundle)."""
+    private = None
+    if not (config.admin_token_file or config.capture):
+        # no capture store to put it beside: a private folder of its own (mode 0700), removed at exit
+        private = tempfile.TemporaryDirectory(prefix="edgeloop-admin-")
+        config.admin_token_file = str(Path(private.name) / TOKEN_FILE)
+    def on_term(signum: int, frame: Any) -> None:
+        # uvicorn shuts down gracefully on SIGTERM, then raises the signal again with the handler
+        # it found: this one turns it into an exit (code 143) that still runs the cleanup below.
+        raise SystemExit(128 + signum)
+
+    previous = signal.signal(signal.SIGTERM, on_term) if threading.current_thread() is threading.main_thread() else None
+    try:
+        _run(config)
+    finally:
+        if private is not None:
+            private.cleanup()
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
+
+
+def _run(config: ServerConfig) -> None:
     import uvicorn
 
     app = create_app(config)
     state: State = app.state  # type: ignore[attr-defined]
 
-    def on_hup() -> None:
+    def on_hup() -> None:  # loading a model is slow work: off the event loop like the requests
+        asyncio.get_running_loop().run_in_executor(None, hup_reload)
+
+    def hup_reload() -> None:
         try:
-            m = state.reload()
-            log.warning("SIGHUP: now serving %s version %s", m.name, m.version)
+            m, changed = state.reload()
+            log.warning("SIGHUP: %s %s version %s", "now serving" if changed else "unchanged, still serving",
+                        m.name, m.version)
         except BundleError as e:
             log.error("SIGHUP reload refused, still serving version %s: %s", state.model.version, e)
 
@@ -378,5 +562,7 @@ def serve(config: ServerConfig) -> None:
     ucfg = uvicorn.Config(app, host=config.host, port=config.port, log_level="warning",
                           access_log=False, server_header=False, lifespan="off")
     print(f"serving {state.model.name} version {state.model.version} on http://{config.host}:{config.port}",
+          flush=True)
+    print(f"admin token written to {state.token_file} (send 'Authorization: Bearer TOKEN' to /admin/*)",
           flush=True)
     _Server(ucfg).run()
