@@ -35,6 +35,7 @@ def register(app: typer.Typer) -> None:
         per_class_quota: Optional[int] = typer.Option(None, "--per-class-quota", help="At most this many samples per predicted class."),
         max_per_minute: float = typer.Option(120.0, "--max-captures-per-minute", help="Rate limit of captures (0 = no limit)."),
         max_body: int = typer.Option(1 << 20, "--max-body-bytes", help="Larger request bodies get 413."),
+        trust: Optional[Path] = typer.Option(None, "--trust", help="Ed25519 public key (KEY.pub from `edgeloop keys create`): serve only bundles whose manifest.sig it verifies, at start, on /admin/reload and on SIGHUP."),
     ) -> None:
         """Serve a bundle over HTTP: POST /predict, GET /health, GET /metrics, POST /admin/reload|rollback.
 
@@ -56,7 +57,8 @@ def register(app: typer.Typer) -> None:
                                max_per_minute=max_per_minute or None)
         config = ServerConfig(bundle=str(bundle), host=host, port=port, threads=threads, max_body_bytes=max_body,
                               capture=str(capture) if capture else None,
-                              capture_budget_bytes=int(budget_mb * 2**20), privacy=privacy, policy=policy)
+                              capture_budget_bytes=int(budget_mb * 2**20), privacy=privacy, policy=policy,
+                              trust=str(trust) if trust else None)
         try:
             run_server(config)
         except BundleError as e:
@@ -112,9 +114,7 @@ def register(app: typer.Typer) -> None:
             except ValueError as e:
                 raise UsageError(str(e), where=str(store)) from None
 
-        if output.is_dir() and any(output.iterdir()) and not (output / "samples.csv").is_file():
-            raise UsageError(f"{output} is a non-empty folder that is not a samples export; refusing to replace it")
-        write_atomically(output, fill, marker="samples.csv")
+        write_atomically(output, fill, kind="samples")
         summary["dir"] = str(output)
         if as_json:
             sys.stdout.write(json.dumps(summary, indent=2) + "\n")

@@ -33,6 +33,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--per-class-quota", type=int, default=None)
     p.add_argument("--max-captures-per-minute", type=_positive_or_none, default=120.0)
     p.add_argument("--seed", type=int, default=None)
+    p.add_argument("--trust", default=None, metavar="KEY.pub",
+                   help="serve only bundles signed by this Ed25519 public key (at start, /admin/reload and SIGHUP)")
     return p
 
 
@@ -44,7 +46,7 @@ def config_from_args(a: argparse.Namespace) -> ServerConfig:
     return ServerConfig(bundle=a.bundle, host=a.host, port=a.port, threads=a.threads,
                         max_body_bytes=a.max_body_bytes, capture=a.capture,
                         capture_budget_bytes=int(a.capture_budget_mb * 2**20), privacy=a.privacy,
-                        policy=policy)
+                        policy=policy, trust=a.trust)
 
 
 def main(argv: Optional[List[str]] = None) -> None:

@@ -53,6 +53,7 @@ class ServerConfig:
     privacy: bool = False
     policy: CapturePolicy = field(default_factory=CapturePolicy)
     keep_versions: int = 3
+    trust: Optional[str] = None  # public key file: only bundles signed by it load (at start and on reload)
 
 
 class Metrics:
@@ -106,7 +107,7 @@ class State:
 
     def __init__(self, config: ServerConfig):
         self.config = config
-        self.model = BundleModel(config.bundle, threads=config.threads)
+        self.model = BundleModel(config.bundle, threads=config.threads, trust=config.trust)
         self.history: List[BundleModel] = []
         self.lock = threading.Lock()
         self.capturer: Optional[Capturer] = None
@@ -117,7 +118,7 @@ class State:
 
     def reload(self, path: Optional[str] = None) -> BundleModel:
         with self.lock:
-            new = BundleModel(path or self.config.bundle, threads=self.config.threads)
+            new = BundleModel(path or self.config.bundle, threads=self.config.threads, trust=self.config.trust)
             self.history.append(self.model)
             del self.history[:-self.config.keep_versions]
             self.model = new
@@ -253,7 +254,7 @@ def create_app(config: ServerConfig, state: Optional[State] = None) -> Any:
         m = state.model
         doc = {"status": "ok", "model": m.name, "version": m.version, "bundle": str(m.path),
                "previous_versions": [h.version for h in state.history],
-               "capture": None}
+               "capture": None, **m.signature}
         if state.capturer is not None:
             doc["capture"] = {"store": str(state.capturer.store.path), "privacy": state.capturer.store.privacy,
                               "captured": state.capturer.captured,
