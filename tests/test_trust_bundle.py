@@ -126,6 +126,13 @@ def test_signed_manifest_lists_every_file_with_its_hash(signed, keys, tmp_path_f
     pins = (signed / "requirements.txt").read_text()
     assert "cryptography==" in pins and "cryptography==" in " ".join(m["requirements"])
     assert "cryptography" not in (digits_bundle(tmp_path_factory) / "requirements.txt").read_text()
+    # Docker: the compose file mounts the trusted key from outside the bundle and starts with --trust
+    import yaml
+
+    service = yaml.safe_load((signed / "docker-compose.yml").read_text())["services"]["model"]
+    assert service["command"][-2:] == ["--trust", "/trust/key.pub"]
+    assert any(v.endswith(":/trust/key.pub:ro") for v in service["volumes"])
+    assert (signed / ".dockerignore").read_text().splitlines()[-1] == "captures/"  # captures never in an image
 
 
 def test_sign_needs_a_private_key_and_a_linux_target(tmp_path, keys, tmp_path_factory):

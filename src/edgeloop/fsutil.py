@@ -235,7 +235,7 @@ def staged_dir(out: str | os.PathLike, *, kind: str, kept: Optional[list] = None
     paths appended to ``kept`` when given.
     """
     out = Path(out)
-    previous = check_output_dir(out, kind=kind)
+    check_output_dir(out, kind=kind)
     real = Path(os.path.realpath(out))  # a symbolic link to the output folder stays a link
     parent = real.parent
     try:
@@ -248,7 +248,8 @@ def staged_dir(out: str | os.PathLike, *, kind: str, kept: Optional[list] = None
         yield tmp
         _write_marker(tmp, kind)
         if real.exists():
-            _swap(real, tmp, previous, kept)
+            # read the marker again: what edgeloop owns is what it owns now, not before the long work
+            _swap(real, tmp, check_output_dir(real, kind=kind), kept)
         else:
             os.replace(tmp, real)
     except _KeepStaging:

@@ -172,7 +172,7 @@ def _relative_path(rel: Any, field: str) -> None:
           field, f"names a path outside the bundle or not in POSIX form: {rel!r}")
 
 
-def _tensor_specs(m: Dict[str, Any], key: str) -> List[Dict[str, Any]]:
+def _tensor_specs(m: Dict[str, Any], key: str, min_rank: int) -> List[Dict[str, Any]]:
     specs = m.get(key)
     _need(isinstance(specs, list), key, "must be a list of tensors")
     for i, spec in enumerate(specs):
@@ -181,7 +181,8 @@ def _tensor_specs(m: Dict[str, Any], key: str) -> List[Dict[str, Any]]:
         _need(isinstance(spec.get("name"), str) and spec["name"] != "", f"{where}.name", "must be a non-empty string")
         _need(isinstance(spec.get("dtype"), str), f"{where}.dtype", "must be a string")
         shape = spec.get("shape")
-        _need(isinstance(shape, list) and len(shape) >= 1, f"{where}.shape", "must be a list with a batch dimension")
+        _need(isinstance(shape, list) and len(shape) >= min_rank, f"{where}.shape",
+              "must be a list" + (" with a batch dimension" if min_rank else ""))
         _need(all(d is None or (_is_int(d) and d > 0) for d in shape), f"{where}.shape",
               "must hold positive integers or null")
     return specs
@@ -238,12 +239,12 @@ def _validate(m: Dict[str, Any]) -> None:
     target = m.get("target")
     _need(target is None or (isinstance(target, dict) and isinstance(target.get("id"), str)), "target",
           "must be an object with a string 'id'")
-    inputs = _tensor_specs(m, "inputs")
+    inputs = _tensor_specs(m, "inputs", 1)
     _need(len(inputs) >= 1, "inputs", "lists no input")
     for i, spec in enumerate(inputs):
         _need(spec["dtype"] in DTYPE_NAMES, f"inputs[{i}].dtype",
               f"must be one of {', '.join(DTYPE_NAMES)}, got {spec['dtype']!r}")
-    outputs = _tensor_specs(m, "outputs")
+    outputs = _tensor_specs(m, "outputs", 0)
     _need(len(outputs) >= 1, "outputs", "lists no output")
     names = [o["name"] for o in outputs]
     post = m.get("postprocess") or {}
@@ -258,7 +259,7 @@ def _validate(m: Dict[str, Any]) -> None:
     _need(labels is None or (isinstance(labels, list) and all(isinstance(v, (str, int, float)) for v in labels)),
           "labels", "must be null or a list of strings or numbers")
     if labels and post.get("scores"):
-        width = next(o["shape"][-1] for o in outputs if o["name"] == post["scores"])
+        width = next((o["shape"] or [None])[-1] for o in outputs if o["name"] == post["scores"])
         _need(width is None or width == 1 or width == len(labels), "labels",
               f"lists {len(labels)} labels, the scores output '{post['scores']}' has {width} classes")
     _check_preprocessing(m.get("preprocessing"))

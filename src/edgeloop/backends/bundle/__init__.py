@@ -223,7 +223,7 @@ def _compose(pack: Packaging, name: str, version: int, signed: bool = False) -> 
         "      - ./captures:/data",
     ]
     if signed:  # the trusted public key comes from outside the bundle: a key inside it would prove nothing
-        lines += ["      - ${EDGELOOP_TRUST_KEY:?set EDGELOOP_TRUST_KEY to the public key file (KEY.pub)}:/trust/key.pub:ro",
+        lines += ['      - "${EDGELOOP_TRUST_KEY:?set EDGELOOP_TRUST_KEY to the public key file, KEY.pub}:/trust/key.pub:ro"',
                   '    command: ["python", "-m", "edgeloop_runtime", "/app", "--host", "0.0.0.0", "--port", "8080", '
                   '"--capture", "/data/captures.db", "--trust", "/trust/key.pub"]']
     if pack.gpu:
