@@ -260,7 +260,8 @@ def test_reload_with_trust_takes_only_bundles_signed_by_the_key(signed, keys, tm
     src = digits_joblib(tmp_path_factory)
     v2 = tmp_path / "v2"
     build_bundle(load_file(src), v2, "raspberry-pi-4", version=2, source_path=str(src), sign=keys / "release")
-    assert state.reload(str(v2)).version == 2 and state.model.signature["signature"] == "verified"
+    state.reload(str(v2))
+    assert state.model.version == 2 and state.model.signature["signature"] == "verified"
 
 
 def test_runtime_imports_cryptography_only_for_trust(signed, keys):

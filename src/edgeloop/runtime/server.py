@@ -44,6 +44,7 @@ class StartupError(BundleError):
 @dataclass
 class ServerConfig:
     bundle: str
+    trust: Optional[str] = None  # public key file: only bundles signed by it load (at start and on reload)
     host: str = "127.0.0.1"
     port: int = 8080
     threads: int = 1
@@ -53,7 +54,6 @@ class ServerConfig:
     privacy: bool = False
     policy: CapturePolicy = field(default_factory=CapturePolicy)
     keep_versions: int = 3
-    trust: Optional[str] = None  # public key file: only bundles signed by it load (at start and on reload)
 
 
 class Metrics:
