@@ -40,7 +40,7 @@ def test_export_kws_files_and_report(mlperf_dir, tmp_path):
     r = _cli("export", str(mlperf_dir / "kws_ref_model.tflite"), "--target", "stm32l4r5",
              "-o", str(out), "--name", "kws", "--json")
     assert r.returncode == 0, r.stderr
-    assert sorted(p.name for p in out.iterdir()) == ["kws.c", "kws.h", "report.json"]
+    assert sorted(p.name for p in out.iterdir()) == [".edgeloop-output.json", "kws.c", "kws.h", "report.json"]
     report = json.loads((out / "report.json").read_text())
     assert json.loads(r.stdout) == report
     # the input (490 B) and the first conv output (8,000 B); the rest runs in place
@@ -65,7 +65,7 @@ def test_export_replaces_output_only_on_success(tmp_path):
     assert r.returncode == 0, r.stderr
     assert "arena" in r.stdout
     before = {p.name: p.read_bytes() for p in out.iterdir()}
-    assert set(before) == {"model.c", "model.h", "report.json"}
+    assert set(before) == {".edgeloop-output.json", "model.c", "model.h", "report.json"}
     # an unsupported operator: one line naming the node and the operator, exit 2,
     # OUT untouched, no temporary folder left beside it
     r = _cli("export", str(bad), "--target", "nrf52840", "-o", str(out))

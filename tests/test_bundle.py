@@ -37,10 +37,11 @@ def test_export_cli_writes_a_complete_bundle(tmp_path_factory, tmp_path):
     assert m["labels"] == list(range(10)) and m["task"] == "classification"
     assert m["provenance"]["source_format"] == "sklearn"
     assert m["provenance"]["source_file"] == f"source/{src.name}"
-    # every file except the manifest is hashed, and the hashes are right
+    # every file except the manifest and edgeloop's output marker is hashed, and the hashes are right
     import hashlib
 
-    assert set(m["files"]) == names - {"manifest.json"}
+    assert m["hash"] == "sha256" and m["signed"] is None and not (out / "manifest.sig").exists()
+    assert set(m["files"]) == names - {"manifest.json", ".edgeloop-output.json"}
     for rel, digest in m["files"].items():
         assert hashlib.sha256((out / rel).read_bytes()).hexdigest() == digest
     assert (out / "source" / src.name).read_bytes() == src.read_bytes()

@@ -205,9 +205,9 @@ def version() -> None:
 
 def _register_areas() -> None:
     """Each area (shrink, export, serve, data) owns its commands in edgeloop.commands.<area>."""
-    from edgeloop.commands import data, export, serve, shrink
+    from edgeloop.commands import data, export, keys, serve, shrink
 
-    for module in (shrink, export, serve, data):
+    for module in (shrink, export, serve, data, keys):
         module.register(app)
 
 

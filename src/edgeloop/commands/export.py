@@ -7,6 +7,7 @@ Linux boards get a deployable bundle (``edgeloop.backends.bundle``).
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Optional
 
 import typer
 
@@ -18,20 +19,24 @@ def register(app: typer.Typer) -> None:
     def export(
         model: str = typer.Argument(..., help="Model file: .onnx, .joblib/.pkl, .pt2 or .tflite."),
         target: str = typer.Option(..., "--target", "-t", help="Catalogue target (see `edgeloop targets`): a microcontroller gets C, a Linux board a bundle."),
-        output: Path = typer.Option(..., "--output", "-o", help="Output folder, replaced whole and only when the export succeeds; a non-empty folder that is not an earlier export is refused."),
+        output: Path = typer.Option(..., "--output", "-o", help="Output folder, written only when the export succeeds. Over an earlier export of the same kind (edgeloop's .edgeloop-output.json marker) only the files edgeloop wrote are replaced and the rest (a bundle's captures/) is kept; any other non-empty folder is refused."),
         name: str = typer.Option("model", "--name", help="C symbol prefix for microcontroller exports."),
         verify: bool = typer.Option(False, "--verify", help="Microcontrollers: cross-compile and run under QEMU (Cortex-M4) and compare with the host."),
         as_json: bool = typer.Option(False, "--json", help="Print the export report as JSON."),
+        sign: Optional[Path] = typer.Option(None, "--sign", help="Linux bundles: sign the manifest with this Ed25519 private key (from `edgeloop keys create KEY`) into manifest.sig; devices check it with `serve --trust KEY.pub`."),
     ) -> None:
         """Export a model for a device: C source for a microcontroller, a bundle for a Linux board."""
         from edgeloop.hardware import get_target
 
         tgt = get_target(target)
         if tgt.kind == "mcu":
+            if sign is not None:
+                raise UsageError(f"--sign signs Linux bundles; '{tgt.id}' is a microcontroller, which gets C source")
             from edgeloop.backends.c import export_cli
         elif tgt.kind == "linux":
             from edgeloop.backends.bundle import export_cli  # type: ignore[no-redef]
         else:
             raise UsageError(f"target '{tgt.id}' is an accelerator; export supports microcontrollers and "
                              "Linux boards (run the model on the accelerator's host board)")
-        export_cli(model, tgt, output, prefix=name, verify=verify, as_json=as_json)
+        extra = {"sign": sign} if tgt.kind == "linux" else {}
+        export_cli(model, tgt, output, prefix=name, verify=verify, as_json=as_json, **extra)

@@ -38,6 +38,7 @@ def register(app: typer.Typer) -> None:
         max_image_pixels: int = typer.Option(4_000_000, "--max-image-pixels", help="Uploaded images with more pixels get 413, before decoding."),
         bundles_dir: Optional[Path] = typer.Option(None, "--bundles-dir", help="POST /admin/reload takes only bundles under this folder (default: the bundle's parent)."),
         admin_token_file: Optional[Path] = typer.Option(None, "--admin-token-file", help="Where to write the admin bearer token, mode 0600 (default: next to the capture store)."),
+        trust: Optional[Path] = typer.Option(None, "--trust", help="Ed25519 public key (KEY.pub from `edgeloop keys create`): serve only bundles whose manifest.sig it verifies, at start, on /admin/reload and on SIGHUP."),
     ) -> None:
         """Serve a bundle over HTTP: POST /predict, GET /health, GET /metrics, POST /admin/reload|rollback.
 
@@ -62,7 +63,8 @@ def register(app: typer.Typer) -> None:
                                   capture_budget_bytes=_capture_budget_bytes(budget_mb), privacy=privacy,
                                   policy=policy, max_image_pixels=max_image_pixels,
                                   bundles_dir=str(bundles_dir) if bundles_dir else None,
-                                  admin_token_file=str(admin_token_file) if admin_token_file else None)
+                                  admin_token_file=str(admin_token_file) if admin_token_file else None,
+                                  trust=str(trust) if trust else None)
             check_config(config)
             run_server(config)
         except BundleError as e:
@@ -122,9 +124,7 @@ def register(app: typer.Typer) -> None:
             except (ValueError, CaptureError) as e:
                 raise UsageError(str(e), where=str(store)) from None
 
-        if output.is_dir() and any(output.iterdir()) and not (output / "samples.csv").is_file():
-            raise UsageError(f"{output} is a non-empty folder that is not a samples export; refusing to replace it")
-        write_atomically(output, fill, marker="samples.csv")
+        write_atomically(output, fill, kind="samples")
         summary["dir"] = str(output)
         if as_json:
             sys.stdout.write(json.dumps(summary, indent=2) + "\n")

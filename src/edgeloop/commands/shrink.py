@@ -44,7 +44,7 @@ def shrink_files(model_path: str, data_path: str, out_dir: str, *, metric: str =
     limits = Limits(max_drop=max_drop, target=target, max_ram_kb=max_ram_kb, max_flash_kb=max_flash_kb,
                     max_latency_ms=max_latency_ms)
     limits.check()  # fail fast, before loading anything
-    check_output_dir(out_dir, marker="results.json")
+    check_output_dir(out_dir, kind="shrink")
     model = load_file(model_path)
     ds = read_dataset(data_path, label_column=label_column)
     try:
@@ -67,7 +67,7 @@ def shrink_files(model_path: str, data_path: str, out_dir: str, *, metric: str =
 
     # OUT is replaced whole: results, report and model always belong to the same run, and a run
     # whose candidates all miss the limits leaves no model.onnx behind.
-    with staged_dir(out, marker="results.json") as tmp:
+    with staged_dir(out, kind="shrink") as tmp:
         (tmp / "results.json").write_text(json.dumps(doc, indent=2, default=_json_default) + "\n")
         (tmp / "report.html").write_text(render(doc, Path(model_path).name, near))
         if result.chosen is not None:

@@ -24,7 +24,7 @@ from typing import Any
 import numpy as np
 
 from edgeloop.data.readers import DataError, RawData
-from edgeloop.fsutil import staged_dir
+from edgeloop.fsutil import check_output_dir, staged_dir
 from edgeloop.errors import UsageError
 
 FORMAT = "edgeloop-dataset"
@@ -158,9 +158,7 @@ def write_dataset(raw: RawData, output: str | os.PathLike, *, seed: int = 0,
     """
     out = Path(output)
     if out.exists():
-        if not out.is_dir() or (any(out.iterdir()) and not (out / "card.json").is_file()):
-            raise UsageError(f"{out} exists and is not an edgeloop dataset; choose another --output")
-        if not overwrite:
+        if check_output_dir(out, kind="dataset") is not None and not overwrite:
             raise UsageError(f"{out} exists; remove it or pass overwrite")
     if len(raw) == 0:
         raise DataError("holds no samples", where=raw.source)
@@ -169,7 +167,7 @@ def write_dataset(raw: RawData, output: str | os.PathLike, *, seed: int = 0,
         if len(splits[name]) == 0:
             raise DataError(f"too few samples ({len(raw)}) for a {name} split", where=raw.source)
     # built beside OUT and renamed into place whole (the folder check above guards a user's own folder)
-    with staged_dir(out) as tmp:
+    with staged_dir(out, kind="dataset") as tmp:
         np.save(tmp / "x.npy", np.ascontiguousarray(raw.x, dtype=np.float32))
         y = raw.y.astype(np.int64 if raw.classes is not None else np.float32)
         np.save(tmp / "y.npy", y)

@@ -46,6 +46,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="POST /admin/reload takes only bundles under this folder (default: the bundle's parent)")
     p.add_argument("--admin-token-file", default=None,
                    help="where to write the admin bearer token, mode 0600 (default: next to the capture store)")
+    p.add_argument("--trust", default=None, metavar="KEY.pub",
+                   help="serve only bundles signed by this Ed25519 public key (at start, /admin/reload and SIGHUP)")
     return p
 
 
@@ -58,7 +60,7 @@ def config_from_args(a: argparse.Namespace) -> ServerConfig:
                         max_body_bytes=a.max_body_bytes, capture=a.capture,
                         capture_budget_bytes=_capture_budget_bytes(a.capture_budget_mb), privacy=a.privacy,
                         policy=policy, max_image_pixels=a.max_image_pixels, bundles_dir=a.bundles_dir,
-                        admin_token_file=a.admin_token_file)
+                        admin_token_file=a.admin_token_file, trust=a.trust)
 
 
 def main(argv: Optional[List[str]] = None) -> None:

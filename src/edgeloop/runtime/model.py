@@ -16,7 +16,7 @@ from typing import Any, Dict, List, Optional, Sequence
 
 import numpy as np
 
-from .bundle import MODEL, BundleError, verify_bundle
+from .bundle import MODEL, BundleError, check_bundle
 
 DTYPES = {"float32": np.float32, "float64": np.float64, "float16": np.float16, "int64": np.int64,
           "int32": np.int32, "int8": np.int8, "uint8": np.uint8, "bool": np.bool_}
@@ -58,11 +58,11 @@ def uncertainty(probs: np.ndarray) -> Dict[str, np.ndarray]:
 class BundleModel:
     """A bundle whose hashes verified, ready to predict."""
 
-    def __init__(self, path: "str | Path", threads: int = 1):
+    def __init__(self, path: "str | Path", threads: int = 1, trust: Optional[str] = None):
         import onnxruntime as ort
 
         self.path = Path(path)
-        self.manifest = verify_bundle(self.path)
+        self.manifest, self.signature = check_bundle(self.path, trust)  # trust: public key file (--trust)
         m = self.manifest
         self.name = str(m.get("name", "model"))
         self.version = m.get("version", 1)

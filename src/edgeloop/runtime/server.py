@@ -60,6 +60,7 @@ class StartupError(BundleError):
 @dataclass
 class ServerConfig:
     bundle: str
+    trust: Optional[str] = None  # public key file: only bundles signed by it load (at start and on reload)
     host: str = "127.0.0.1"
     port: int = 8080
     threads: int = 1
@@ -185,7 +186,7 @@ class State:
     def __init__(self, config: ServerConfig):
         check_config(config)
         self.config = config
-        self.model = BundleModel(config.bundle, threads=config.threads)
+        self.model = BundleModel(config.bundle, threads=config.threads, trust=config.trust)
         self.first = self.model
         self.history: List[BundleModel] = []
         self.lock = threading.Lock()
@@ -215,7 +216,7 @@ class State:
         Reloading the version being served (same folder, same manifest) changes nothing; the history
         holds each version once, at most ``keep_versions``, and always the one served at start."""
         with self.lock:
-            new = BundleModel(path or self.config.bundle, threads=self.config.threads)
+            new = BundleModel(path or self.config.bundle, threads=self.config.threads, trust=self.config.trust)
             if _same(new, self.model):
                 return self.model, False
             self.history = [m for m in self.history if not _same(m, self.model)] + [self.model]
@@ -367,7 +368,7 @@ def create_app(config: ServerConfig, state: Optional[State] = None) -> Any:
         m = state.model
         doc = {"status": "ok", "model": m.name, "version": m.version, "bundle": str(m.path),
                "previous_versions": [h.version for h in state.history],
-               "capture": None}
+               "capture": None, **m.signature}
         if state.capturer is not None:
             cap = state.capturer
             doc["capture"] = {"store": str(cap.store.path), "privacy": cap.store.privacy,

@@ -5,15 +5,22 @@
 - ``model.onnx``;
 - ``manifest.json``: name, version, creation time, edgeloop version, target, input/output spec
   (names, dtypes, shapes), preprocessing, labels, kept features, provenance (source file and
-  format, shrink recipe) and the SHA-256 of every other file;
+  format, shrink recipe), the hash algorithm (``"hash": "sha256"``) and the hash of every other
+  file (all of them: the runtime refuses a file the manifest does not list);
+- ``manifest.sig`` with ``--sign KEY``: the Ed25519 signature of ``manifest.json``'s bytes, which
+  ``serve --trust KEY.pub`` checks (see :mod:`.signing` and :mod:`edgeloop.runtime.bundle`);
 - ``requirements.txt``: the runtime's needs only (onnxruntime, numpy, starlette, uvicorn; Pillow
-  and python-multipart for image models);
-- ``Dockerfile`` for the board, ``docker-compose.yml`` mounting the capture store, ``README.md``;
+  and python-multipart for image models; cryptography for a signed bundle);
+- ``Dockerfile`` for the board, ``docker-compose.yml`` mounting the capture store, ``.dockerignore``
+  (the captures stay out of the image), ``README.md``;
 - ``edgeloop_runtime/``: a copy of :mod:`edgeloop.runtime`, which imports nothing but those
   requirements, so ``python -m edgeloop_runtime .`` serves the bundle without edgeloop installed
   (chosen over ``pip install edgeloop`` on the device: edgeloop pulls onnx, typer and rich, and on a
   Jetson each extra wheel is a fight);
 - ``source/<file>``: the trainable source model (.joblib/.pkl/.pt2) when known, for ``improve``.
+
+The folder is owned through edgeloop's output marker (:mod:`edgeloop.fsutil`): exporting again
+over it replaces the files the previous export wrote and keeps the rest (``captures/`` above all).
 """
 
 from __future__ import annotations
@@ -64,7 +71,7 @@ def default_preprocessing(inputs: list[dict]) -> dict:
         s = inputs[0]["shape"]
         nchw = s[1] in (1, 3)
         c, h, w = (s[1], s[2], s[3]) if nchw else (s[3], s[1], s[2])
-        if all(isinstance(v, int) for v in (c, h, w)):
+        if all(isinstance(v, int) for v in (c, h, w)) and c in (1, 3):  # an image decodes to grey or RGB
             return {"type": "image", "layout": "NCHW" if nchw else "NHWC", "channels": c, "height": h,
                     "width": w, "scale": 1.0 / 255.0, "mean": [0.0] * c, "std": [1.0] * c,
                     "resize": "bilinear"}
@@ -139,9 +146,10 @@ def _installed(dist: str) -> str:
         raise EdgeloopError(f"cannot pin {dist}: it is not installed on this machine") from None
 
 
-def requirements(pack: Packaging, image: bool) -> tuple[str, list[str]]:
+def requirements(pack: Packaging, image: bool, signed: bool = False) -> tuple[str, list[str]]:
     """requirements.txt text and the pinned lines (the runtime's needs only)."""
-    names = ["numpy", "starlette", "uvicorn"] + (["pillow", "python-multipart"] if image else [])
+    names = (["numpy", "starlette", "uvicorn"] + (["pillow", "python-multipart"] if image else [])
+             + (["cryptography"] if signed else []))  # --trust checks the Ed25519 signature
     pins = [f"{pack.ort_package}=={pack.ort_version or _installed(pack.ort_package)}"]
     pins += [f"{n}=={pack.fixed_pins.get(n) or _installed(n)}" for n in names]
     head = [f"# Runtime needs of this bundle only (Python {pack.python}): no torch, no scikit-learn, no onnx."]
@@ -201,7 +209,7 @@ def _dockerfile(pack: Packaging, target: Any) -> str:
     return "\n".join(lines + tail) + "\n"
 
 
-def _compose(pack: Packaging, name: str, version: int) -> str:
+def _compose(pack: Packaging, name: str, version: int, signed: bool = False) -> str:
     lines = [
         "services:",
         "  model:",
@@ -214,6 +222,10 @@ def _compose(pack: Packaging, name: str, version: int) -> str:
         "      # the capture store (captures.db, SQLite WAL) lives outside the container",
         "      - ./captures:/data",
     ]
+    if signed:  # the trusted public key comes from outside the bundle: a key inside it would prove nothing
+        lines += ['      - "${EDGELOOP_TRUST_KEY:?set EDGELOOP_TRUST_KEY to the public key file, KEY.pub}:/trust/key.pub:ro"',
+                  '    command: ["python", "-m", "edgeloop_runtime", "/app", "--host", "0.0.0.0", "--port", "8080", '
+                  '"--capture", "/data/captures.db", "--trust", "/trust/key.pub"]']
     if pack.gpu:
         lines.append("    runtime: nvidia")
     return "\n".join(lines) + "\n"
@@ -240,12 +252,25 @@ def _readme(manifest: dict, pack: Packaging) -> str:
         "",
         "## Run without Docker",
         "",
-        f"    python{pack.python} -m venv .venv && .venv/bin/pip install -r requirements.txt",
-        "    .venv/bin/python -m edgeloop_runtime . --port 8080 --capture captures/captures.db",
+        f"    python{pack.python} -m venv ../edgeloop-venv && ../edgeloop-venv/bin/pip install -r requirements.txt",
+        "    ../edgeloop-venv/bin/python -m edgeloop_runtime . --port 8080 --capture captures/captures.db"
+        + (" --trust /path/to/KEY.pub" if manifest.get("signed") else ""),
         "",
-        "The server checks every file's SHA-256 against manifest.json at start and refuses a",
-        "changed bundle. It listens on 127.0.0.1 by default and opens no outbound connection.",
+        "The server checks every file's SHA-256 against manifest.json at start and refuses a changed or",
+        "missing file, and any file the manifest does not list (keep the venv and your own files outside",
+        "this folder; captures/ is the runtime's). It listens on 127.0.0.1 by default and opens no",
+        "outbound connection.",
         "",
+    ]
+    if manifest.get("signed"):
+        lines += [
+            f"This bundle is signed (manifest.sig, Ed25519 key {manifest['signed']['key_fingerprint']}). Start it",
+            "with `--trust KEY.pub` (the public key, kept on the device outside this folder) and it refuses",
+            "an unsigned bundle or one whose signature does not verify, at start and on every reload. With",
+            "Docker: `EDGELOOP_TRUST_KEY=/path/to/KEY.pub docker compose up -d --build`.",
+            "",
+        ]
+    lines += [
         "## Use",
         "",
         "    curl -s localhost:8080/predict -H 'Content-Type: application/json' \\",
@@ -299,24 +324,33 @@ def find_source(model_path: Optional[str], meta: dict) -> Optional[Path]:
 # --------------------------------------------------------------------------------------------
 # writing
 # --------------------------------------------------------------------------------------------
-def write_atomically(out: Path, fill: Any, marker: str = "manifest.json") -> None:
+def write_atomically(out: Path, fill: Any, kind: str = "bundle") -> list[str]:
     """Build the folder with ``fill(tmp)`` beside ``out``, then swap it in (see edgeloop.fsutil.staged_dir).
 
-    An existing ``out`` is replaced only if it holds ``marker`` (a previous output of the same kind)."""
+    An existing ``out`` must be missing, empty or an earlier output of this ``kind`` (by its marker);
+    returns the entries of ``out`` that edgeloop did not write, which are kept."""
     from edgeloop.fsutil import staged_dir
 
-    with staged_dir(out, marker=marker) as tmp:
+    kept: list[str] = []
+    with staged_dir(out, kind=kind, kept=kept) as tmp:
         fill(tmp)
+    return kept
 
 
 def build_bundle(model: onnx.ModelProto, out: "str | os.PathLike[str]", target: Any, *,
                  name: Optional[str] = None, version: int = 1, source_path: Optional[str] = None,
                  preprocessing: Optional[dict] = None, provenance: Optional[dict] = None,
-                 verify: bool = False) -> dict:
-    """Write a bundle for ``target`` (a catalogue Target or its id); return the manifest."""
+                 verify: bool = False, sign: "str | os.PathLike[str] | None" = None,
+                 kept: Optional[list] = None) -> dict:
+    """Write a bundle for ``target`` (a catalogue Target or its id); return the manifest.
+
+    ``sign``: the Ed25519 private key (``edgeloop keys create``) that signs the manifest into
+    ``manifest.sig``.  ``kept``, when given, receives the entries of an earlier bundle at ``out``
+    that edgeloop did not write (kept in place)."""
     from edgeloop import __version__
     from edgeloop.graph import get_metadata
-    from edgeloop.runtime.bundle import MANIFEST, MODEL, FORMAT, hash_tree
+    from edgeloop.runtime.bundle import (FORMAT, HASH, MANIFEST, MODEL, SIGNATURE, UNLISTED, BundleError,
+                                         hash_tree, key_fingerprint, validate_manifest)
 
     if isinstance(target, str):
         from edgeloop.hardware import get_target
@@ -325,6 +359,11 @@ def build_bundle(model: onnx.ModelProto, out: "str | os.PathLike[str]", target: 
     if target.kind != "linux":
         raise UsageError(f"target '{target.id}' is not a Linux board; bundles are for Linux boards")
     pack = packaging_for(target.id)
+    private_key = None
+    if sign is not None:  # read the key before any work: a wrong path fails at once
+        from .signing import load_private_key
+
+        private_key = load_private_key(sign)
     meta = get_metadata(model)
     model, conversion = fit_runtime(model, pack)
     inputs = [_value_spec(v) for v in _graph_inputs(model)]
@@ -335,7 +374,7 @@ def build_bundle(model: onnx.ModelProto, out: "str | os.PathLike[str]", target: 
     image = pre.get("type") == "image"
     src = find_source(source_path, meta)
     name = name or meta.get("name") or (Path(source_path).stem if source_path else "model")
-    req_text, pins = requirements(pack, image)
+    req_text, pins = requirements(pack, image, signed=private_key is not None)
     prov = {"source": meta.get("source", source_path), "source_format": meta.get("source_format"),
             "source_file": f"source/{src.name}" if src else None,
             "recipe": meta.get("recipe"), "estimator": meta.get("estimator")}
@@ -362,6 +401,11 @@ def build_bundle(model: onnx.ModelProto, out: "str | os.PathLike[str]", target: 
         "onnx": {"ir_version": model.ir_version,
                  "opset": {o.domain or "ai.onnx": o.version for o in model.opset_import},
                  "conversion": conversion},
+        "signed": ({"algorithm": "ed25519", "file": SIGNATURE,
+                    "key_fingerprint": key_fingerprint(private_key.public_key())} if private_key else None),
+        # runtime-owned state (and the Jetson wheel the user downloads) that the manifest does not list
+        "unlisted_allowed": list(UNLISTED) + ([pack.ort_wheel] if pack.ort_wheel else []),
+        "hash": HASH,
         "files": {},
     }
 
@@ -369,7 +413,9 @@ def build_bundle(model: onnx.ModelProto, out: "str | os.PathLike[str]", target: 
         (tmp / MODEL).write_bytes(model.SerializeToString())
         (tmp / "requirements.txt").write_text(req_text)
         (tmp / "Dockerfile").write_text(_dockerfile(pack, target))
-        (tmp / "docker-compose.yml").write_text(_compose(pack, name, version))
+        (tmp / "docker-compose.yml").write_text(_compose(pack, name, version, signed=private_key is not None))
+        (tmp / ".dockerignore").write_text("# the capture store stays on the device, never in an image layer\n"
+                                           "captures/\n")
         (tmp / "README.md").write_text(_readme(manifest, pack))
         (tmp / RUNTIME_DIR).mkdir()
         for f in sorted(_runtime_source().glob("*.py")):
@@ -377,22 +423,35 @@ def build_bundle(model: onnx.ModelProto, out: "str | os.PathLike[str]", target: 
         if src is not None:
             (tmp / "source").mkdir()
             shutil.copyfile(src, tmp / "source" / src.name)
-        manifest["files"] = hash_tree(tmp)
-        (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
-        if verify:
-            verify_loads(tmp, model)
+        manifest["files"] = hash_tree(tmp, HASH, tuple(manifest["unlisted_allowed"]))
+        try:  # what the runtime would refuse at start is refused here, naming the field
+            validate_manifest(manifest, MANIFEST)
+        except BundleError as e:
+            raise EdgeloopError(f"the bundle would not load: {e}") from None
+        data = (json.dumps(manifest, indent=2) + "\n").encode("utf-8")
+        (tmp / MANIFEST).write_bytes(data)
+        if private_key is not None:
+            from .signing import signature_document
 
-    write_atomically(Path(out), fill)
+            (tmp / SIGNATURE).write_bytes(signature_document(private_key, data))
+        if verify:
+            verify_loads(tmp, model, private_key.public_key() if private_key is not None else None)
+
+    found = write_atomically(Path(out), fill)
+    if kept is not None:
+        kept += found
     return manifest
 
 
-def verify_loads(bundle: Path, model: onnx.ModelProto) -> None:
-    """--verify for bundles: the runtime loads it (hashes match) and agrees with the model."""
+def verify_loads(bundle: Path, model: onnx.ModelProto, public_key: Any = None) -> None:
+    """--verify for bundles: the runtime loads it (signature and hashes check) and agrees with the model."""
     from edgeloop.graph import run
-    from edgeloop.runtime.bundle import BundleError
+    from edgeloop.runtime.bundle import BundleError, check_bundle
     from edgeloop.runtime.model import BundleModel
 
     try:
+        if public_key is not None:
+            check_bundle(bundle, public_key)
         bm = BundleModel(bundle)
     except BundleError as e:
         raise EdgeloopError(f"bundle does not verify: {e}") from None
@@ -406,20 +465,30 @@ def verify_loads(bundle: Path, model: onnx.ModelProto) -> None:
 
 
 def export_cli(model_path: str, target: Any, output: Path, *, prefix: str = "model", verify: bool = False,
-               as_json: bool = False) -> None:
-    """`edgeloop export MODEL --target <linux board> -o OUT`."""
+               as_json: bool = False, sign: Optional[Path] = None) -> None:
+    """`edgeloop export MODEL --target <linux board> -o OUT [--sign KEY]`."""
     from edgeloop.frontends import load_file
+    from edgeloop.fsutil import check_output_dir
 
+    check_output_dir(output, kind="bundle")  # a user's folder is refused before any work
+    if sign is not None:
+        from .signing import load_private_key
+
+        load_private_key(sign)  # so is a key that cannot sign
     model = load_file(model_path)
     name = prefix if prefix and prefix != "model" else Path(model_path).stem
+    kept: list[str] = []
     try:
-        manifest = build_bundle(model, output, target, name=name, source_path=model_path, verify=verify)
+        manifest = build_bundle(model, output, target, name=name, source_path=model_path, verify=verify,
+                                sign=sign, kept=kept)
     except EdgeloopError as e:
         raise e.with_where(str(output))
     report = {"bundle": str(output), "target": target.id, "name": manifest["name"],
               "version": manifest["version"], "files": {k: (output / k).stat().st_size for k in manifest["files"]},
               "requirements": manifest["requirements"], "source_file": manifest["provenance"]["source_file"],
-              "verified": verify}
+              "verified": verify, "hash": manifest["hash"],
+              "signed": manifest["signed"]["key_fingerprint"] if manifest["signed"] else None,
+              "kept": kept}
     if as_json:
         sys.stdout.write(json.dumps(report, indent=2) + "\n")
         return
@@ -428,7 +497,15 @@ def export_cli(model_path: str, target: Any, output: Path, *, prefix: str = "mod
     err = Console(stderr=True, highlight=False)
     total = sum(report["files"].values())
     err.print(f"wrote bundle {output} for {target.name}: {len(report['files'])} files, {total:,} bytes; "
-              f"needs {', '.join(manifest['requirements'])}" + ("; verified" if verify else ""), markup=False)
+              f"needs {', '.join(manifest['requirements'])}" + ("; verified" if verify else "")
+              + (f"; signed by {report['signed']}" if report["signed"] else ""), markup=False)
+    from edgeloop.runtime.bundle import is_unlisted
+
+    foreign = [k for k in kept if not is_unlisted(k, tuple(manifest["unlisted_allowed"]))]
+    if foreign:
+        err.print(f"note: kept {', '.join(foreign[:5])}{' ...' if len(foreign) > 5 else ''} (not written by edgeloop); "
+                  "the runtime refuses files the manifest does not list, so move them out before serving",
+                  markup=False)
     if manifest["provenance"]["source_file"] is None:
         err.print("note: no trainable source (.joblib/.pt2) found, so `edgeloop improve` cannot refit this bundle",
                   markup=False)

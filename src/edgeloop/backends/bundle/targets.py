@@ -42,7 +42,8 @@ JETSON_NANO = Packaging(
     # Python 3.8 is the newest Python with NVIDIA onnxruntime-gpu builds for JetPack 4.6;
     # these are the last numpy/starlette/uvicorn releases that support it.
     fixed_pins={"numpy": "1.24.4", "starlette": "0.44.0", "uvicorn": "0.33.0",
-                "pillow": "10.4.0", "python-multipart": "0.0.20"},
+                "pillow": "10.4.0", "python-multipart": "0.0.20",
+                "cryptography": "45.0.7"},  # the last with a Python 3.8 aarch64 wheel whose cffi installs there
     ort_wheel="onnxruntime_gpu-1.11.0-cp38-cp38-linux_aarch64.whl",
     max_opset=16, max_ir=8,  # onnxruntime 1.11 (ONNX 1.11)
     ort_note=("JetPack 4.6 (L4T r32.7, CUDA 10.2, TensorRT 8.2): PyPI has no onnxruntime-gpu for it. "

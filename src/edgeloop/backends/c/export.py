@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from edgeloop.errors import EdgeloopError, UsageError
-from edgeloop.fsutil import staged_dir
+from edgeloop.fsutil import check_output_dir, staged_dir
 
 
 class VerificationError(EdgeloopError):
@@ -114,12 +114,11 @@ def export_cli(model_path, target, output, *, prefix: str = "model", verify: boo
 
     _c_ident(prefix)
     output = Path(output)
-    if output.exists() and not output.is_dir():
-        raise UsageError(f"output '{output}' exists and is not a folder")
+    check_output_dir(output, kind="c-export")  # before loading the model: a user's folder is refused at once
     model = load_file(model_path)
     # OUT is replaced only when everything (generation, compile check, verify) succeeded,
     # and never if it is a non-empty folder that is not an earlier C export.
-    with staged_dir(output, marker="report.json") as tmp:
+    with staged_dir(output, kind="c-export") as tmp:
         try:
             info = generate(model, tmp, prefix)
         except EdgeloopError as e:
