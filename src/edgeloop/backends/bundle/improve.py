@@ -300,7 +300,7 @@ def improve(bundle: "str | Path", data: "str | Path", output: "str | Path", *,
                                           "dropped_as_training_rows": dup_base}
         n_held = int(len(x_te)) + (0 if xb_te is None else int(len(xb_te)))
         comparison["holdout_note"] = (f"old and new compared on {n_held} held-out rows that neither the "
-                                      f"{method} ({len(x_tr)} rows) nor the recipe replay saw"
+                                      f"{method} ({len(x_tr)} rows) nor the recipe replay nor any selection saw"
                                       if n_held else "no held-out rows (--holdout 0 or too little data): "
                                       "old and new were not compared")
         comparison.update(method=method, trained_on=int(len(x_tr)), recipe_applied=recipe_applied,
