@@ -56,7 +56,7 @@ def digits_cnn():
     from sklearn.datasets import load_digits
 
     import edgeloop
-    from edgeloop.search.data import Dataset, check_and_split
+    from edgeloop.data import from_arrays, split_for_model
 
     x, y = load_digits(return_X_y=True)
     x = (x / 16.0).astype(np.float32).reshape(-1, 1, 8, 8)
@@ -66,8 +66,8 @@ def digits_cnn():
         torch.nn.Conv2d(16, 32, 3, padding=1), torch.nn.ReLU(), torch.nn.MaxPool2d(2), torch.nn.Flatten(),
         torch.nn.Linear(512, 128), torch.nn.ReLU(), torch.nn.Linear(128, 10))
     probe = edgeloop.load(net, example_input=torch.zeros(1, 1, 8, 8))
-    sp = check_and_split(probe, Dataset(x, y), "accuracy")
-    _train(net, np.concatenate([sp.x_fit, sp.x_tune]), np.concatenate([sp.y_fit, sp.y_tune]), 20, lr=3e-3)
+    sp = split_for_model(probe, from_arrays(x, y), "accuracy")
+    _train(net, *sp["train"], 20, lr=3e-3)
     return edgeloop.load(net, example_input=torch.zeros(1, 1, 8, 8)), x, y, net
 
 
@@ -126,31 +126,31 @@ def cnn_rows(name, model, x, y, net):
 
     from edgeloop.passes import (ChannelPrune, Int8Static, MagnitudePrune, PassData, SparseStorage, apply_pass,
                                  strip_debug_info)
-    from edgeloop.search.data import Dataset, check_and_split, evaluate
+    from edgeloop.data import evaluate, from_arrays, split_for_model
 
-    sp = check_and_split(model, Dataset(x, y), "accuracy")
+    sp = split_for_model(model, from_arrays(x, y), "accuracy")
     data = PassData.from_splits(sp)
-    base_acc = evaluate(model, sp.x_test, sp.y_test, "accuracy")
+    base_acc = evaluate(model, *sp["test"], "accuracy")
     base_size = len(model.SerializeToString())
     stripped = strip_debug_info(onnx.ModelProto.FromString(model.SerializeToString()))
     rows = [(name, "float32 (as exported)", base_size, base_acc),
             (name, "float32, exporter debug text stripped", len(stripped.SerializeToString()), base_acc)]
     for label, m in [("onnxruntime quantize_dynamic (defaults)", _ort_default(model, "dynamic", sp.x_calib)),
                      ("onnxruntime quantize_static (defaults)", _ort_default(model, "static", sp.x_calib))]:
-        rows.append((name, label, len(m.SerializeToString()), evaluate(m, sp.x_test, sp.y_test, "accuracy")))
+        rows.append((name, label, len(m.SerializeToString()), evaluate(m, *sp["test"], "accuracy")))
     best = None
     for calib in ("minmax", "percentile", "entropy"):
         q = apply_pass(model, Int8Static(calibration=calib), data)
         rows.append((name, f"edgeloop int8_static ({calib})", len(q.SerializeToString()),
-                     evaluate(q, sp.x_test, sp.y_test, "accuracy")))
-        tune = evaluate(q, sp.x_tune, sp.y_tune, "accuracy")
+                     evaluate(q, *sp["test"], "accuracy")))
+        tune = evaluate(q, *sp["validation"], "accuracy")
         if best is None or tune > best[0]:
             best = (tune, calib)
     for ratio in (0.5, 0.75):
         p = apply_pass(model, ChannelPrune(ratio=ratio), data)
         q = apply_pass(p, Int8Static(calibration=best[1]), data)
         rows.append((name, f"edgeloop channel_prune {ratio} + int8 ({best[1]})", len(q.SerializeToString()),
-                     evaluate(q, sp.x_test, sp.y_test, "accuracy")))
+                     evaluate(q, *sp["test"], "accuracy")))
     with_source = dataclasses.replace(data, source=net)
     for label, cfg in [("magnitude 0.85 (LS refit)", MagnitudePrune(sparsity=0.85)),
                        ("magnitude 0.9, fine-tuned 2 epochs", MagnitudePrune(sparsity=0.9, refit=False,
@@ -158,7 +158,7 @@ def cnn_rows(name, model, x, y, net):
         p = apply_pass(model, cfg, with_source)
         q = apply_pass(apply_pass(p, Int8Static(calibration=best[1]), data), SparseStorage(), data)
         rows.append((name, f"edgeloop {label} + int8 + sparse", len(q.SerializeToString()),
-                     evaluate(q, sp.x_test, sp.y_test, "accuracy")))
+                     evaluate(q, *sp["test"], "accuracy")))
     return rows, base_size, base_acc
 
 
@@ -167,23 +167,23 @@ def features_row(name, est, x, y):
     import edgeloop
     from edgeloop.passes import FeatureSelect, PassData, apply_pass
     from edgeloop.passes.sklearn_refit import rank_features
-    from edgeloop.search.data import Dataset, check_and_split, evaluate
+    from edgeloop.data import evaluate, from_arrays, split_for_model
 
     est.fit(x[::3], y[::3])
-    sp = check_and_split(edgeloop.load(est), Dataset(x, y), "accuracy")
-    est.fit(np.concatenate([sp.x_fit, sp.x_tune]), np.concatenate([sp.y_fit, sp.y_tune]))
+    sp = split_for_model(edgeloop.load(est), from_arrays(x, y), "accuracy")
+    est.fit(*sp["train"])
     model = edgeloop.load(est)
     data = PassData.from_splits(sp, est)
-    base = evaluate(model, sp.x_test, sp.y_test, "accuracy")
+    base = evaluate(model, *sp["test"], "accuracy")
     order = rank_features(est, data)
     n = x.shape[1]
     out = [(name, f"all {n} features", n, base, 0.0)]
     for frac in (0.5, 0.33, 0.25):
         k = max(1, int(n * frac))
         m = apply_pass(model, FeatureSelect(keep=tuple(order[:k])), data)
-        acc = evaluate(m, sp.x_test, sp.y_test, "accuracy")
+        acc = evaluate(m, *sp["test"], "accuracy")
         out.append((name, f"keep {k} of {n}", k, acc, (base - acc) * 100))
-    return out, len(sp.y_test)
+    return out, len(sp.y("test"))
 
 
 def basic_motions():

@@ -23,7 +23,7 @@ def main(demo: Path, target: str) -> None:
     trained = get_metadata(load_file(demo / "digits.onnx"))
     shrink = json.loads((demo / "shrink" / "results.json").read_text())
     export = json.loads((demo / "c" / "report.json").read_text())
-    chosen = next(c for c in shrink["candidates"] if c["chosen"])
+    chosen = next(c for c in shrink["candidates"] + [shrink["baseline"]] if c["chosen"])
     base = shrink["baseline"]["metrics"]
     fits = [r["name"] for r in recommend(profile_model(load_file(demo / "shrink" / "model.onnx"), latency=False))
             if r["fits"]]

@@ -18,10 +18,10 @@ def _digits():
 
 @pytest.fixture(scope="module")
 def cnn():
-    """A small CNN trained on the digits the search will treat as fit/tune; returns (model, splits, data)."""
+    """A small CNN trained on the search's train split; returns (model, splits, data, net)."""
     import edgeloop
+    from edgeloop.data import from_arrays, split_for_model
     from edgeloop.passes import PassData
-    from edgeloop.search.data import Dataset, check_and_split
 
     x, y = _digits()
     torch.manual_seed(0)
@@ -30,9 +30,9 @@ def cnn():
         torch.nn.Conv2d(16, 32, 3, padding=1), torch.nn.ReLU(), torch.nn.MaxPool2d(2), torch.nn.Flatten(),
         torch.nn.Linear(512, 128), torch.nn.ReLU(), torch.nn.Linear(128, 10))
     probe = edgeloop.load(net, example_input=torch.zeros(1, 1, 8, 8))
-    splits = check_and_split(probe, Dataset(x, y), "accuracy")
-    xt = torch.tensor(np.concatenate([splits.x_fit, splits.x_tune]))
-    yt = torch.tensor(np.concatenate([splits.y_fit, splits.y_tune]))
+    splits = split_for_model(probe, from_arrays(x, y), "accuracy")
+    xt = torch.tensor(splits.x("train"))
+    yt = torch.tensor(splits.y("train"))
     opt = torch.optim.Adam(net.parameters(), 1e-2)
     for _ in range(15):
         net.train()
@@ -48,9 +48,9 @@ def cnn():
 
 
 def _acc(model, splits):
-    from edgeloop.search.data import evaluate
+    from edgeloop.data import evaluate
 
-    return evaluate(model, splits.x_test, splits.y_test, "accuracy")
+    return evaluate(model, *splits["test"], "accuracy")
 
 
 def _size(model):
@@ -95,7 +95,7 @@ def test_int8_dynamic_and_float16_shrink_and_agree(cnn):
     assert base - _acc(d, splits) <= 0.01
     h = apply_pass(model, Float16(), data)
     assert _size(model) / _size(h) >= 1.9
-    x = splits.x_test[:1]
+    x = splits.x("test")[:1]
     np.testing.assert_allclose(run(h, x)[0], run(model, x)[0], rtol=1e-2, atol=1e-2)
     assert _acc(h, splits) == pytest.approx(base, abs=0.004)
 
@@ -153,7 +153,7 @@ def test_channel_pruning_really_removes_channels(cnn):
     conv_out = [onnx.numpy_helper.to_array(i).shape[0] for i in p.graph.initializer if i.name.endswith("weight")
                 and len(i.dims) == 4]
     assert conv_out == [8, 16]
-    assert run(p, splits.x_test[:1])[0].shape == (1, 10)
+    assert run(p, splits.x("test")[:1])[0].shape == (1, 10)
     assert _acc(model, splits) - _acc(p, splits) <= 0.03  # least-squares refit of the next layer
     q = apply_pass(p, Int8Static(), data)
     assert _size(model) / _size(q) >= 8
@@ -181,7 +181,7 @@ def test_magnitude_pruning_with_sparse_storage_shrinks_the_file_exactly(cnn):
     q = apply_pass(p, Int8Static(), data)
     s = apply_pass(q, SparseStorage(), data)
     assert _size(s) < 0.75 * _size(q)
-    x = splits.x_test[:20]
+    x = splits.x("test")[:20]
     for i in range(len(x)):  # the stored form decodes to the same int8 weights: identical outputs
         np.testing.assert_array_equal(run(s, x[i:i + 1])[0], run(q, x[i:i + 1])[0])
     assert _acc(model, splits) - _acc(s, splits) <= 0.02

@@ -9,14 +9,14 @@ import sklearn  # noqa: E402,F401
 
 
 def _setup(x, y, est):
-    """Fit ``est`` on the search's own fit+tune splits (as a user's training data would be)."""
+    """Fit ``est`` on the search's own train split (as a user's training data would be)."""
     import edgeloop
+    from edgeloop.data import from_arrays, split_for_model
     from edgeloop.passes import PassData
-    from edgeloop.search.data import Dataset, check_and_split
 
     est.fit(x[::4], y[::4])  # a probe fit: only to build a graph for the split check
-    splits = check_and_split(edgeloop.load(est), Dataset(x, y), "accuracy")
-    est.fit(np.concatenate([splits.x_fit, splits.x_tune]), np.concatenate([splits.y_fit, splits.y_tune]))
+    splits = split_for_model(edgeloop.load(est), from_arrays(x, y), "accuracy")
+    est.fit(*splits["train"])
     return edgeloop.load(est), splits, PassData.from_splits(splits, est)
 
 
@@ -36,7 +36,7 @@ def test_feature_reduction_keeps_half_the_pixels_within_one_point(digits_mlp):
     from edgeloop.graph import get_metadata, run
     from edgeloop.passes import FeatureSelect, apply_pass
     from edgeloop.passes.sklearn_refit import rank_features
-    from edgeloop.search.data import evaluate, input_info
+    from edgeloop.data import evaluate, input_info
 
     model, splits, data = digits_mlp
     order = rank_features(data.source_estimator(), data)
@@ -46,15 +46,15 @@ def test_feature_reduction_keeps_half_the_pixels_within_one_point(digits_mlp):
     meta = get_metadata(small)
     assert meta["kept_features"] == sorted(keep) and meta["n_features_original"] == 64
     assert input_info(small)[1][1] == 32  # the model asks only for the kept features
-    base = evaluate(model, splits.x_test, splits.y_test, "accuracy")
-    got = evaluate(small, splits.x_test, splits.y_test, "accuracy")  # full-width data, columns picked
+    base = evaluate(model, *splits["test"], "accuracy")
+    got = evaluate(small, *splits["test"], "accuracy")  # full-width data, columns picked
     assert base - got <= 0.01
     # the graph agrees with a scikit-learn refit on the same columns
     from sklearn.base import clone
 
-    ref = clone(data.source_estimator()).fit(np.concatenate([splits.x_fit, splits.x_tune])[:, sorted(keep)],
-                                             np.concatenate([splits.y_fit, splits.y_tune]))
-    xs = splits.x_test[:, sorted(keep)].astype(np.float32)
+    x_train, y_train = splits["train"]  # the refit trains on the train split only
+    ref = clone(data.source_estimator()).fit(x_train[:, sorted(keep)], y_train)
+    xs = splits.x("test")[:, sorted(keep)].astype(np.float32)
     assert np.mean(run(small, xs)[0] == ref.predict(xs)) >= 0.99
     assert meta["recipe"][-1]["pass"] == "feature_select"
 
@@ -68,14 +68,13 @@ def test_feature_reduction_on_wine_and_bad_indices():
     from edgeloop.errors import UsageError
     from edgeloop.passes import FeatureSelect, apply_pass
     from edgeloop.passes.sklearn_refit import rank_features
-    from edgeloop.search.data import evaluate
+    from edgeloop.data import evaluate
 
     x, y = load_wine(return_X_y=True)
     model, splits, data = _setup(x.astype(np.float32), y, make_pipeline(StandardScaler(), LogisticRegression(max_iter=2000)))
     order = rank_features(data.source_estimator(), data)
     small = apply_pass(model, FeatureSelect(keep=tuple(order[:6])), data)
-    assert evaluate(small, splits.x_test, splits.y_test, "accuracy") >= \
-        evaluate(model, splits.x_test, splits.y_test, "accuracy") - 0.04
+    assert evaluate(small, *splits["test"], "accuracy") >= evaluate(model, *splits["test"], "accuracy") - 0.04
     with pytest.raises(UsageError, match="out of range"):
         apply_pass(model, FeatureSelect(keep=(0, 99)), data)
 
@@ -83,15 +82,15 @@ def test_feature_reduction_on_wine_and_bad_indices():
 def test_smaller_algorithms_are_real_models(digits_mlp):
     from edgeloop.graph import get_metadata
     from edgeloop.passes import SmallerAlgorithm, apply_pass
-    from edgeloop.search.data import evaluate
+    from edgeloop.data import evaluate
 
     model, splits, data = digits_mlp
     lin = apply_pass(model, SmallerAlgorithm(kind="logistic"), data)
     assert get_metadata(lin)["estimator"] == "Pipeline"
-    assert evaluate(lin, splits.x_test, splits.y_test, "accuracy") > 0.9
+    assert evaluate(lin, *splits["test"], "accuracy") > 0.9
     tree = apply_pass(model, SmallerAlgorithm(kind="tree", max_depth=4), data)
     assert get_metadata(tree)["estimator"] == "DecisionTreeClassifier"
-    assert 0.3 < evaluate(tree, splits.x_test, splits.y_test, "accuracy") < 0.95
+    assert 0.3 < evaluate(tree, *splits["test"], "accuracy") < 0.95
 
 
 def test_refit_passes_need_a_source():

@@ -68,7 +68,7 @@ def shrunk(work):
 def test_shrink_writes_model_results_and_report_meeting_the_limits(work, shrunk):
     from edgeloop.hardware import get_target
     from edgeloop.profile import profile_model
-    from edgeloop.search.data import Dataset, check_and_split, evaluate
+    from edgeloop.data import evaluate, from_arrays, split_for_model
 
     out = shrunk
     res = json.loads((out / "results.json").read_text())
@@ -85,16 +85,19 @@ def test_shrink_writes_model_results_and_report_meeting_the_limits(work, shrunk)
     model = onnx.load(out / "model.onnx")
     assert len(model.SerializeToString()) == ch["metrics"]["file_bytes"]
     data = np.load(work / "digits.npz")
-    splits = check_and_split(model, Dataset(data["x"], data["y"]), "accuracy")
-    acc = evaluate(model, splits.x_test, splits.y_test, "accuracy")
+    splits = split_for_model(model, from_arrays(data["x"], data["y"]), "accuracy")
+    acc = evaluate(model, *splits["validation"], "accuracy")  # candidates are chosen on validation
     assert acc == pytest.approx(ch["metrics"]["accuracy"])
     assert res["baseline"]["metrics"]["accuracy"] - acc <= 0.02
+    # the test split is measured once, after the choice, for the baseline and the chosen model
+    assert res["test"]["samples"] == len(splits.y("test"))
+    assert res["test"]["chosen"] == pytest.approx(evaluate(model, *splits["test"], "accuracy"))
     prof = profile_model(model, latency=False)
     assert prof["flash_bytes"] == ch["metrics"]["flash_bytes"] <= 40 * 1024
     assert prof["peak_ram_bytes"] <= get_target("nrf52840").usable_ram_bytes
     assert ch["metrics"]["flash_bytes"] < res["baseline"]["metrics"]["flash_bytes"] / 3
-    # every candidate's test metric was measured on held-out samples only
-    assert res["splits"]["test"] == len(splits.y_test) and res["splits"]["calib"] <= res["splits"]["fit"]
+    # calibration comes from the train split
+    assert res["splits"]["test"] == len(splits.y("test")) and res["splits"]["calib"] <= res["splits"]["train"]
     # the report is one self-contained page with both plots and every candidate
     assert html.count("<svg") == 2 and "<script" not in html
     assert not re.search(r"""(src|href)\s*=\s*["']?(https?:|//)""", html)  # nothing fetched

@@ -16,7 +16,7 @@ def test_metrics_agree_with_scikit_learn_on_breast_cancer():
     from sklearn.preprocessing import StandardScaler
 
     import edgeloop
-    from edgeloop.search.data import evaluate
+    from edgeloop.data import evaluate
 
     x, y = load_breast_cancer(return_X_y=True)
     x = x.astype(np.float32)
@@ -35,14 +35,14 @@ def test_regression_search_with_mae_on_diabetes():
     from sklearn.preprocessing import StandardScaler
 
     import edgeloop
+    from edgeloop.data import from_arrays, split_for_model
     from edgeloop.search import Limits, run_search
-    from edgeloop.search.data import Dataset, check_and_split
 
     x, y = load_diabetes(return_X_y=True)
     x = x.astype(np.float32)
     est = make_pipeline(StandardScaler(), MLPRegressor(hidden_layer_sizes=(16,), max_iter=3000, random_state=0)).fit(x, y)
     m = edgeloop.load(est)
-    splits = check_and_split(m, Dataset(x, y), "mae")
+    splits = split_for_model(m, from_arrays(x, y), "mae")
     assert splits.task == "regression"
     res = run_search(m, splits, Limits(max_drop=5.0), source=est, quick=True)
     doc = res.to_json()
@@ -82,26 +82,28 @@ def test_contradictory_or_nonsense_limits_are_usage_errors():
             lim.check()
 
 
-def test_a_dataset_folders_test_split_is_never_used_by_shrink(tmp_path):
-    """edgeloop train scores the test split once; shrink must select on validation, not on test."""
+def test_a_dataset_folders_splits_keep_their_names_in_shrink(tmp_path):
+    """A dataset folder's train/validation/test reach shrink unchanged, and the passes never get test."""
     import json
 
     from sklearn.linear_model import LogisticRegression
 
     import edgeloop
-    from edgeloop.data import import_data
-    from edgeloop.search.data import check_and_split, read_dataset
+    from edgeloop.data import import_data, read_any, split_for_model
+    from edgeloop.passes import PassData
 
     folder = import_data("sklearn:wine", tmp_path / "wine")
     parts = json.loads((folder / "splits.json").read_text())
     x_all = np.load(folder / "x.npy")
     y_all = np.load(folder / "y.npy")
     model = edgeloop.load(LogisticRegression(max_iter=3000).fit(x_all[parts["train"]], y_all[parts["train"]]))
-    sp = check_and_split(model, read_dataset(folder), "accuracy")
-    assert len(sp.y_test) == len(parts["validation"])
-    assert len(sp.y_fit) + len(sp.y_tune) == len(parts["train"])
+    sp = split_for_model(model, read_any(folder), "accuracy")
+    for name in ("train", "validation", "test"):
+        np.testing.assert_array_equal(sp.x(name), x_all[parts[name]])
+        np.testing.assert_array_equal(sp.y(name), y_all[parts[name]])
     assert "validation" in sp.held_out
-    # wine's rows are distinct, so rows identify samples: no test row reaches shrink
-    seen = {row.tobytes() for part in (sp.x_fit, sp.x_tune, sp.x_test, sp.x_calib) for row in part}
+    # wine's rows are distinct, so rows identify samples: no test row reaches a pass
+    data = PassData.from_splits(sp)
+    seen = {row.tobytes() for part in (data.train[0], data.validation[0], data.x_calib) for row in part}
     assert not any(x_all[i].tobytes() in seen for i in parts["test"])
-    np.testing.assert_array_equal(np.sort(sp.x_test, axis=0), np.sort(x_all[parts["validation"]], axis=0))
+    assert not any(x_all[i].tobytes() in {r.tobytes() for r in data.x_calib} for i in parts["validation"])

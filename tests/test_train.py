@@ -14,7 +14,8 @@ from edgeloop.cli import main
 from edgeloop.data import import_data, load_dataset, read_any, write_dataset
 from edgeloop.errors import EdgeloopError
 from edgeloop.graph import get_metadata, run
-from edgeloop.train import score, train_dataset
+from edgeloop.data import score
+from edgeloop.train import train_dataset
 
 
 def _run(capsys, *args: str) -> tuple[int, str, str]:
@@ -188,3 +189,40 @@ def test_f1_metric_scores_the_shipped_graph(digits_ds, tmp_path):
     xte, yte = ds.test
     pred = run(onnx.load(tmp_path / "f.onnx"), xte)[0]
     assert r["metric"] == "f1" and r["test_score"] == pytest.approx(f1_score(yte, pred, average="macro"))
+
+
+def test_one_class_is_a_one_line_error(tmp_path, capsys):
+    """A classifier cannot learn one class: one line naming the dataset and the class (was a traceback)."""
+    from sklearn.datasets import load_wine
+
+    x, y = load_wine(return_X_y=True)
+    np.savez(tmp_path / "one.npz", x=x[y == 1].astype(np.float32), y=np.full(int(np.sum(y == 1)), 7))
+    ds_path = import_data(tmp_path / "one.npz", tmp_path / "one")
+    code, _, err = _run(capsys, "train", str(ds_path), "-o", str(tmp_path / "one.onnx"))
+    lines = [ln for ln in err.splitlines() if ln.strip()]
+    assert code == 2 and len(lines) == 1 and "Traceback" not in err, err
+    assert str(ds_path) in lines[0] and "one class ('7')" in lines[0] and "at least two" in lines[0]
+    assert not (tmp_path / "one.onnx").exists()
+
+
+def test_a_class_of_one_sample_trains_and_says_so(tmp_path, capsys):
+    """Two classes, one of them a single sample: the MLP's stratified early stopping cannot take it (a
+    traceback before); it is reported as not trained, the others train, and the class is named."""
+    from sklearn.datasets import load_wine
+
+    x, y = load_wine(return_X_y=True)
+    xs = np.concatenate([x[y == 0], x[y == 1][:1]]).astype(np.float32)
+    ys = np.concatenate([np.zeros(int(np.sum(y == 0)), dtype=np.int64), [1]])
+    np.savez(tmp_path / "thin.npz", x=xs, y=ys)
+    ds_path = import_data(tmp_path / "thin.npz", tmp_path / "thin")
+    code, stdout, err = _run(capsys, "train", str(ds_path), "-o", str(tmp_path / "thin.onnx"), "--json",
+                             "--candidates", "linear,mlp")
+    assert code == 0 and "Traceback" not in err, err
+    r = json.loads(stdout)
+    mlp = next(row for row in r["candidates"] if row["name"] == "mlp")
+    assert mlp["skipped"].startswith("not trained:") and "too few" in mlp["skipped"]
+    assert r["chosen"] == "linear" and (tmp_path / "thin.onnx").is_file()
+    assert len(r["warnings"]) == 1 and "class '1' has only 1 sample" in r["warnings"][0]
+    code, _, err = _run(capsys, "train", str(ds_path), "-o", str(tmp_path / "thin2.onnx"), "--candidates", "mlp")
+    lines = [ln for ln in err.splitlines() if ln.strip()]
+    assert code == 2 and len(lines) == 1 and "no candidate could be trained" in lines[0], err

@@ -192,5 +192,7 @@ def print_train(result: dict) -> None:
     if tgt:
         out.print("* estimated from MACs and the target's calibrated throughput, not measured.")
     out.print(result["summary"])
+    for note in result.get("warnings") or []:
+        out.print(f"warning: {note}")
     out.print(f"test {result['metric']} (test split, used once): {result['test_score']:.4f}")
     out.print(f"wrote {result['output']} and its source {result['source']}")

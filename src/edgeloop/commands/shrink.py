@@ -36,9 +36,9 @@ def shrink_files(model_path: str, data_path: str, out_dir: str, *, metric: str =
                  source: Optional[str] = None, label_column: Optional[str] = None, quick: bool = False,
                  progress: Any = None) -> dict:
     """The whole command from Python: returns results.json's content; raises NoCandidateError (exit 3)."""
+    from edgeloop.data import read_any, split_for_model
     from edgeloop.frontends import load_file
     from edgeloop.search import Limits, NoCandidateError, closest, run_search
-    from edgeloop.search.data import check_and_split, read_dataset
     from edgeloop.search.report import recipe_text, render
 
     limits = Limits(max_drop=max_drop, target=target, max_ram_kb=max_ram_kb, max_flash_kb=max_flash_kb,
@@ -46,9 +46,8 @@ def shrink_files(model_path: str, data_path: str, out_dir: str, *, metric: str =
     limits.check()  # fail fast, before loading anything
     check_output_dir(out_dir, kind="shrink")
     model = load_file(model_path)
-    ds = read_dataset(data_path, label_column=label_column)
     try:
-        splits = check_and_split(model, ds, metric)
+        splits = split_for_model(model, read_any(data_path, label_column), metric)
     except EdgeloopError as e:
         raise e.with_where(data_path)
     src = _find_source(model_path, model, source)
@@ -123,8 +122,9 @@ def register(app: typer.Typer) -> None:
     ) -> None:
         """Quantize, prune, drop features or layers; keep the smallest model within --max-drop and the limits.
 
-        Every candidate is scored on a held-out split (calibration uses separate
-        samples). Exit code 3 when no candidate meets the limits (the report
+        Refits train on the train split, every choice (settings and the candidate)
+        is made on the validation split, and the test split is measured once, for
+        the baseline and the chosen model (calibration uses separate samples). Exit code 3 when no candidate meets the limits (the report
         names the closest ones), 2 on bad input.
         """
         from rich.console import Console
@@ -177,3 +177,7 @@ def _print_summary(doc: dict, output: Path) -> None:
     out.print(f"chosen {ch['id']}: {metric} {ch['metrics'][metric]:.4f} (baseline {b[metric]:.4f}), "
               f"{what} {b[key] / max(1, ch['metrics'][key]):.2f}x smaller; wrote {output}/model.onnx, "
               f"results.json, report.html")
+    test = doc.get("test") or {}
+    if test.get("chosen") is not None:
+        out.print(f"test {metric} (test split, {test['samples']} samples, used once): {test['chosen']:.4f} "
+                  f"(baseline {test['baseline']:.4f})")

@@ -172,8 +172,10 @@ def read_npz(path: Path) -> RawData:
                     except Exception as e:
                         raise DataError(f"cannot read array '{k}' ({e})", where=where) from None
             if required:
-                raise DataError(f"missing array '{key}' (the file holds: {', '.join(sorted(names)) or 'nothing'});"
-                                " expected arrays x and y, optionally x_calib", where=where)
+                what = " (no labels)" if key == "y" else ""
+                raise DataError(f"missing array '{key}'{what} (the file holds: "
+                                f"{', '.join(sorted(names)) or 'nothing'}); expected arrays x and y, "
+                                "optionally x_calib", where=where)
             return None
 
         x = get("x", True)
@@ -181,6 +183,14 @@ def read_npz(path: Path) -> RawData:
         x_calib = get("x_calib", False)
         class_names = get("classes", False)
     assert x is not None and y is not None
+    return from_arrays(x, y, x_calib, None if class_names is None else [str(c) for c in class_names.tolist()],
+                       where=where)
+
+
+def from_arrays(x: np.ndarray, y: np.ndarray, x_calib: np.ndarray | None = None,
+                class_names: list[str] | None = None, *, where: str = "<arrays>") -> RawData:
+    """Samples and labels held in memory (or read from a .npz), checked and encoded as a reader does."""
+    x, y = np.asarray(x), np.asarray(y)
     if x.ndim < 2:
         raise DataError(f"array 'x' must have a sample axis and features, got shape {list(x.shape)}", where=where)
     y = y.reshape(-1) if y.ndim == 2 and y.shape[1] == 1 else y
@@ -192,7 +202,7 @@ def read_npz(path: Path) -> RawData:
         raise DataError("holds no samples", where=where)
     xf = _float32(x, where)
     try:
-        yy, classes = _encode_labels(y, None if class_names is None else [str(c) for c in class_names.tolist()])
+        yy, classes = _encode_labels(y, class_names)
     except DataError as e:
         raise e.with_where(where)
     calib = None

@@ -138,6 +138,21 @@ def make_splits(raw: RawData, seed: int = 0, fractions: dict[str, float] | None 
     return {"train": train, "validation": val, "test": test}
 
 
+def holdout_split(labels: np.ndarray, fraction: float, seed: int = 0, *,
+                  classification: bool = True) -> tuple[np.ndarray, np.ndarray]:
+    """(kept, held-out) positions of ``labels``: a seeded, stratified two-way split.
+
+    The same splitter as :func:`make_splits` (a class with one sample stays on
+    the kept side). ``improve`` holds its comparison rows out with it.
+    """
+    labels = np.asarray(labels).reshape(-1)
+    if not 0 < fraction < 1:
+        raise UsageError(f"a held-out fraction must be between 0 and 1, got {fraction:g}")
+    kept, held = _stratified_split(_bins(labels, classification), [1 - fraction, fraction],
+                                   np.random.default_rng(seed))
+    return kept, held
+
+
 # --- write -----------------------------------------------------------------------------------
 
 def _counts(y: np.ndarray, idx: np.ndarray, classes: list[str] | None) -> Any:

@@ -11,9 +11,11 @@ stage (``improve``) can replay it on a refitted model::
     small = apply_pass(model, Int8Static(calibration="percentile"), data)
     again = apply_recipe(other_model, get_metadata(small)["recipe"], data)
 
-``data`` (:class:`PassData`) carries what some passes need: calibration
-samples, a fit split for refits, a tune split for measurements, and the
-source model (a scikit-learn estimator or its .joblib path) for refits.
+``data`` (:class:`PassData`) carries what some passes need, by split name
+(:mod:`edgeloop.data.splits`): calibration samples, the ``train`` split for
+every fit, the ``validation`` split for every choice, and the source model (a
+scikit-learn estimator or its .joblib path) for refits. It has no place for a
+``test`` split: the rows a caller reports on never reach a pass.
 
 Passes:
 
@@ -45,31 +47,59 @@ from edgeloop.errors import UsageError
 
 @dataclass
 class PassData:
-    """What data-hungry passes may use. Every field is optional.
+    """What data-hungry passes may use, by split name. Every field is optional.
 
+    - ``train`` (x, y): the only rows any pass fits on: refits (feature_select,
+      smaller_algorithm), the pruning passes' least-squares reconstruction,
+      fine-tunes;
+    - ``validation`` (x, y): the only rows that choose settings (layer
+      sensitivity, permutation importance); never fitted on;
     - ``x_calib``: unlabelled samples for int8 calibration;
-    - ``x_fit``/``y_fit``: training data for refits (feature_select,
-      smaller_algorithm) and for the least-squares weight reconstruction of the
-      pruning passes;
-    - ``x_tune``/``y_tune``: the split that picks settings (layer sensitivity,
-      permutation importance). Refits also train on it, so it must not be the
-      split a caller reports its final metric on;
     - ``metric``: accuracy | f1 | auc | mae;
     - ``source``: a fitted scikit-learn estimator or its .joblib/.pkl path.
+
+    ``x_fit``/``y_fit`` and ``x_tune``/``y_tune`` are accepted as older names of
+    ``train`` and ``validation``.
     """
 
+    train: Any = None  # (x, y)
+    validation: Any = None  # (x, y)
     x_calib: np.ndarray | None = None
-    x_fit: np.ndarray | None = None
-    y_fit: np.ndarray | None = None
-    x_tune: np.ndarray | None = None
-    y_tune: np.ndarray | None = None
     metric: str = "accuracy"
     source: Any = None  # a fitted scikit-learn estimator or a path to its .joblib/.pkl
+    x_fit: dataclasses.InitVar[Any] = None
+    y_fit: dataclasses.InitVar[Any] = None
+    x_tune: dataclasses.InitVar[Any] = None
+    y_tune: dataclasses.InitVar[Any] = None
+
+    def __post_init__(self, x_fit: Any, y_fit: Any, x_tune: Any, y_tune: Any) -> None:
+        for name, (x, y) in (("train", (x_fit, y_fit)), ("validation", (x_tune, y_tune))):
+            if x is not None and y is not None:
+                if getattr(self, name) is not None:
+                    raise UsageError(f"PassData: give the {name} split once")
+                setattr(self, name, (x, y))
+        for name in ("train", "validation"):
+            pair = getattr(self, name)
+            if pair is not None:
+                x, y = pair
+                if len(x) != len(y):
+                    raise UsageError(f"PassData: the {name} split has {len(x)} samples but {len(y)} labels")
+                setattr(self, name, (np.asarray(x), np.asarray(y)))
+
+    def split(self, name: str, what: str) -> tuple[np.ndarray, np.ndarray]:
+        """The named split (``train`` or ``validation``), or a one-line error naming ``what`` needs it."""
+        if name not in ("train", "validation"):
+            raise UsageError(f"passes see only the train and validation splits, not {name!r}")
+        pair = getattr(self, name)
+        if pair is None or len(pair[1]) == 0:
+            raise UsageError(f"{what} needs labelled data (a {name} split)")
+        return pair
 
     @classmethod
     def from_splits(cls, splits: Any, source: Any = None) -> "PassData":
-        return cls(splits.x_calib, splits.x_fit, splits.y_fit, splits.x_tune, splits.y_tune,
-                   splits.metric, source)
+        """The train and validation splits of :class:`edgeloop.data.Splits` (never its test split)."""
+        return cls(train=splits["train"], validation=splits["validation"], x_calib=splits.x_calib,
+                   metric=splits.metric, source=source)
 
     def source_estimator(self) -> Any:
         """The scikit-learn source, loaded from its file if needed; None without one."""

@@ -1,8 +1,8 @@
 """Mixed precision: int8 everywhere except the layers whose quantization costs the most.
 
 The layers are chosen by measurement (:func:`rank_sensitivity`): each
-quantizable layer is left float on its own and the metric on the tune split
-is compared with the fully quantized model; the layers that win back the most
+quantizable layer is left float on its own and the metric on the validation
+split is compared with the fully quantized model; the layers that win back the most
 stay float. The pass itself replays a given list (``float_layers``), so a
 recipe is deterministic.
 """
@@ -38,19 +38,20 @@ def quantizable_layers(model: onnx.ModelProto) -> list[str]:
 
 def rank_sensitivity(model: onnx.ModelProto, data: PassData, calibration: str = "minmax",
                      max_layers: int = 8) -> list[tuple[str, float]]:
-    """[(layer, metric gain on tune when that layer alone stays float)], best gain first."""
-    from edgeloop.search.data import HIGHER_IS_BETTER, evaluate
+    """[(layer, metric gain on validation when that layer alone stays float)], best gain first."""
+    from edgeloop.data.scoring import HIGHER_IS_BETTER, evaluate
 
-    if data is None or data.x_tune is None or data.y_tune is None:
-        raise UsageError("mixed precision needs a tune split to measure layer sensitivity")
+    if data is None:
+        raise UsageError("mixed precision needs a validation split to measure layer sensitivity")
+    xv, yv = data.split("validation", "measuring layer sensitivity for mixed precision")
     sign = 1.0 if HIGHER_IS_BETTER[data.metric] else -1.0
     full = run_static(model, Int8Static(calibration=calibration), data)
-    ref = evaluate(full, data.x_tune, data.y_tune, data.metric)
+    ref = evaluate(full, xv, yv, data.metric)
     layers = quantizable_layers(model)[:max_layers * 4]
     gains = []
     for name in layers[:max_layers] if len(layers) > max_layers else layers:
         q = run_static(model, Int8Static(calibration=calibration, exclude=(name,)), data)
-        gains.append((name, sign * (evaluate(q, data.x_tune, data.y_tune, data.metric) - ref)))
+        gains.append((name, sign * (evaluate(q, xv, yv, data.metric) - ref)))
     gains.sort(key=lambda t: -t[1])
     return gains
 

@@ -3,7 +3,7 @@
 ``magnitude_prune`` zeroes, in every Conv/Gemm/MatMul weight, the ``sparsity``
 fraction with the smallest magnitude (layer by layer). With data, each
 Gemm/MatMul layer's surviving weights are then refitted by least squares so
-its outputs on the fit split match the unpruned layer's (row by row over the
+its outputs on the train split match the unpruned layer's (row by row over the
 kept inputs): a cheap stand-in for fine-tuning. Fine-tuning the PyTorch or
 scikit-learn source itself is not done here.
 
@@ -86,7 +86,7 @@ def run_prune(model: onnx.ModelProto, config: MagnitudePrune, data: PassData | N
         thr = np.partition(np.abs(w).reshape(-1), k - 1)[k - 1]
         w[np.abs(w) <= thr] = 0
         inits[name].CopyFrom(numpy_helper.from_array(w, name))
-    if config.refit and data is not None and data.x_fit is not None:
+    if config.refit and data is not None and data.train is not None:
         _refit(original, model, [t for t in targets if t[0].op_type in ("Gemm", "MatMul")], data)
     return model
 
@@ -122,10 +122,10 @@ def _finetune_torch(model: onnx.ModelProto, config: MagnitudePrune, data: PassDa
     import torch
 
     from edgeloop.errors import UsageError
-    from edgeloop.search.data import feature_view, input_info, model_task
+    from edgeloop.data.scoring import feature_view, input_info, model_task
 
     net = _torch_source(data)
-    if net is None or data.x_fit is None or data.y_fit is None:
+    if net is None or data.train is None:
         raise UsageError("magnitude_prune with finetune_epochs needs the PyTorch source (.pt2) and "
                          "labelled training data")
     masks = {}
@@ -142,9 +142,10 @@ def _finetune_torch(model: onnx.ModelProto, config: MagnitudePrune, data: PassDa
             params[name].mul_(m)
     _, shape, _ = input_info(model)
     b = shape[0] if shape and isinstance(shape[0], int) and shape[0] > 0 else 32
-    x = torch.tensor(feature_view(model, np.asarray(data.x_fit)))
+    x_fit, y_fit = data.train
+    x = torch.tensor(feature_view(model, x_fit))
     regression = model_task(model) == "regression"
-    y = torch.tensor(np.asarray(data.y_fit), dtype=torch.float32 if regression else torch.int64)
+    y = torch.tensor(y_fit, dtype=torch.float32 if regression else torch.int64)
     opt = torch.optim.Adam(net.parameters(), lr=config.finetune_lr)
     gen = torch.Generator().manual_seed(0)
     n = (len(x) // b) * b
@@ -186,7 +187,7 @@ def _one_blas_thread():
 def _refit(original, model, targets, data: PassData) -> None:
     from edgeloop.passes.prune_structured import _attr, _capture
 
-    x = np.asarray(data.x_fit)[:2048]
+    x = data.train[0][:2048]
     if not targets:
         return
     ref = _capture(original, [n.output[0] for n, _ in targets], x)

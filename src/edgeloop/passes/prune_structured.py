@@ -11,7 +11,7 @@ sliced. The saved file, the MACs and the activation sizes shrink.
 
 With ``refit=True`` (the default) and data available, each Gemm/MatMul
 consumer's weights are refitted by least squares so that its output on the
-fit split matches the unpruned model's (the channel-pruning reconstruction of
+train split matches the unpruned model's (the channel-pruning reconstruction of
 He et al., 2017): a cheap stand-in for fine-tuning that needs no source model.
 This is written by hand because no library prunes ONNX graphs structurally.
 """
@@ -178,7 +178,7 @@ def _in_axis(node) -> int:
 
 def _capture(model: onnx.ModelProto, names: list[str], x: np.ndarray) -> dict[str, np.ndarray]:
     """Values of intermediate tensors on samples ``x`` (run with onnxruntime)."""
-    from edgeloop.search.data import Predictor, feature_view
+    from edgeloop.data.scoring import Predictor, feature_view
 
     m = onnx.ModelProto()
     m.CopyFrom(model)
@@ -245,7 +245,7 @@ def run(model: onnx.ModelProto, config: ChannelPrune, data: PassData | None) -> 
     for i, init in enumerate(g.initializer):
         g.initializer[i].CopyFrom(numpy_helper.from_array(arrays[init.name], init.name))
     del g.value_info[:]
-    if config.refit and data is not None and data.x_fit is not None:
+    if config.refit and data is not None and data.train is not None:
         _refit_consumers(original, model, chains, data, kept_record)
     from edgeloop.graph import set_metadata
 
@@ -269,7 +269,7 @@ def _refit_consumers(original: onnx.ModelProto, pruned: onnx.ModelProto, chains:
                      key=lambda ch: order.get(id(ch.consumer), 0))
     if not targets:
         return
-    x = np.asarray(data.x_fit)[:2048]
+    x = data.train[0][:2048]
     ref = _capture(original, [ch.consumer.output[0] for ch in targets], x)
     inits = {i.name: i for i in pruned.graph.initializer}
     for ch in targets:

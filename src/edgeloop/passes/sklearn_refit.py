@@ -1,15 +1,16 @@
 """Refits of a scikit-learn source: fewer input features, or a simpler estimator.
 
 Both passes rebuild the model from the source estimator (``PassData.source``,
-an estimator or its .joblib path) trained on the fit and tune splits (all
-but the held-out test split), so they come
-first in a recipe; the incoming graph is only used for its metadata.
+an estimator or its .joblib path) trained on the ``train`` split only (the
+``validation`` split then judges the refit, and no pass ever sees ``test``),
+so they come first in a recipe; the incoming graph is only used for its
+metadata.
 
 ``feature_select`` keeps the listed input columns, refits a clone of the
 source on them and records ``kept_features`` (indices into the original
 inputs) and ``n_features_original`` in the metadata: the runtime and the
 evaluator feed only those columns. :func:`rank_features` orders features by
-permutation importance on the tune split (scikit-learn's own).
+permutation importance on the validation split (scikit-learn's own).
 ``smaller_algorithm`` fits a logistic/linear model or a shallow decision
 tree on the same data (and the same kept features, if any).
 """
@@ -42,16 +43,12 @@ class SmallerAlgorithm:
 
 
 def _need(data: PassData | None, what: str) -> tuple[Any, np.ndarray, np.ndarray]:
-    if data is None or data.x_fit is None or data.y_fit is None:
-        raise UsageError(f"{what} needs training data (a fit split)")
+    if data is None:
+        raise UsageError(f"{what} needs labelled data (a train split)")
+    x, y = data.split("train", what)
     est = data.source_estimator()
     if est is None:
         raise UsageError(f"{what} needs the scikit-learn source model (a .joblib file)")
-    x = np.asarray(data.x_fit)
-    y = np.asarray(data.y_fit)
-    if data.x_tune is not None and data.y_tune is not None:  # refit on all non-test data
-        x = np.concatenate([x, np.asarray(data.x_tune)])
-        y = np.concatenate([y, np.asarray(data.y_tune)])
     return est, x.reshape(len(x), -1), y
 
 
@@ -61,22 +58,19 @@ def _sklearn_scorer(metric: str):
 
 
 def rank_features(est: Any, data: PassData, n_repeats: int = 5) -> list[int]:
-    """Feature indices, most useful first (permutation importance on the tune split)."""
+    """Feature indices, most useful first (permutation importance on the validation split)."""
     from sklearn.inspection import permutation_importance
 
-    if data.x_tune is None or data.y_tune is None:
-        raise UsageError("feature ranking needs a tune split")
-    x = np.asarray(data.x_tune)
+    x, y = data.split("validation", "feature ranking")
     x = x.reshape(len(x), -1)
     # Classifiers with probabilities are scored by log-loss: on a few hundred samples,
     # permuting one of many features rarely flips a label, so accuracy ties.
     scoring = "neg_log_loss" if hasattr(est, "predict_proba") and data.metric != "mae" \
         else _sklearn_scorer(data.metric)
     try:
-        r = permutation_importance(est, x, data.y_tune, n_repeats=n_repeats, random_state=0,
-                                   scoring=scoring)
-    except ValueError:  # e.g. a class missing from the tune split for log-loss
-        r = permutation_importance(est, x, data.y_tune, n_repeats=n_repeats, random_state=0,
+        r = permutation_importance(est, x, y, n_repeats=n_repeats, random_state=0, scoring=scoring)
+    except ValueError:  # e.g. a class missing from the validation split for log-loss
+        r = permutation_importance(est, x, y, n_repeats=n_repeats, random_state=0,
                                    scoring=_sklearn_scorer(data.metric))
     return [int(i) for i in np.argsort(-r.importances_mean, kind="stable")]
 
@@ -132,8 +126,8 @@ def run_smaller(model: onnx.ModelProto, config: SmallerAlgorithm, data: PassData
     meta: dict[str, Any] = {}
     if config.keep:
         keep = _check_keep(config.keep, x.shape[1], "smaller_algorithm")
+        meta = {"kept_features": keep, "n_features_original": int(x.shape[1])}
         x = x[:, keep]
-        meta = {"kept_features": keep, "n_features_original": int(len(data.x_fit[0].reshape(-1)))}
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         new.fit(x, y)

@@ -1,13 +1,17 @@
 """The shrink search: try pass combinations, measure each candidate, keep the Pareto front.
 
-``run_search(model, splits, limits, source=None)`` returns a :class:`SearchResult`
-with every candidate (its recipe, parent, metrics, ``on_front``) and the
-chosen one: the smallest (flash image on a microcontroller --target, model
-file otherwise) that loses at most ``limits.max_drop`` of the
-metric (in the metric's own units, measured on the held-out test split) and
-meets every limit. Settings that need a measurement to pick (the calibration
-method, which layers stay float, which features to keep) are chosen on the
-``tune`` split, never on ``test``.
+``run_search(model, splits, limits, source=None)`` takes named splits
+(:class:`edgeloop.data.Splits`) and returns a :class:`SearchResult` with every
+candidate (its recipe, parent, metrics, ``on_front``) and the chosen one: the
+smallest (flash image on a microcontroller --target, model file otherwise)
+that loses at most ``limits.max_drop`` of the metric (in the metric's own
+units) and meets every limit.
+
+Every fit a pass makes uses the ``train`` split; every choice (the calibration
+method, the layers kept float, the features kept, and the candidate itself) is
+made on the ``validation`` split, which is what ``metrics[metric]`` holds. The
+``test`` split is touched once, after the choice: the baseline's and the
+chosen candidate's metric on it are ``info["test"]``. The passes never see it.
 """
 
 from __future__ import annotations
@@ -20,7 +24,8 @@ from typing import Any, Callable
 import onnx
 
 from edgeloop.errors import EdgeloopError, UsageError
-from edgeloop.search.data import HIGHER_IS_BETTER, Splits, evaluate
+from edgeloop.data.scoring import HIGHER_IS_BETTER, evaluate
+from edgeloop.data.splits import REPORT, SELECT, Splits
 
 
 class NoCandidateError(EdgeloopError):
@@ -95,12 +100,11 @@ class SearchResult:
 
 def measure(model: onnx.ModelProto, splits: Splits, target: Any = None, *,
             latency: bool = True) -> dict[str, Any]:
-    """Every number a candidate is judged by. The metric is on the held-out test split."""
+    """Every number a candidate is judged by. The metric is on the validation split (it chooses)."""
     from edgeloop.profile import profile_model
 
     m: dict[str, Any] = {}
-    m[splits.metric] = evaluate(model, splits.x_test, splits.y_test, splits.metric)
-    m["metric_tune"] = evaluate(model, splits.x_tune, splits.y_tune, splits.metric)
+    m[splits.metric] = evaluate(model, *splits[SELECT], splits.metric)
     m["file_bytes"] = len(model.SerializeToString())
     prof = profile_model(model, latency=latency, min_runs=20, min_seconds=0.1)
     for k in ("params", "macs", "weight_bytes", "flash_bytes", "peak_ram_bytes", "precision"):
@@ -237,10 +241,14 @@ def run_search(model: onnx.ModelProto, splits: Splits, limits: Limits, *, source
         chosen.chosen = True
     res = SearchResult(base, s.candidates, chosen, splits.metric, limits)
     res.info["size_key"] = size_key
+    # the test split, once, now that every choice is made
+    x_test, y_test = splits[REPORT]
+    res.info["test"] = {"split": REPORT, "samples": int(len(y_test)),
+                        "baseline": evaluate(model, x_test, y_test, splits.metric),
+                        "chosen": None if chosen is None else evaluate(chosen.model, x_test, y_test,
+                                                                        splits.metric)}
     res.info["seconds"] = round(time.perf_counter() - t0, 2)
-    res.info["splits"] = {"fit": int(len(splits.y_fit)), "tune": int(len(splits.y_tune)),
-                          "test": int(len(splits.y_test)), "calib": int(len(splits.x_calib)),
-                          "held_out": splits.held_out}
+    res.info["splits"] = {**splits.sizes(), "calib": int(len(splits.x_calib)), "held_out": splits.held_out}
     res.info.update(s.info)
     return res
 

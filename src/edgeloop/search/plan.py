@@ -4,10 +4,11 @@ from __future__ import annotations
 
 from typing import Any
 
-from edgeloop.search.data import HIGHER_IS_BETTER
+from edgeloop.data.scoring import HIGHER_IS_BETTER
 
 
-def _best(cands: list, metric_key: str = "metric_tune", higher: bool = True):
+def _best(cands: list, metric_key: str, higher: bool = True):
+    """The candidate with the best validation metric (then the smallest file)."""
     ok = [c for c in cands if c is not None]
     if not ok:
         return None
@@ -26,7 +27,7 @@ def _has_layers(model, ops=("Conv", "Gemm", "MatMul")) -> bool:
 
 
 def quantize_family(s: Any, parent, quick: bool = False) -> Any:
-    """int8 static (each calibration) on ``parent``; returns the best by the tune metric."""
+    """int8 static (each calibration) on ``parent``; returns the best by the validation metric."""
     from edgeloop.passes import Int8Static
 
     model = parent.model if parent is not None else s.base_model
@@ -34,7 +35,7 @@ def quantize_family(s: Any, parent, quick: bool = False) -> Any:
         return None
     calibs = ("minmax",) if quick else ("minmax", "percentile", "entropy")
     got = [s.add(parent, Int8Static(calibration=c)) for c in calibs]
-    return _best(got, higher=HIGHER_IS_BETTER[s.splits.metric])
+    return _best(got, s.splits.metric, higher=HIGHER_IS_BETTER[s.splits.metric])
 
 
 def explore(s: Any, quick: bool = False) -> None:
@@ -43,7 +44,7 @@ def explore(s: Any, quick: bool = False) -> None:
     hib = HIGHER_IS_BETTER[s.splits.metric]
     base = s.base_model
     names = set(pass_names())
-    tune_base = s.baseline.metrics["metric_tune"]
+    val_base = s.baseline.metrics[s.splits.metric]
 
     if _is_float(base):
         s.add(None, Float16())
@@ -54,9 +55,9 @@ def explore(s: Any, quick: bool = False) -> None:
         best_q = quantize_family(s, None, quick)
         s.info["calibration"] = best_q.recipe[-1]["config"]["calibration"] if best_q else None
 
-        # mixed precision: layers whose int8 costs the most stay float, by measurement on tune
+        # mixed precision: layers whose int8 costs the most stay float, by measurement on validation
         if best_q is not None and "mixed_precision" in names:
-            loss = (tune_base - best_q.metrics["metric_tune"]) * (1 if hib else -1)
+            loss = (val_base - best_q.metrics[s.splits.metric]) * (1 if hib else -1)
             from edgeloop.passes.mixed import MixedPrecision, quantizable_layers, rank_sensitivity
 
             if loss > 0 and len(quantizable_layers(base)) > 1:
@@ -117,7 +118,8 @@ def explore(s: Any, quick: bool = False) -> None:
     if est is not None and "feature_select" in names:
         from edgeloop.passes.sklearn_refit import FeatureSelect, SmallerAlgorithm, rank_features
 
-        n = s.splits.x_fit.reshape(len(s.splits.x_fit), -1).shape[1]
+        x_train = s.splits.x("train")
+        n = x_train.reshape(len(x_train), -1).shape[1]
         if n >= 4:
             s.progress("ranking features by permutation importance")
             try:

@@ -19,8 +19,10 @@ tr.err{color:#999}.plots{display:flex;gap:2em;flex-wrap:wrap}.bad{color:#b00}
 svg text{font-size:11px}
 </style></head><body>
 <h1>edgeloop shrink: {{ title }}</h1>
-<p>Metric <b>{{ metric }}</b> ({{ 'higher' if hib else 'lower' }} is better) on {{ splits.test }} held-out samples
-(calibration: {{ splits.calib }} samples, never scored). Baseline {{ metric }} {{ fmt(baseline.metrics[metric]) }},
+<p>Metric <b>{{ metric }}</b> ({{ 'higher' if hib else 'lower' }} is better) on the {{ splits.validation }} samples of the
+validation split, which chooses (refits train on the {{ splits.train }} samples of the train split; calibration:
+{{ splits.calib }} samples, never scored).{% if test %} The test split ({{ test.samples }} samples) is measured once, after
+the choice: baseline {{ fmt(test.baseline) }}{% if test.chosen is not none %}, chosen {{ fmt(test.chosen) }}{% endif %}.{% endif %} Baseline {{ metric }} {{ fmt(baseline.metrics[metric]) }},
 file {{ kb(baseline.metrics.file_bytes) }}. Limits: {{ limits_text }}. Search took {{ seconds }} s.</p>
 {% if chosen %}
 <p><b>Chosen: {{ chosen.id }}</b> ({{ recipe_text(chosen.passes) }}): {{ metric }} {{ fmt(chosen.metrics[metric]) }},
@@ -46,7 +48,7 @@ flash {{ kb(chosen.metrics.flash_bytes) }}, peak RAM {{ kb(chosen.metrics.peak_r
 <td class="l">{{ 'yes' if c.on_front else '' }}</td><td class="l">{{ 'meets' if not c.misses else c.misses | join('; ') }}</td>
 {% endif %}</tr>
 {% endfor %}</table>
-{% if info.layer_sensitivity %}<h2>Layer sensitivity to int8 (tune split)</h2>
+{% if info.layer_sensitivity %}<h2>Layer sensitivity to int8 (validation split)</h2>
 <table><tr><th class="l">layer</th><th>{{ metric }} regained when left float</th></tr>
 {% for r in info.layer_sensitivity %}<tr><td class="l">{{ r.layer }}</td><td>{{ fmt(r.gain) }}</td></tr>{% endfor %}</table>{% endif %}
 </body></html>
@@ -171,7 +173,7 @@ def render(result: dict, title: str, closest: list[dict] | None = None) -> str:
     env = jinja2.Environment(autoescape=True, undefined=jinja2.ChainableUndefined)
     return env.from_string(TEMPLATE).render(
         title=title, metric=metric, hib=result["higher_is_better"], baseline=result["baseline"],
-        splits=result.get("splits", {}), seconds=result.get("seconds"), limits_text=limits_text,
+        splits=result.get("splits", {}), test=result.get("test"), seconds=result.get("seconds"), limits_text=limits_text,
         chosen=chosen, closest=closest or [], rows=rows, target=target, info=result,
         plot_size=_scatter(points, "size", "file size, KB (log)", metric,
                            higher_is_better=result["higher_is_better"]),

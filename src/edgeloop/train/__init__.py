@@ -11,6 +11,17 @@ target, when one is given). Without ``min_score`` every candidate is tried and
 the best kept. The chosen model is written as ``output`` (.onnx) with its source
 beside it (``<stem>.joblib`` for scikit-learn, ``<stem>.pt2`` for the CNN), and
 scored once on the test split through the ONNX graph that ships.
+
+Splits by name (:mod:`edgeloop.data.splits`): candidates fit on ``train``, are
+chosen on ``validation``, and only the chosen one meets ``test``. Scores come
+from the one scorer and the graph's predictions from the one predictor of
+:mod:`edgeloop.data`.
+
+A classification dataset needs two classes with training samples (one class is
+a one-line error). A class too small to reach every split (one sample: it can
+only be trained on) is reported in ``warnings``; a candidate that cannot be
+fitted on such data (the MLP's stratified early-stopping split) is reported as
+not trained, with the reason, and the others go on.
 """
 
 from __future__ import annotations
@@ -25,28 +36,15 @@ from typing import Any
 
 import numpy as np
 
+from edgeloop.data.readers import DataError
+from edgeloop.data.scoring import predict, score
+from edgeloop.data.splits import FIT, REPORT, SELECT
 from edgeloop.errors import UsageError
 from edgeloop.train.candidates import CANDIDATES, Candidate, candidates_for, estimate_weight_bytes
 
 METRICS = ("accuracy", "f1", "mae")
 
-__all__ = ["train_dataset", "score", "CANDIDATES", "Candidate", "candidates_for", "estimate_weight_bytes",
-           "METRICS"]
-
-
-def score(metric: str, y_true: np.ndarray, y_pred: np.ndarray) -> float:
-    """accuracy, macro F1 (higher is better) or mean absolute error (lower is better)."""
-    y_true = np.asarray(y_true).reshape(-1)
-    y_pred = np.asarray(y_pred).reshape(-1)
-    if metric == "accuracy":
-        return float(np.mean(y_true == y_pred))
-    if metric == "f1":
-        from sklearn.metrics import f1_score
-
-        return float(f1_score(y_true, y_pred, average="macro"))
-    if metric == "mae":
-        return float(np.mean(np.abs(y_true.astype(np.float64) - y_pred.astype(np.float64))))
-    raise UsageError(f"unknown metric '{metric}'; choose {', '.join(METRICS)}")
+__all__ = ["train_dataset", "CANDIDATES", "Candidate", "candidates_for", "estimate_weight_bytes", "METRICS"]
 
 
 def _better(metric: str, a: float, b: float) -> bool:
@@ -61,28 +59,30 @@ def _flat(x: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(x.reshape(len(x), -1), dtype=np.float32)
 
 
-def onnx_predict(model, x: np.ndarray, task: str) -> np.ndarray:
-    """Predictions of an ONNX graph made by ``train``: class indices or regression values."""
-    from edgeloop.graph import session
-
-    sess = session(model)
-    inp = sess.get_inputs()[0]
-    fixed_batch = isinstance(inp.shape[0], int)
-    if len(inp.shape) == 2:
-        x = _flat(x)
-    outs_meta = [o.name for o in sess.get_outputs()]
-    results = []
-    step = 1 if fixed_batch else 4096
-    for start in range(0, len(x), step):
-        out = sess.run(None, {inp.name: np.ascontiguousarray(x[start:start + step], dtype=np.float32)})
-        if task == "classification":
-            if "label" in outs_meta:
-                results.append(np.asarray(out[outs_meta.index("label")]).reshape(-1))
-            else:  # logits
-                results.append(np.asarray(out[0]).argmax(axis=1))
-        else:
-            results.append(np.asarray(out[0]).reshape(-1))
-    return np.concatenate(results)
+def _class_check(ds, where: str) -> list[str]:
+    """One-line errors for data no classifier can learn; warnings for classes too small to split."""
+    names = list(ds.classes)
+    y_train = ds.split(FIT)[1]
+    in_data = sorted(set(np.unique(ds.y).tolist()))
+    if len(in_data) < 2:
+        only = names[in_data[0]] if in_data else "none"
+        raise DataError(f"every sample is of one class ('{only}'); a classifier needs samples of at least "
+                        "two classes", where=where)
+    in_train = sorted(set(np.unique(y_train).tolist()))
+    if len(in_train) < 2:
+        raise DataError(f"the train split holds one class only ('{names[in_train[0]]}'); a classifier needs "
+                        "training samples of at least two classes (re-import with more data per class)",
+                        where=where)
+    notes: list[str] = []
+    for c, name in enumerate(names):
+        per = {s: int(np.sum(ds.split(s)[1] == c)) for s in (FIT, SELECT, REPORT)}
+        missing = [s for s, n in per.items() if n == 0]
+        if sum(per.values()) and missing:
+            notes.append(f"class '{name}' has only {sum(per.values())} sample(s) "
+                         f"({', '.join(f'{k} {v}' for k, v in per.items())}): too few for a stratified split, "
+                         f"so the {' and '.join(missing)} split{'s do' if len(missing) > 1 else ' does'} not "
+                         "measure it")
+    return notes
 
 
 def _profile_row(model, tgt) -> dict[str, Any]:
@@ -140,7 +140,8 @@ def train_dataset(dataset: str | os.PathLike, output: str | os.PathLike, *, targ
     if epochs <= 0:
         raise UsageError("--epochs must be positive")
     pool = candidates_for(task, ds.kind, candidates)
-    xtr, ytr = ds.train
+    notes = _class_check(ds, str(dataset)) if task == "classification" else []
+    xtr, ytr = ds.split(FIT)
     n_classes = len(ds.classes) if ds.classes is not None else 0
     shape = list(ds.card["sample_shape"])
     n_features = int(np.prod(shape))
@@ -148,7 +149,7 @@ def train_dataset(dataset: str | os.PathLike, output: str | os.PathLike, *, targ
     # family order linear, tree, forest, MLP, CNN breaks ties)
     estimates = {c.name: estimate_weight_bytes(c.name, n_features, n_classes, shape) for c in pool}
     pool = sorted(pool, key=lambda c: estimates[c.name])
-    xva, yva = ds.val
+    xva, yva = ds.split(SELECT)
     if len(yva) == 0 or len(ytr) == 0:
         raise UsageError(f"{dataset}: the dataset has an empty train or validation split")
 
@@ -188,7 +189,19 @@ def train_dataset(dataset: str | os.PathLike, output: str | os.PathLike, *, targ
                     with warnings.catch_warnings(record=True) as caught:
                         # a solver stopping at its iteration cap is reported in the table, not as a warning
                         warnings.simplefilter("always")
-                        est.fit(_flat(xtr), ytr)
+                        try:
+                            est.fit(_flat(xtr), ytr)
+                        except ValueError as e:  # e.g. a class too small for the MLP's stratified split
+                            reason = (str(e).strip().splitlines() or [type(e).__name__])[0].split(". ")[0]
+                            if "least populated" in reason:
+                                reason = "a class has too few training samples for its stratified " \
+                                         "early-stopping split"
+                            rows.append({"name": cand.name, "description": cand.description,
+                                         "estimated_bytes": estimates[cand.name],
+                                         "skipped": f"not trained: {reason}"})
+                            if bar is not None:
+                                bar.advance(job)
+                            continue
                     converged = not any(w.category.__name__ == "ConvergenceWarning" for w in caught)
                     pred = est.predict(_flat(xva))
                     train_s = time.perf_counter() - t0
@@ -213,6 +226,9 @@ def train_dataset(dataset: str | os.PathLike, output: str | os.PathLike, *, targ
             rows.append({"name": cand.name, "description": cand.description,
                          "estimated_bytes": estimates[cand.name], "skipped": f"not tried: {chosen} already reached {min_score:g}"})
         tried = [r for r in rows if "skipped" not in r]
+        if not tried:
+            raise DataError(f"no candidate could be trained ({rows[0]['name']}: "
+                            f"{rows[0]['skipped'].removeprefix('not trained: ')})", where=str(dataset))
         if chosen is not None:
             summary = f"chose {chosen}: the smallest candidate reaching {metric} " \
                       f"{'<=' if metric == 'mae' else '>='} {min_score:g} on validation" \
@@ -232,8 +248,8 @@ def train_dataset(dataset: str | os.PathLike, output: str | os.PathLike, *, targ
             if tgt is not None and best["fits"] is False:
                 summary += f" (it does not fit {tgt.id}: {'; '.join(best['reasons'])})"
         est, model, src, config, cand = fitted[chosen]
-        xte, yte = ds.test
-        onnx_pred = onnx_predict(model, xte, task)
+        xte, yte = ds.split(REPORT)
+        onnx_pred = predict(model, xte)[0]  # the graph that ships, before its metadata names the labels
         test = score(metric, yte, onnx_pred)
         est_pred = est.predict(xte if cand.family == "torch" else _flat(xte))
         agreement = float(np.mean(np.asarray(est_pred).reshape(-1) == onnx_pred)) if task == "classification" \
@@ -245,7 +261,7 @@ def train_dataset(dataset: str | os.PathLike, output: str | os.PathLike, *, targ
     return {
         "dataset": str(dataset), "dataset_checksum": ds.checksum, "task": task, "metric": metric,
         "min_score": min_score, "target": tgt.id if tgt else None, "candidates": rows, "chosen": chosen,
-        "summary": summary, "test_score": test, "test_samples": int(len(yte)),
+        "summary": summary, "warnings": notes, "test_score": test, "test_samples": int(len(yte)),
         "onnx_vs_source": ({"agreement": agreement} if task == "classification" else {"max_abs_diff": agreement}),
         "output": str(out), "source": str(source_path),
     }

@@ -5,6 +5,13 @@ The source kept in the bundle (``source/*.joblib`` or ``source/*.pt2``) is refit
 ``ExportedProgram.module()`` trained a few epochs, then exported again); the shrink
 recipe recorded in the provenance is replayed with ``edgeloop.passes.apply_recipe``;
 old and new are compared on held-out data the new model never saw.
+
+The rows: the new data (and the base data, if given) is split once by the one
+seeded, stratified splitter of :mod:`edgeloop.data` into a ``train`` part and a
+held-out ``test`` part. Only ``train`` reaches the refit or fine-tune and the
+recipe replay (its only split: the replay re-fits, it chooses nothing). Held-out
+rows equal to a training row are dropped from the comparison, which says how
+many rows it was measured on.
 """
 
 from __future__ import annotations
@@ -83,21 +90,28 @@ def load_labelled(path: "str | Path", labels: Optional[list]) -> tuple[np.ndarra
     return x, _map_labels(list(y), labels)
 
 
-def _split(x: np.ndarray, y: np.ndarray, holdout: float, seed: int):
-    try:
-        from sklearn.model_selection import train_test_split
-    except ImportError:
-        raise MissingDependencyError("scikit-learn", "sklearn") from None
+def _split(x: np.ndarray, y: np.ndarray, holdout: float, seed: int, task: Optional[str]):
+    """(x_train, x_held, y_train, y_held): the held-out rows are the comparison's, never trained on."""
+    from edgeloop.data import holdout_split
 
     if holdout <= 0 or len(x) < 4:
         return x, x[:0], y, y[:0]
-    try:
-        return train_test_split(x, y, test_size=holdout, random_state=seed, stratify=y)
-    except ValueError:  # a class with a single sample cannot be stratified
-        return train_test_split(x, y, test_size=holdout, random_state=seed)
+    keep, held = holdout_split(y, holdout, seed, classification=task != "regression")
+    return x[keep], x[held], y[keep], y[held]
+
+
+def _unseen(x: np.ndarray, y: np.ndarray, trained: np.ndarray) -> tuple[np.ndarray, np.ndarray, int]:
+    """Held-out rows without the ones that equal a training row (a sample labelled twice); how many dropped."""
+    seen = {np.ascontiguousarray(r, dtype=np.float32).tobytes() for r in trained}
+    fresh = np.asarray([np.ascontiguousarray(r, dtype=np.float32).tobytes() not in seen for r in x], dtype=bool)
+    return x[fresh], y[fresh], int(len(x) - fresh.sum())
 
 
 def _evaluate(bundle_model: Any, x: np.ndarray, y: np.ndarray, task: Optional[str]) -> Optional[float]:
+    """The bundle's metric on (x, y): predictions from the bundle runtime (what the device runs), scored
+    by the one scorer (:func:`edgeloop.data.score`)."""
+    from edgeloop.data import score
+
     if len(x) == 0:
         return None
     fixed = isinstance(bundle_model.input["shape"][0], int)
@@ -109,10 +123,7 @@ def _evaluate(bundle_model: Any, x: np.ndarray, y: np.ndarray, task: Optional[st
             preds.extend(res["label"])
         else:
             preds.extend(np.asarray(next(iter(res["outputs"].values()))).reshape(-1).tolist())
-    p = np.asarray(preds)
-    if task == "regression":
-        return float(np.mean(np.abs(p.astype(np.float64) - y.astype(np.float64))))
-    return float(np.mean(p.astype(str) == np.asarray(y).astype(str)))
+    return score("mae" if task == "regression" else "accuracy", np.asarray(y), np.asarray(preds))
 
 
 def _refit_sklearn(src: Path, x: np.ndarray, y: np.ndarray, work: Path):
@@ -222,13 +233,17 @@ def improve(bundle: "str | Path", data: "str | Path", output: "str | Path", *,
     if x_new.ndim - 1 != len(want) or any(isinstance(d, int) and d != g for d, g in zip(want, x_new.shape[1:])):
         raise UsageError(f"labelled inputs have shape {list(x_new.shape[1:])} per sample, the model takes "
                          f"{want}")
-    x_tr, x_te, y_tr, y_te = _split(x_new, y_new, holdout, seed)
+    x_tr, x_te, y_tr, y_te = _split(x_new, y_new, holdout, seed, task)
     xb_te = yb_te = None
     if base_data is not None:
         x_base, y_base = load_labelled(base_data, labels)
-        xb_tr, xb_te, yb_tr, yb_te = _split(x_base, y_base, holdout, seed)
+        xb_tr, xb_te, yb_tr, yb_te = _split(x_base, y_base, holdout, seed, task)
         x_tr = np.concatenate([xb_tr.astype(np.float32), x_tr.astype(np.float32)])
         y_tr = np.concatenate([yb_tr, y_tr])
+    # from here on x_tr/y_tr is the only training data: the held-out rows below never reach a fit
+    x_te, y_te, dup_new = _unseen(x_te, y_te, x_tr)
+    if xb_te is not None:
+        xb_te, yb_te, dup_base = _unseen(xb_te, yb_te, x_tr)
     fmt = src.suffix.lower()
     with tempfile.TemporaryDirectory(prefix=".edgeloop-improve-", dir=Path(output).resolve().parent) as tmp:
         work = Path(tmp)
@@ -253,8 +268,9 @@ def improve(bundle: "str | Path", data: "str | Path", output: "str | Path", *,
                 recipe_note = "edgeloop.passes.apply_recipe is not available: recipe NOT re-applied"
             else:
                 step(f"re-applying the shrink recipe ({len(recipe)} passes)")
-                pdata = PassData(x_calib=x_tr[:512].astype(np.float32), x_fit=x_tr, y_fit=y_tr,
-                                 x_tune=x_te if len(x_te) else None, y_tune=y_te if len(y_te) else None,
+                # the replay re-fits on the training rows and chooses nothing: no validation split,
+                # and the held-out rows stay out
+                pdata = PassData(train=(x_tr, y_tr), x_calib=x_tr[:512].astype(np.float32),
                                  source=est if est is not None else str(new_src))
                 model = apply_recipe(model, recipe, pdata)
                 recipe_applied, recipe_note = True, f"re-applied {len(recipe)} passes"
@@ -276,11 +292,17 @@ def improve(bundle: "str | Path", data: "str | Path", output: "str | Path", *,
         comparison = {
             "metric": metric, "old_version": old_version, "new_version": old_version + 1,
             "holdout_new": {"n": int(len(x_te)), "old": _evaluate(old_m, x_te, y_te, task),
-                            "new": _evaluate(new_m, x_te, y_te, task)},
+                            "new": _evaluate(new_m, x_te, y_te, task), "dropped_as_training_rows": dup_new},
         }
         if xb_te is not None:
             comparison["holdout_base"] = {"n": int(len(xb_te)), "old": _evaluate(old_m, xb_te, yb_te, task),
-                                          "new": _evaluate(new_m, xb_te, yb_te, task)}
+                                          "new": _evaluate(new_m, xb_te, yb_te, task),
+                                          "dropped_as_training_rows": dup_base}
+        n_held = int(len(x_te)) + (0 if xb_te is None else int(len(xb_te)))
+        comparison["holdout_note"] = (f"old and new compared on {n_held} held-out rows that neither the "
+                                      f"{method} ({len(x_tr)} rows) nor the recipe replay nor any selection saw"
+                                      if n_held else "no held-out rows (--holdout 0 or too little data): "
+                                      "old and new were not compared")
         comparison.update(method=method, trained_on=int(len(x_tr)), recipe_applied=recipe_applied,
                           recipe_note=recipe_note)
         provenance["improve"]["comparison"] = comparison
