@@ -7,10 +7,12 @@ Linux boards get a deployable bundle (``edgeloop.backends.bundle``).
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Optional
 
 import typer
 
 from edgeloop.errors import UsageError
+from edgeloop.shapes import cli_option as input_shape_option, using_input_shapes
 
 
 def register(app: typer.Typer) -> None:
@@ -22,6 +24,7 @@ def register(app: typer.Typer) -> None:
         name: str = typer.Option("model", "--name", help="C symbol prefix for microcontroller exports."),
         verify: bool = typer.Option(False, "--verify", help="Microcontrollers: cross-compile and run under QEMU (Cortex-M4) and compare with the host."),
         as_json: bool = typer.Option(False, "--json", help="Print the export report as JSON."),
+        input_shape: Optional[list[str]] = input_shape_option(),
     ) -> None:
         """Export a model for a device: C source for a microcontroller, a bundle for a Linux board."""
         from edgeloop.hardware import get_target
@@ -34,4 +37,5 @@ def register(app: typer.Typer) -> None:
         else:
             raise UsageError(f"target '{tgt.id}' is an accelerator; export supports microcontrollers and "
                              "Linux boards (run the model on the accelerator's host board)")
-        export_cli(model, tgt, output, prefix=name, verify=verify, as_json=as_json)
+        with using_input_shapes(input_shape):  # the backend's own load_file gets the shapes
+            export_cli(model, tgt, output, prefix=name, verify=verify, as_json=as_json)
