@@ -55,6 +55,9 @@ SUPPORTED = (
     "CONV_2D", "DEPTHWISE_CONV_2D", "FULLY_CONNECTED", "AVERAGE_POOL_2D", "MAX_POOL_2D",
     "RESHAPE", "SQUEEZE", "EXPAND_DIMS", "SOFTMAX", "ADD", "RELU", "RELU6", "RELU_N1_TO_1",
     "LOGISTIC", "TANH", "CONCATENATION", "PAD", "PADV2", "MEAN", "QUANTIZE", "DEQUANTIZE",
+    "DENSIFY", "DEPTH_TO_SPACE", "MUL", "PRELU", "HARD_SWISH", "RESIZE_BILINEAR", "RESIZE_NEAREST_NEIGHBOR", "STRIDED_SLICE",
+    # MediaPipe's transposed convolution with bias, a custom operator LiteRT also ships
+    "Convolution2DTransposeBias",
 )
 
 
@@ -68,9 +71,12 @@ def load_tflite(path: pathlib.Path) -> onnx.ModelProto:
     except OSError as e:
         raise ModelLoadError(f"cannot read file ({e.strerror})", where=str(path)) from None
     graph = parse(buf)
-    model, input_quant, output_quant = _Converter(graph).convert()
+    model, input_quant, output_quant, sparse = _Converter(graph).convert()
+    # Weights the file stored in TFLite's sparse format are dense in the graph; which ones
+    # were sparse (and how) is kept for sparse storage later (edgeloop.sparse_initializers).
+    extra = {"sparse_initializers": sparse} if sparse else {}
     return finalize(model, source=str(path), source_format="tflite",
-                    input_quant=input_quant, output_quant=output_quant)
+                    input_quant=input_quant, output_quant=output_quant, **extra)
 
 
 def _same_pads(size: int, kernel: int, stride: int, dilation: int) -> tuple[int, int]:
@@ -100,6 +106,9 @@ class _Converter:
         self.const_cache: dict[Any, str] = {}
         self.op: TflOp | None = None                      # operator being converted
         self.graph_outputs = set(graph.outputs)
+        # constants the file stored sparse (densified on import): TFLite name -> how
+        self.sparse_by_name = {t.name: t.sparse for t in graph.tensors if t.sparse}
+        self.sparse_inits: dict[str, dict] = {}           # ONNX initializer -> the same
 
     # ----- small builders -------------------------------------------------------------
 
@@ -112,7 +121,10 @@ class _Converter:
         return name
 
     def init(self, name: str, array: np.ndarray) -> str:
+        sparse = self.sparse_by_name.get(name)
         name = self.uniq(name)
+        if sparse is not None:
+            self.sparse_inits[name] = sparse
         # np.array, not np.ascontiguousarray: the latter turns a 0-d scale into shape [1],
         # and a QDQ scale must be a scalar.
         self.inits.append(numpy_helper.from_array(np.array(array, order="C"), name))
@@ -349,7 +361,8 @@ class _Converter:
         for op in g.ops:
             if op.name not in SUPPORTED:
                 out = self.t[op.outputs[0]].name if op.outputs else None
-                raise UnsupportedOperatorError(f"TFLite operator {op.name} is not supported",
+                kind = "custom operator" if op.is_custom else "operator"
+                raise UnsupportedOperatorError(f"TFLite {kind} {op.name} is not supported",
                                                node=out, op=op.name)
         for op in g.ops:
             self.op = op
@@ -401,7 +414,7 @@ class _Converter:
                                 "zero_point": int(t.zero_point[0]) if q else None})
             return entries if any(e["scale"] is not None for e in entries) else None
 
-        return model, quant(g.inputs, inputs), quant(g.outputs, outputs)
+        return model, quant(g.inputs, inputs), quant(g.outputs, outputs), self.sparse_inits
 
     # ----- operators --------------------------------------------------------------------
 
@@ -525,12 +538,14 @@ class _Converter:
     op_squeeze = op_reshape
     op_expand_dims = op_reshape
 
-    def _requant_or_alias(self, x: int, out: int, raw: str, layout: str) -> None:
+    def _same_quant(self, x: int, out: int) -> bool:
         tx, to = self.t[x], self.t[out]
-        same = (tx.dtype == to.dtype and tx.quantized == to.quantized
+        return (tx.dtype == to.dtype and tx.quantized == to.quantized
                 and (not tx.quantized or (tx.scale[0] == to.scale[0]
                                           and tx.zero_point[0] == to.zero_point[0])))
-        if same:
+
+    def _requant_or_alias(self, x: int, out: int, raw: str, layout: str) -> None:
+        if self._same_quant(x, out):
             # Data movement only: the int8 tensor itself is reshaped, no DQ/Q around it.
             self.value[out] = (self.name_after(out, raw, layout), layout)
         else:
@@ -578,13 +593,35 @@ class _Converter:
                 data = (data - t.zero_point.reshape(shape)) * t.scale.reshape(shape)
             self.t[out] = dataclasses.replace(self.t[out], data=data.astype(np.float32),
                                               dtype=np.float32, type_name="FLOAT32",
-                                              scale=None, zero_point=None)
+                                              scale=None, zero_point=None, sparse=t.sparse)
+            if t.sparse:
+                self.sparse_by_name[self.t[out].name] = {**t.sparse, "tflite_tensor": t.name}
             return
         layout = self.layout_of(x)
         y = self.fin(x, layout)
         if not self.is_q(x):  # float -> float: nothing to do but keep the tensor's name
             y = self.node("Identity", [y])
         self.emit(out, y, layout)
+
+    def op_depth_to_space(self, op):
+        # TFLite's output[h*b + i, w*b + j, c] = input[h, w, (i*b + j)*C + c] is ONNX's DCR
+        # order; moving values, it runs on int8 tensors as they are.
+        x, out = op.inputs[0], op.outputs[0]
+        bs = op.options["block_size"]
+        if len(self.t[x].shape) != 4 or bs < 1:
+            raise self.fail("DEPTH_TO_SPACE needs a [N,H,W,C] tensor and a block size of 1 or more")
+        y = self.node("DepthToSpace", [self.raw(x, NCHW)], blocksize=bs, mode="DCR")
+        self._requant_or_alias(x, out, y, NCHW)
+
+    def op_densify(self, op):
+        # A sparse constant made dense at load time: the reader already densified it.
+        x, out = op.inputs[0], op.outputs[0]
+        t = self.t[x]
+        if not t.is_const:
+            raise self.fail(f"DENSIFY reads '{t.name}', which is not a constant")
+        self.t[out] = dataclasses.replace(self.t[out], data=t.data, sparse=t.sparse)
+        if t.sparse:
+            self.sparse_by_name[self.t[out].name] = {**t.sparse, "tflite_tensor": t.name}
 
     def op_softmax(self, op):
         x = op.inputs[0]
@@ -606,15 +643,147 @@ class _Converter:
             return NCHW
         return NHWC
 
-    def op_add(self, op):
+    def _binary(self, op: TflOp, onnx_op: str) -> None:
         a, b = op.inputs[0], op.inputs[1]
         out = op.outputs[0]
         layout = self._common_layout([a, b])
         rank = len(self.t[out].shape)
         # The int8 rescaling TFLite does (both inputs to a common scale, then to the output
         # scale) is expressed by the QDQ form: DQ(a), DQ(b) -> Add -> Q(out).
-        y = self.node("Add", [self.fin(a, layout, rank), self.fin(b, layout, rank)])
+        y = self.node(onnx_op, [self.fin(a, layout, rank), self.fin(b, layout, rank)])
         self.emit(out, y, layout, op.options["activation"])
+
+    def op_add(self, op):
+        self._binary(op, "Add")
+
+    def op_mul(self, op):
+        self._binary(op, "Mul")
+
+    def op_prelu(self, op):
+        # PRELU's alpha broadcasts against the input (usually [1, 1, C]): a [1, C, 1, 1]
+        # slope once the input runs NCHW.
+        x, alpha = op.inputs[0], op.inputs[1]
+        layout = self._common_layout([x])
+        rank = len(self.t[x].shape)
+        y = self.node("PRelu", [self.fin(x, layout), self.fin(alpha, layout, rank)])
+        self.emit(op.outputs[0], y, layout)
+
+    def op_hard_swish(self, op):
+        self._unary(op, "HardSwish")  # x * relu6(x + 3) / 6, ONNX's HardSwish exactly
+
+    def _resize(self, op: TflOp, mode: str) -> None:
+        """RESIZE_BILINEAR / RESIZE_NEAREST_NEIGHBOR as ONNX Resize.
+
+        TFLite (reference_ops::ResizeBilinear, ResizeNearestNeighbor) maps output pixel
+        y to the input coordinate ``y * s`` with ``s = in / out``, or ``s = (in - 1) / (out
+        - 1)`` under align_corners, or ``(y + 0.5) * s - 0.5`` under half_pixel_centers
+        (clamped at the borders); ONNX's asymmetric, align_corners and half_pixel
+        transformations are these formulas. Nearest neighbour takes ``floor(y * s)``
+        (asymmetric, nearest_mode floor), ``round(y * s)`` with ties away from zero under
+        align_corners (round_prefer_ceil: coordinates are never negative), and
+        ``floor((y + 0.5) * s)`` under half_pixel_centers, which is half_pixel's
+        ``(y + 0.5) * s - 0.5`` rounded with ties up (round_prefer_ceil).
+        """
+        x, out = op.inputs[0], op.outputs[0]
+        o = op.options
+        xs = self.t[x].shape
+        size = self._const_ints(op.inputs[1], "size").reshape(-1)
+        if len(xs) != 4 or size.size != 2:
+            raise self.fail("resizing needs a [N,H,W,C] tensor and a size of two values")
+        if o["align_corners"] and o["half_pixel_centers"]:
+            raise self.fail("align_corners and half_pixel_centers together have no ONNX equivalent")
+        if o["align_corners"]:
+            coord = "align_corners"
+        elif o["half_pixel_centers"]:
+            coord = "half_pixel"
+        else:
+            coord = "asymmetric"
+        attrs = dict(mode=mode, coordinate_transformation_mode=coord)
+        if mode == "nearest":
+            attrs["nearest_mode"] = "floor" if coord == "asymmetric" else "round_prefer_ceil"
+        sizes = self.int64s([xs[0], xs[3], int(size[0]), int(size[1])], "sizes")
+        if mode == "nearest" and self._same_quant(x, out):
+            # picking pixels is data movement: the int8 tensor itself is resized
+            y = self.node("Resize", [self.raw(x, NCHW), "", "", sizes], **attrs)
+            self.value[out] = (self.name_after(out, y, NCHW), NCHW)
+            return
+        y = self.node("Resize", [self.fin(x, NCHW), "", "", sizes], **attrs)
+        self.emit(out, y, NCHW)
+
+    def op_resize_bilinear(self, op):
+        self._resize(op, "linear")
+
+    def op_resize_nearest_neighbor(self, op):
+        self._resize(op, "nearest")
+
+    def op_strided_slice(self, op):
+        x, out = op.inputs[0], op.outputs[0]
+        o = op.options
+        if o["ellipsis_mask"] or o["new_axis_mask"]:
+            raise self.fail("STRIDED_SLICE with an ellipsis or new-axis mask is not supported")
+        xs = self.t[x].shape
+        rank = len(xs)
+        begin, end, strides = (self._const_ints(op.inputs[k], what).reshape(-1)
+                               for k, what in ((1, "begin"), (2, "end"), (3, "strides")))
+        if not begin.size == end.size == strides.size == rank or np.any(strides == 0):
+            raise self.fail("STRIDED_SLICE needs begin, end and non-zero strides for every axis")
+        big = np.iinfo(np.int64).max
+        starts, ends, steps = [], [], []
+        for a in range(rank):
+            b, e, s = int(begin[a]), int(end[a]), int(strides[a])
+            if o["offset"]:
+                e = b + e  # end counts from begin
+            if o["begin_mask"] >> a & 1:
+                b = 0 if s > 0 else big
+            if o["end_mask"] >> a & 1:
+                e = big if s > 0 else -big
+            if o["shrink_axis_mask"] >> a & 1:
+                e, s = (b + 1 if b != -1 else big), 1  # one index, the axis then goes
+            starts.append(b)
+            ends.append(e)
+            steps.append(s)
+        keep_layout = rank == 4 and not o["shrink_axis_mask"] and self.layout_of(x) == NCHW
+        layout = NCHW if keep_layout else NHWC
+        axes = [NHWC_AXIS_IN_NCHW[a] for a in range(rank)] if keep_layout else list(range(rank))
+        src = self.raw(x, layout)
+        y = self.node("Slice", [src, self.int64s(starts, "starts"), self.int64s(ends, "ends"),
+                                self.int64s(axes, "axes"), self.int64s(steps, "steps")])
+        shape = self.t[out].shape
+        if not keep_layout and o["shrink_axis_mask"]:
+            y = self.node("Reshape", [y, self.int64s(list(shape), "shape")])
+        self._requant_or_alias(x, out, y, layout)
+
+    def op_convolution2dtransposebias(self, op):
+        """MediaPipe's Convolution2DTransposeBias: TRANSPOSE_CONV, then a bias add.
+
+        Its options are TfLiteTransposeConvParams as raw bytes: padding (1 SAME, 2 VALID),
+        stride_width, stride_height (int32 each). Like TFLite's transposed convolution, the
+        output is cut out of the full scatter starting at half the total padding.
+        """
+        import struct
+
+        x, w, b = (op.inputs + [-1, -1, -1])[:3]
+        if len(op.custom_options) < 12:
+            raise ModelLoadError(f"not a valid TFLite flatbuffer: operator {op.index} ({op.name}) "
+                                 f"has {len(op.custom_options)} bytes of options, expected 12")
+        padding, sw, sh = struct.unpack("<3i", op.custom_options[:12])
+        xs, ws, ys = self.t[x].shape, self.t[w].shape, self.t[op.outputs[0]].shape
+        if self.is_q(x) or len(xs) != 4 or len(ws) != 4 or len(ys) != 4:
+            raise self.fail("only float transposed convolutions on [N,H,W,C] tensors are supported")
+        if min(sh, sw) < 1 or padding not in (1, 2):
+            raise ModelLoadError(f"not a valid TFLite flatbuffer: operator {op.index} ({op.name}) "
+                                 f"has strides {(sh, sw)} and padding {padding}")
+        cout, kh, kw, cin = ws  # OHWI; ONNX ConvTranspose wants [C_in, C_out, kH, kW]
+        total = [(xs[1] - 1) * sh + kh - ys[1], (xs[2] - 1) * sw + kw - ys[2]]
+        if padding == 2 and total != [0, 0] or min(total) < 0:
+            raise self.fail(f"output {list(ys)} does not follow from input {list(xs)}, "
+                            f"kernel {kh}x{kw} and strides {sh}x{sw}")
+        pads = [total[0] // 2, total[1] // 2, total[0] - total[0] // 2, total[1] - total[1] // 2]
+        inputs = [self.fin(x, NCHW), self._weight(w, (3, 0, 1, 2))]
+        if b >= 0:
+            inputs.append(self.fin(b, NHWC))
+        y = self.node("ConvTranspose", inputs, kernel_shape=[kh, kw], strides=[sh, sw], pads=pads)
+        self.emit(op.outputs[0], y, NCHW)
 
     def op_concatenation(self, op):
         out = op.outputs[0]
