@@ -221,8 +221,20 @@ def test_text_detector_with_input_shape_agrees_with_onnxruntime(rapidocr_dir, ph
     from edgeloop.profile import profile_model
 
     prof = profile_model(fixed, latency=False)
-    resize = [layer for layer in prof["layers"] if layer["op"] == "Resize"]
-    assert resize and all(layer["macs"] > 0 for layer in resize)
+    assert prof["macs"] > 10_000_000 and prof["peak_ram_bytes"] > 0
+    assert [layer["macs"] for layer in prof["layers"] if layer["op"] == "Resize"] == [0] * 6  # nearest
+
+
+@pytest.mark.parametrize("mode,per_output", [("nearest", 0), ("linear", 4), ("cubic", 16)])
+def test_resize_macs(mode, per_output):
+    """Resizing H and W: nearest moves values, linear weighs 2x2 inputs, cubic 4x4."""
+    from onnx import helper
+
+    from edgeloop.profile.macs import count_macs
+
+    node = helper.make_node("Resize", ["x", "", "", "sizes"], ["y"], mode=mode)
+    shapes = {"x": (1, 8, 6, 7), "y": (1, 8, 12, 21)}
+    assert count_macs(node, shapes) == 8 * 12 * 21 * per_output
 
 
 def test_export_takes_the_input_shape(rapidocr_dir, tmp_path):
