@@ -505,6 +505,11 @@ def _options(op: str, o: dict):
         t.beginMask, t.endMask = o.get("begin_mask", 0), o.get("end_mask", 0)
         t.shrinkAxisMask = o.get("shrink_axis_mask", 0)
         return fb.BuiltinOptions.StridedSliceOptions, t
+    if op == "TRANSPOSE_CONV":
+        t = fb.TransposeConvOptionsT()
+        t.padding, t.strideH, t.strideW = pad[o["padding"]], o["stride"], o["stride"]
+        t.fusedActivationFunction = act
+        return fb.BuiltinOptions.TransposeConvOptions, t
     if op == "DEPTH_TO_SPACE":
         t = fb.DepthToSpaceOptionsT()
         t.blockSize = o["block_size"]
@@ -543,6 +548,9 @@ class Tiny:
         # a bias's scale is input scale x weight scale: find each bias's input and weights
         bias_of = {op[1][2]: (op[1][0], op[1][1]) for op in self.ops if len(op[1]) > 2
                    and op[1][2].startswith("b")}
+        # TRANSPOSE_CONV's inputs are (output shape, weights, input, bias)
+        bias_of.update({op[1][3]: (op[1][2], op[1][1]) for op in self.ops
+                        if op[0] == "TRANSPOSE_CONV" and len(op[1]) > 3})
 
         def add_tensor(name):
             spec = self.tensors[name]
@@ -738,6 +746,8 @@ def _tiny_mediapipe_ops_net(**resize):
         "istrides": np.array([1, 2, 3, 1]), "sl": (1, 3, 3, 4), "d2s": (1, 6, 6, 1),
         "ibegin2": np.array([0, 2, 0, 0]), "iend2": np.array([1, 3, 9, 8]),
         "istrides2": np.array([1, 1, 1, 1]), "row": (1, 9, 8),
+        "ioshape": np.array([1, 10, 14, 6]), "w3": rng.normal(0, 0.4, (6, 4, 4, 8)),
+        "b3": rng.normal(0, 0.2, 6), "tc": (1, 10, 14, 6),
     }
     ops = [
         ("CONV_2D", ["x", "w0", "b0"], "c", dict(padding="SAME", stride=1)),
@@ -751,8 +761,10 @@ def _tiny_mediapipe_ops_net(**resize):
         ("DEPTH_TO_SPACE", ["sl"], "d2s", dict(block_size=2)),
         # shrink_axis_mask drops the sliced axis: [1, 9, 8] from row 2 of [1, 8, 9, 8]
         ("STRIDED_SLICE", ["m", "ibegin2", "iend2", "istrides2"], "row", dict(shrink_axis_mask=2)),
+        # SAME, stride 2, 4x4 kernel: the output starts one pixel into the scatter
+        ("TRANSPOSE_CONV", ["ioshape", "w3", "h", "b3"], "tc", dict(padding="SAME", stride=2)),
     ]
-    return Tiny(["x"], tensors, ops, ["d2s", "row", "r"], {"w0": 0})
+    return Tiny(["x"], tensors, ops, ["d2s", "row", "r", "tc"], {"w0": 0, "w3": 0})
 
 
 MEDIAPIPE_OPS_NETS = [

@@ -138,6 +138,10 @@ def _read_options(name: str, op) -> dict[str, Any]:
         return dict(axis=o.Axis(), activation=o.FusedActivationFunction())
     if name == "MEAN":
         return dict(keep_dims=bool(_options(op, tflite.ReducerOptions).KeepDims()))
+    if name == "TRANSPOSE_CONV":
+        o = _options(op, tflite.TransposeConvOptions)
+        return dict(padding=PADDINGS.get(o.Padding(), o.Padding()), stride=(o.StrideH(), o.StrideW()),
+                    activation=o.FusedActivationFunction())
     if name == "DEPTH_TO_SPACE":
         return dict(block_size=int(_options(op, tflite.DepthToSpaceOptions).BlockSize()))
     if name == "MUL":

@@ -55,7 +55,7 @@ SUPPORTED = (
     "CONV_2D", "DEPTHWISE_CONV_2D", "FULLY_CONNECTED", "AVERAGE_POOL_2D", "MAX_POOL_2D",
     "RESHAPE", "SQUEEZE", "EXPAND_DIMS", "SOFTMAX", "ADD", "RELU", "RELU6", "RELU_N1_TO_1",
     "LOGISTIC", "TANH", "CONCATENATION", "PAD", "PADV2", "MEAN", "QUANTIZE", "DEQUANTIZE",
-    "DENSIFY", "DEPTH_TO_SPACE", "MUL", "PRELU", "HARD_SWISH", "RESIZE_BILINEAR", "RESIZE_NEAREST_NEIGHBOR", "STRIDED_SLICE",
+    "DENSIFY", "DEPTH_TO_SPACE", "TRANSPOSE_CONV", "MUL", "PRELU", "HARD_SWISH", "RESIZE_BILINEAR", "RESIZE_NEAREST_NEIGHBOR", "STRIDED_SLICE",
     # MediaPipe's transposed convolution with bias, a custom operator LiteRT also ships
     "Convolution2DTransposeBias",
 )
@@ -753,37 +753,71 @@ class _Converter:
             y = self.node("Reshape", [y, self.int64s(list(shape), "shape")])
         self._requant_or_alias(x, out, y, layout)
 
+    def _transpose_conv(self, op: TflOp, x: int, w: int, b: int, same: bool,
+                        strides: tuple[int, int], activation: int = 0) -> None:
+        """TFLite's transposed convolution (reference_ops::TransposeConv) as ConvTranspose.
+
+        Every input pixel scatters a kernel into the output at ``in * stride - pad``, with
+        ``pad`` the first half of the total SAME padding of the output size (0 for VALID); an
+        output smaller than the scatter is cut at the end, a larger one padded there.
+        """
+        xs, ws, ys = self.t[x].shape, self.t[w].shape, self.t[op.outputs[0]].shape
+        if len(xs) != 4 or len(ws) != 4 or len(ys) != 4:
+            raise self.fail("only 2-D transposed convolutions on [N,H,W,C] tensors are supported")
+        sh, sw = strides
+        if min(sh, sw) < 1:
+            raise ModelLoadError(f"not a valid TFLite flatbuffer: operator {op.index} ({op.name}) "
+                                 f"has strides {strides}")
+        cout, kh, kw, cin = ws  # OHWI; ONNX ConvTranspose wants [C_in, C_out, kH, kW]
+        if cin != xs[3] or cout != ys[3]:
+            raise self.fail(f"filter {list(ws)} does not fit input {list(xs)} and output {list(ys)}")
+        begin, end, extra = [], [], []
+        for size, out, k, st in ((xs[1], ys[1], kh, sh), (xs[2], ys[2], kw, sw)):
+            total = (size - 1) * st + k - out
+            first = max(total, 0) // 2 if same else 0
+            begin.append(first)
+            end.append(max(total, 0) - first)
+            extra.append(max(-total, 0))
+        if max(extra) >= max(sh, sw):
+            raise self.fail(f"output {list(ys)} is larger than input {list(xs)} can scatter to")
+        inputs = [self.fin(x, NCHW), self._weight(w, (3, 0, 1, 2))]
+        bf = self.bias(b, x, w)
+        if bf is not None:
+            inputs.append(bf)
+        attrs = dict(kernel_shape=[kh, kw], strides=[sh, sw], pads=begin + end)
+        if any(extra):
+            attrs["output_padding"] = extra
+        y = self.node("ConvTranspose", inputs, **attrs)
+        self.emit(op.outputs[0], y, NCHW, activation)
+
+    def op_transpose_conv(self, op):
+        # inputs: output shape, weights, input, optional bias
+        o = op.options
+        if o["padding"] not in ("SAME", "VALID"):
+            raise self.fail(f"unknown padding {o['padding']}")
+        b = op.inputs[3] if len(op.inputs) > 3 else -1
+        self._transpose_conv(op, op.inputs[2], op.inputs[1], b, o["padding"] == "SAME",
+                             o["stride"], o["activation"])
+
     def op_convolution2dtransposebias(self, op):
-        """MediaPipe's Convolution2DTransposeBias: TRANSPOSE_CONV, then a bias add.
+        """MediaPipe's Convolution2DTransposeBias: TRANSPOSE_CONV with a bias (float only).
 
         Its options are TfLiteTransposeConvParams as raw bytes: padding (1 SAME, 2 VALID),
-        stride_width, stride_height (int32 each). Like TFLite's transposed convolution, the
-        output is cut out of the full scatter starting at half the total padding.
+        stride_width, stride_height (int32 each).
         """
         import struct
 
-        x, w, b = (op.inputs + [-1, -1, -1])[:3]
-        if len(op.custom_options) < 12:
+        if len(op.custom_options) < 12 or len(op.inputs) < 2:
             raise ModelLoadError(f"not a valid TFLite flatbuffer: operator {op.index} ({op.name}) "
                                  f"has {len(op.custom_options)} bytes of options, expected 12")
         padding, sw, sh = struct.unpack("<3i", op.custom_options[:12])
-        xs, ws, ys = self.t[x].shape, self.t[w].shape, self.t[op.outputs[0]].shape
-        if self.is_q(x) or len(xs) != 4 or len(ws) != 4 or len(ys) != 4:
-            raise self.fail("only float transposed convolutions on [N,H,W,C] tensors are supported")
-        if min(sh, sw) < 1 or padding not in (1, 2):
+        if padding not in (1, 2):
             raise ModelLoadError(f"not a valid TFLite flatbuffer: operator {op.index} ({op.name}) "
-                                 f"has strides {(sh, sw)} and padding {padding}")
-        cout, kh, kw, cin = ws  # OHWI; ONNX ConvTranspose wants [C_in, C_out, kH, kW]
-        total = [(xs[1] - 1) * sh + kh - ys[1], (xs[2] - 1) * sw + kw - ys[2]]
-        if padding == 2 and total != [0, 0] or min(total) < 0:
-            raise self.fail(f"output {list(ys)} does not follow from input {list(xs)}, "
-                            f"kernel {kh}x{kw} and strides {sh}x{sw}")
-        pads = [total[0] // 2, total[1] // 2, total[0] - total[0] // 2, total[1] - total[1] // 2]
-        inputs = [self.fin(x, NCHW), self._weight(w, (3, 0, 1, 2))]
-        if b >= 0:
-            inputs.append(self.fin(b, NHWC))
-        y = self.node("ConvTranspose", inputs, kernel_shape=[kh, kw], strides=[sh, sw], pads=pads)
-        self.emit(op.outputs[0], y, NCHW)
+                                 f"has padding {padding}")
+        if self.is_q(op.inputs[0]):
+            raise self.fail("MediaPipe's transposed convolution is float only")
+        b = op.inputs[2] if len(op.inputs) > 2 else -1
+        self._transpose_conv(op, op.inputs[0], op.inputs[1], b, padding == 1, (sh, sw))
 
     def op_concatenation(self, op):
         out = op.outputs[0]
