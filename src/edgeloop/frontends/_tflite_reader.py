@@ -136,8 +136,36 @@ def _read_options(name: str, op) -> dict[str, Any]:
     if name == "CONCATENATION":
         o = _options(op, tflite.ConcatenationOptions)
         return dict(axis=o.Axis(), activation=o.FusedActivationFunction())
-    if name == "MEAN":
+    if name in ("MEAN", "SUM", "REDUCE_MAX", "REDUCE_MIN", "REDUCE_PROD"):
         return dict(keep_dims=bool(_options(op, tflite.ReducerOptions).KeepDims()))
+    if name in ("SUB", "DIV", "L2_NORMALIZATION"):
+        cls = {"SUB": tflite.SubOptions, "DIV": tflite.DivOptions,
+               "L2_NORMALIZATION": tflite.L2NormOptions}[name]
+        return dict(activation=_options(op, cls).FusedActivationFunction())
+    if name == "LEAKY_RELU":
+        return dict(alpha=float(_options(op, tflite.LeakyReluOptions).Alpha()))
+    if name == "SPLIT":
+        return dict(num_splits=int(_options(op, tflite.SplitOptions).NumSplits()))
+    if name == "SPLIT_V":
+        return dict(num_splits=int(_options(op, tflite.SplitVOptions).NumSplits()))
+    if name == "PACK":
+        o = _options(op, tflite.PackOptions)
+        return dict(axis=int(o.Axis()), values_count=int(o.ValuesCount()))
+    if name == "UNPACK":
+        o = _options(op, tflite.UnpackOptions)
+        return dict(axis=int(o.Axis()), num=int(o.Num()))
+    if name == "GATHER":
+        o = _options(op, tflite.GatherOptions)
+        return dict(axis=int(o.Axis()), batch_dims=int(o.BatchDims()))
+    if name == "SPACE_TO_DEPTH":
+        return dict(block_size=int(_options(op, tflite.SpaceToDepthOptions).BlockSize()))
+    if name == "BATCH_MATMUL":
+        o = _options(op, tflite.BatchMatMulOptions)
+        return dict(adj_x=bool(o.AdjX()), adj_y=bool(o.AdjY()))
+    if name == "GELU":
+        return dict(approximate=bool(_options(op, tflite.GeluOptions).Approximate()))
+    if name == "MIRROR_PAD":
+        return dict(mode={0: "REFLECT", 1: "SYMMETRIC"}.get(_options(op, tflite.MirrorPadOptions).Mode()))
     if name == "TRANSPOSE_CONV":
         o = _options(op, tflite.TransposeConvOptions)
         return dict(padding=PADDINGS.get(o.Padding(), o.Padding()), stride=(o.StrideH(), o.StrideW()),

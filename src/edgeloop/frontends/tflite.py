@@ -55,7 +55,12 @@ SUPPORTED = (
     "CONV_2D", "DEPTHWISE_CONV_2D", "FULLY_CONNECTED", "AVERAGE_POOL_2D", "MAX_POOL_2D",
     "RESHAPE", "SQUEEZE", "EXPAND_DIMS", "SOFTMAX", "ADD", "RELU", "RELU6", "RELU_N1_TO_1",
     "LOGISTIC", "TANH", "CONCATENATION", "PAD", "PADV2", "MEAN", "QUANTIZE", "DEQUANTIZE",
-    "DENSIFY", "DEPTH_TO_SPACE", "TRANSPOSE_CONV", "MUL", "PRELU", "HARD_SWISH", "RESIZE_BILINEAR", "RESIZE_NEAREST_NEIGHBOR", "STRIDED_SLICE",
+    "DENSIFY", "DEPTH_TO_SPACE", "TRANSPOSE_CONV", "MUL", "SUB", "DIV", "MAXIMUM", "MINIMUM",
+    "SQUARED_DIFFERENCE", "POW", "EXP", "LOG", "SQRT", "RSQRT", "SQUARE", "ABS", "NEG", "FLOOR",
+    "CEIL", "SIN", "COS", "LEAKY_RELU", "ELU", "GELU", "LOG_SOFTMAX", "L2_NORMALIZATION",
+    "TRANSPOSE", "SLICE", "SPLIT", "SPLIT_V", "PACK", "UNPACK", "GATHER", "SPACE_TO_DEPTH",
+    "TILE", "BROADCAST_TO", "MIRROR_PAD", "BATCH_MATMUL", "SUM", "REDUCE_MAX", "REDUCE_MIN",
+    "REDUCE_PROD", "PRELU", "HARD_SWISH", "RESIZE_BILINEAR", "RESIZE_NEAREST_NEIGHBOR", "STRIDED_SLICE",
     # MediaPipe's transposed convolution with bias, a custom operator LiteRT also ships
     "Convolution2DTransposeBias",
 )
@@ -651,7 +656,7 @@ class _Converter:
         # The int8 rescaling TFLite does (both inputs to a common scale, then to the output
         # scale) is expressed by the QDQ form: DQ(a), DQ(b) -> Add -> Q(out).
         y = self.node(onnx_op, [self.fin(a, layout, rank), self.fin(b, layout, rank)])
-        self.emit(out, y, layout, op.options["activation"])
+        self.emit(out, y, layout, op.options.get("activation", 0))
 
     def op_add(self, op):
         self._binary(op, "Add")
@@ -855,7 +860,7 @@ class _Converter:
 
     op_padv2 = op_pad
 
-    def op_mean(self, op):
+    def _reduce(self, op: TflOp, onnx_op: str) -> None:
         x = op.inputs[0]
         rank = len(self.t[x].shape)
         axes = sorted({int(a) + rank if a < 0 else int(a)
@@ -869,5 +874,295 @@ class _Converter:
                 layout = NHWC  # dropping dims would leave them out of NHWC order
             else:
                 axes = sorted(NHWC_AXIS_IN_NCHW[a] for a in axes)
-        y = self.node("ReduceMean", [self.fin(x, layout)], axes=axes, keepdims=int(keep))
+        if onnx_op == "ReduceSum":  # axes became an input in opset 13 for ReduceSum only
+            y = self.node(onnx_op, [self.fin(x, layout), self.int64s(axes, "axes")],
+                          keepdims=int(keep))
+        else:
+            y = self.node(onnx_op, [self.fin(x, layout)], axes=axes, keepdims=int(keep))
         self.emit(op.outputs[0], y, layout if keep else NHWC)
+
+    def op_mean(self, op):
+        self._reduce(op, "ReduceMean")
+
+    def op_sum(self, op):
+        self._reduce(op, "ReduceSum")
+
+    def op_reduce_max(self, op):
+        self._reduce(op, "ReduceMax")
+
+    def op_reduce_min(self, op):
+        self._reduce(op, "ReduceMin")
+
+    def op_reduce_prod(self, op):
+        self._reduce(op, "ReduceProd")
+
+    # ----- element-wise ---------------------------------------------------------------
+
+    def op_sub(self, op):
+        self._binary(op, "Sub")
+
+    def op_div(self, op):
+        self._binary(op, "Div")
+
+    def op_maximum(self, op):
+        self._binary(op, "Max")
+
+    def op_minimum(self, op):
+        self._binary(op, "Min")
+
+    def op_pow(self, op):
+        self._binary(op, "Pow")
+
+    def op_squared_difference(self, op):
+        a, b = op.inputs[0], op.inputs[1]
+        layout = self._common_layout([a, b])
+        rank = len(self.t[op.outputs[0]].shape)
+        d = self.node("Sub", [self.fin(a, layout, rank), self.fin(b, layout, rank)])
+        self.emit(op.outputs[0], self.node("Mul", [d, d]), layout)
+
+    def op_exp(self, op):
+        self._unary(op, "Exp")
+
+    def op_log(self, op):
+        self._unary(op, "Log")
+
+    def op_sqrt(self, op):
+        self._unary(op, "Sqrt")
+
+    def op_abs(self, op):
+        self._unary(op, "Abs")
+
+    def op_neg(self, op):
+        self._unary(op, "Neg")
+
+    def op_floor(self, op):
+        self._unary(op, "Floor")
+
+    def op_ceil(self, op):
+        self._unary(op, "Ceil")
+
+    def op_sin(self, op):
+        self._unary(op, "Sin")
+
+    def op_cos(self, op):
+        self._unary(op, "Cos")
+
+    def op_elu(self, op):
+        self._unary(op, "Elu")  # alpha 1, as TFLite's
+
+    def op_leaky_relu(self, op):
+        x = op.inputs[0]
+        layout = self.layout_of(x)
+        y = self.node("LeakyRelu", [self.fin(x, layout)], alpha=op.options["alpha"])
+        self.emit(op.outputs[0], y, layout)
+
+    def op_rsqrt(self, op):
+        x = op.inputs[0]
+        layout = self.layout_of(x)
+        y = self.node("Reciprocal", [self.node("Sqrt", [self.fin(x, layout)])])
+        self.emit(op.outputs[0], y, layout)
+
+    def op_square(self, op):
+        x = op.inputs[0]
+        layout = self.layout_of(x)
+        xf = self.fin(x, layout)
+        self.emit(op.outputs[0], self.node("Mul", [xf, xf]), layout)
+
+    def op_gelu(self, op):
+        # ONNX's Gelu arrived in opset 20; the formula TFLite uses, spelt out:
+        # 0.5 x (1 + erf(x / sqrt 2)), or 0.5 x (1 + tanh(sqrt(2 / pi) (x + 0.044715 x^3))).
+        x = op.inputs[0]
+        layout = self.layout_of(x)
+        xf = self.fin(x, layout)
+        if op.options["approximate"]:
+            cube = self.node("Mul", [self.node("Mul", [xf, xf]), xf])
+            inner = self.node("Add", [xf, self.node("Mul", [cube, self.scalar_f32(0.044715)])])
+            core = self.node("Tanh", [self.node("Mul", [inner,
+                                                        self.scalar_f32(float(np.sqrt(2 / np.pi)))])])
+        else:
+            core = self.node("Erf", [self.node("Mul", [xf, self.scalar_f32(float(1 / np.sqrt(2)))])])
+        half = self.node("Mul", [xf, self.scalar_f32(0.5)])
+        y = self.node("Mul", [half, self.node("Add", [core, self.scalar_f32(1.0)])])
+        self.emit(op.outputs[0], y, layout)
+
+    def _last_axis(self, x: int) -> tuple[str, int]:
+        """The layout to read x in and where TFLite's last (channel) axis then sits."""
+        layout = self.layout_of(x)
+        return layout, 1 if layout == NCHW and len(self.t[x].shape) == 4 else -1
+
+    def op_log_softmax(self, op):
+        x = op.inputs[0]
+        layout, axis = self._last_axis(x)
+        self.emit(op.outputs[0], self.node("LogSoftmax", [self.fin(x, layout)], axis=axis), layout)
+
+    def op_l2_normalization(self, op):
+        # x / max(sqrt(sum(x^2)), 1e-6) over the last axis (reference_ops::L2Normalization)
+        x = op.inputs[0]
+        layout, axis = self._last_axis(x)
+        xf = self.fin(x, layout)
+        norm = self.node("Sqrt", [self.node("ReduceSumSquare", [xf], axes=[axis], keepdims=1)])
+        norm = self.node("Max", [norm, self.scalar_f32(1e-6)])
+        self.emit(op.outputs[0], self.node("Div", [xf, norm]), layout, op.options["activation"])
+
+    # ----- data movement in TFLite's own axis order -------------------------------------
+
+    def _moved(self, op: TflOp, onnx_op: str, extra: list[str], **attrs) -> None:
+        """An operator that only moves values: on the stored (int8) tensor when input and
+        output share quantization, else DQ -> op -> Q. Axes are TFLite's (NHWC)."""
+        x, out = op.inputs[0], op.outputs[0]
+        moving = self._same_quant(x, out)
+        src = self.raw(x, NHWC) if moving else self.fin(x, NHWC)
+        self._finish(out, self.node(onnx_op, [src, *extra], **attrs), moving)
+
+    def _axis(self, axis: int, rank: int) -> int:
+        if not -rank <= axis < rank:
+            raise self.fail(f"axis {axis} is out of range for rank {rank}")
+        return axis + rank if axis < 0 else axis
+
+    def op_transpose(self, op):
+        perm = [int(p) for p in self._const_ints(op.inputs[1], "permutation").reshape(-1)]
+        if sorted(perm) != list(range(len(self.t[op.inputs[0]].shape))):
+            raise self.fail(f"permutation {perm} does not fit the input")
+        self._moved(op, "Transpose", [], perm=perm)
+
+    def op_slice(self, op):
+        x = op.inputs[0]
+        xs = self.t[x].shape
+        begin = self._const_ints(op.inputs[1], "begin").reshape(-1)
+        size = self._const_ints(op.inputs[2], "size").reshape(-1)
+        if not begin.size == size.size == len(xs):
+            raise self.fail("SLICE needs a begin and a size for every axis")
+        ends = [int(b + s) if s >= 0 else int(d) for b, s, d in zip(begin, size, xs)]
+        self._moved(op, "Slice", [self.int64s(begin, "starts"), self.int64s(ends, "ends"),
+                                  self.int64s(range(len(xs)), "axes")])
+
+    def op_space_to_depth(self, op):
+        # TFLite's output[h, w, (i*b + j)*C + c] = input[h*b + i, w*b + j, c], as ONNX's
+        x, out = op.inputs[0], op.outputs[0]
+        bs = op.options["block_size"]
+        if len(self.t[x].shape) != 4 or bs < 1:
+            raise self.fail("SPACE_TO_DEPTH needs a [N,H,W,C] tensor and a block size of 1 or more")
+        y = self.node("SpaceToDepth", [self.raw(x, NCHW)], blocksize=bs)
+        self._requant_or_alias(x, out, y, NCHW)
+
+    def op_tile(self, op):
+        self._moved(op, "Tile", [self.int64s(self._const_ints(op.inputs[1], "multiples")
+                                             .reshape(-1), "repeats")])
+
+    def op_broadcast_to(self, op):
+        self._moved(op, "Expand", [self.int64s(self._const_ints(op.inputs[1], "shape")
+                                               .reshape(-1), "shape")])
+
+    def op_mirror_pad(self, op):
+        if op.options["mode"] != "REFLECT":
+            raise self.fail(f"MIRROR_PAD mode {op.options['mode']} has no ONNX equivalent")
+        rank = len(self.t[op.inputs[0]].shape)
+        pads = self._const_ints(op.inputs[1], "paddings").reshape(rank, 2)
+        self._moved(op, "Pad", [self.int64s(list(pads[:, 0]) + list(pads[:, 1]), "pads")],
+                    mode="reflect")
+
+    def op_gather(self, op):
+        x, idx = op.inputs[0], op.inputs[1]
+        if op.options["batch_dims"]:
+            raise self.fail("GATHER with batch_dims is not supported")
+        axis = self._axis(op.options["axis"], len(self.t[x].shape))
+        t = self.t[idx]
+        if t.is_const:
+            indices = self.int64s(self._const_ints(idx, "indices").reshape(-1), "indices")
+            if t.data.ndim != 1:
+                indices = self.init(f"{t.name}/indices", t.data.astype(np.int64))
+        elif t.dtype in (np.int32, np.int64):
+            indices = self.raw(idx, NHWC)
+        else:
+            raise self.fail(f"indices '{t.name}' have type {t.type_name}")
+        self._moved(op, "Gather", [indices], axis=axis)
+
+    def _multi_out(self, op: TflOp, onnx_op: str, src_index: int, extra: list[str],
+                   final: bool, **attrs) -> tuple[list[str], bool]:
+        """One ONNX node with an output per TFLite output (SPLIT, SPLIT_V, UNPACK).
+
+        Returns its values and whether they only move values (no requantization). With
+        ``final`` the node's outputs are the TFLite tensors themselves when they only move
+        values; otherwise callers finish each value with :meth:`_finish`.
+        """
+        x = op.inputs[src_index]
+        moving = all(self._same_quant(x, o) for o in op.outputs)
+        src = self.raw(x, NHWC) if moving else self.fin(x, NHWC)
+        direct = final and moving
+        names = [self.out_name(o, NHWC) if direct else self.uniq(f"op{op.index}_{op.name}/{k}")
+                 for k, o in enumerate(op.outputs)]
+        self.nodes.append(helper.make_node(onnx_op, [src, *extra], names,
+                                           name=self.uniq(f"op{op.index}_{op.name}/{onnx_op}#node"),
+                                           **attrs))
+        if direct:
+            for o, v in zip(op.outputs, names):
+                self.check_activation_type(o)
+                self.value[o] = (v, NHWC)
+        return names, moving
+
+    def _finish(self, out: int, y: str, moving: bool) -> None:
+        """y, just made, becomes TFLite tensor out (quantized when it is not data movement)."""
+        if moving:
+            self.check_activation_type(out)
+            self.value[out] = (self.name_after(out, y, NHWC), NHWC)
+        else:
+            self.emit(out, y, NHWC)
+
+    def _split(self, op: TflOp, src_index: int, axis: int, sizes: list[int]) -> None:
+        rank = len(self.t[op.inputs[src_index]].shape)
+        axis = self._axis(axis, rank)
+        dim = self.t[op.inputs[src_index]].shape[axis]
+        if len(sizes) != len(op.outputs) or sum(sizes) != dim:
+            raise self.fail(f"split sizes {sizes} do not divide axis {axis} of size {dim}")
+        values, moving = self._multi_out(op, "Split", src_index, [self.int64s(sizes, "split")],
+                                         True, axis=axis)
+        if not moving:
+            for o, v in zip(op.outputs, values):
+                self.emit(o, v, NHWC)
+
+    def op_split(self, op):
+        axis = int(self._const_ints(op.inputs[0], "axis").reshape(-1)[0])
+        n = op.options["num_splits"] or len(op.outputs)
+        dim = self.t[op.inputs[1]].shape[self._axis(axis, len(self.t[op.inputs[1]].shape))]
+        if n < 1 or dim % n:
+            raise self.fail(f"axis of size {dim} cannot be split into {n} equal parts")
+        self._split(op, 1, axis, [dim // n] * n)
+
+    def op_split_v(self, op):
+        rank = len(self.t[op.inputs[0]].shape)
+        axis = self._axis(int(self._const_ints(op.inputs[2], "axis").reshape(-1)[0]), rank)
+        sizes = [int(v) for v in self._const_ints(op.inputs[1], "size_splits").reshape(-1)]
+        if sizes.count(-1) == 1:  # one size inferred from the rest
+            sizes[sizes.index(-1)] = self.t[op.inputs[0]].shape[axis] - (sum(sizes) + 1)
+        self._split(op, 0, axis, sizes)
+
+    def op_unpack(self, op):
+        x = op.inputs[0]
+        rank = len(self.t[x].shape)
+        axis = self._axis(op.options["axis"], rank)
+        n = self.t[x].shape[axis]
+        if n != len(op.outputs):
+            raise self.fail(f"UNPACK into {len(op.outputs)} outputs along an axis of size {n}")
+        values, moving = self._multi_out(op, "Split", 0, [self.int64s([1] * n, "split")], False,
+                                         axis=axis)
+        for o, v in zip(op.outputs, values):
+            self._finish(o, self.node("Squeeze", [v, self.int64s([axis], "axes")]), moving)
+
+    def op_pack(self, op):
+        out = op.outputs[0]
+        axis = self._axis(op.options["axis"], len(self.t[out].shape))
+        parts = [self.node("Unsqueeze", [self.fin(i, NHWC), self.int64s([axis], "axes")])
+                 for i in op.inputs]
+        self.emit(out, self.node("Concat", parts, axis=axis), NHWC)
+
+    def op_batch_matmul(self, op):
+        a, b = op.inputs[0], op.inputs[1]
+        operands = []
+        for i, adj in ((a, op.options["adj_x"]), (b, op.options["adj_y"])):
+            v = self.fin(i, NHWC)
+            rank = len(self.t[i].shape)
+            if adj:
+                perm = list(range(rank - 2)) + [rank - 1, rank - 2]
+                v = self.node("Transpose", [v], perm=perm)
+            operands.append(v)
+        self.emit(op.outputs[0], self.node("MatMul", operands), NHWC)
