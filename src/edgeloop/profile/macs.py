@@ -17,6 +17,10 @@ Conventions (one number per node, batch as in the shapes given):
 - Resize: nearest is data movement (0); linear ``prod(Y.shape) * 2**k`` and cubic
   ``prod(Y.shape) * 4**k`` for the k axes it resizes (one MAC per input value an output
   value weighs).
+- LSTM / GRU / RNN (and onnxruntime's DynamicQuantizeLSTM): ``seq * batch * (|W| + |R|)``,
+  every input and recurrent weight once per time step (the gate nonlinearities are not
+  counted).
+- Einsum: the product of the sizes of all its distinct indices.
 - Everything else that computes (activations, Add/Sub/Mul/Div, Softmax,
   BatchNormalization and the other normalisations, Scaler, Normalizer, a
   standalone Quantize/DequantizeLinear, ...): one per *output* element.
@@ -219,6 +223,25 @@ def _resize(node, shapes) -> int:
     return math.prod(y) * (4 if mode == "cubic" else 2) ** k
 
 
+def _recurrent(node, shapes) -> int:
+    x = _in(node, shapes)  # [seq, batch, input] or [batch, seq, input]: the first two either way
+    return math.prod(x[:2]) * (math.prod(_in(node, shapes, 1)) + math.prod(_in(node, shapes, 2)))
+
+
+def _einsum(node, shapes) -> int:
+    equation = _attr(node, "equation", b"")
+    equation = (equation.decode() if isinstance(equation, bytes) else equation).replace(" ", "")
+    terms = equation.split("->")[0].split(",")
+    sizes: dict[str, int] = {}
+    for k, term in enumerate(terms):
+        if "." in term:
+            raise UnsupportedOperatorError("cannot count an Einsum with an ellipsis",
+                                           node=_name(node), op=node.op_type)
+        for letter, dim in zip(term, _in(node, shapes, k)):
+            sizes[letter] = max(sizes.get(letter, 1), dim)
+    return math.prod(sizes.values())
+
+
 def _dynamic_quantize(node, shapes) -> int:
     return 2 * math.prod(_in(node, shapes))  # min/max scan, then quantize
 
@@ -267,6 +290,11 @@ MAC_COUNTERS: dict[str, Callable[[onnx.NodeProto, Shapes], int]] = {
     "QLinearAveragePool": _pool,
     "DynamicQuantizeLinear": _dynamic_quantize,
     "Resize": _resize,
+    "LSTM": _recurrent,
+    "GRU": _recurrent,
+    "RNN": _recurrent,
+    "DynamicQuantizeLSTM": _recurrent,
+    "Einsum": _einsum,
     "LinearClassifier": _linear_ml,
     "LinearRegressor": _linear_ml,
     "SVMClassifier": _svm,
