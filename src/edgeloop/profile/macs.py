@@ -20,7 +20,6 @@ Conventions (one number per node, batch as in the shapes given):
 - LSTM / GRU / RNN (and onnxruntime's DynamicQuantizeLSTM): ``seq * batch * (|W| + |R|)``,
   every input and recurrent weight once per time step (the gate nonlinearities are not
   counted).
-- Einsum: the product of the sizes of all its distinct indices.
 - Everything else that computes (activations, Add/Sub/Mul/Div, Softmax,
   BatchNormalization and the other normalisations, Scaler, Normalizer, a
   standalone Quantize/DequantizeLinear, ...): one per *output* element.
@@ -228,20 +227,6 @@ def _recurrent(node, shapes) -> int:
     return math.prod(x[:2]) * (math.prod(_in(node, shapes, 1)) + math.prod(_in(node, shapes, 2)))
 
 
-def _einsum(node, shapes) -> int:
-    equation = _attr(node, "equation", b"")
-    equation = (equation.decode() if isinstance(equation, bytes) else equation).replace(" ", "")
-    terms = equation.split("->")[0].split(",")
-    sizes: dict[str, int] = {}
-    for k, term in enumerate(terms):
-        if "." in term:
-            raise UnsupportedOperatorError("cannot count an Einsum with an ellipsis",
-                                           node=_name(node), op=node.op_type)
-        for letter, dim in zip(term, _in(node, shapes, k)):
-            sizes[letter] = max(sizes.get(letter, 1), dim)
-    return math.prod(sizes.values())
-
-
 def _dynamic_quantize(node, shapes) -> int:
     return 2 * math.prod(_in(node, shapes))  # min/max scan, then quantize
 
@@ -294,7 +279,6 @@ MAC_COUNTERS: dict[str, Callable[[onnx.NodeProto, Shapes], int]] = {
     "GRU": _recurrent,
     "RNN": _recurrent,
     "DynamicQuantizeLSTM": _recurrent,
-    "Einsum": _einsum,
     "LinearClassifier": _linear_ml,
     "LinearRegressor": _linear_ml,
     "SVMClassifier": _svm,
