@@ -1077,3 +1077,96 @@ def test_float16_weights_behind_dequantize_fold_into_constants(tmp_path):
     interp.invoke()
     for k, y in enumerate(graph.run(imported, *feeds)):
         np.testing.assert_allclose(y, interp.get_output(k), rtol=1e-5, atol=1e-5)
+
+
+def _sparse_fc_model(dense: np.ndarray, traversal, block_map, block) -> bytes:
+    """y = FULLY_CONNECTED(x, DENSIFY(w)) with w stored in TFLite's sparse format: row and
+    column blocks (dense rows of blocks, CSR over block columns, dense inside a block) in
+    the given traversal order of the expanded dims."""
+    rows, cols = dense.shape
+    br, bc = block if block else (1, 1)
+    grid = dense.reshape(rows // br, br, cols // bc, bc).transpose(0, 2, 1, 3)  # [R, C, br, bc]
+    if list(traversal[:2]) == [1, 0]:  # column-major over the blocks
+        grid = grid.transpose(1, 0, 2, 3)
+    segments, indices, values = [0], [], []
+    for r in range(grid.shape[0]):
+        for c in range(grid.shape[1]):
+            if np.any(grid[r, c]):
+                indices.append(c)
+                values.append(grid[r, c].reshape(-1))
+        segments.append(len(indices))
+
+    def level(fmt, size=0, seg=None, idx=None):
+        d = fb.DimensionMetadataT()
+        d.format, d.denseSize = fmt, size
+        if seg is not None:
+            d.arraySegmentsType = d.arrayIndicesType = fb.SparseIndexVector.Int32Vector
+            d.arraySegments, d.arrayIndices = fb.Int32VectorT(), fb.Int32VectorT()
+            d.arraySegments.values, d.arrayIndices.values = seg, idx
+        return d
+
+    sp = fb.SparsityParametersT()
+    sp.traversalOrder, sp.blockMap = list(traversal), list(block_map)
+    sp.dimMetadata = [level(fb.DimensionType.DENSE, grid.shape[0]),
+                      level(fb.DimensionType.SPARSE_CSR, seg=segments, idx=indices)]
+    if block:
+        sp.dimMetadata += [level(fb.DimensionType.DENSE, br), level(fb.DimensionType.DENSE, bc)]
+    m = fb.ModelT()
+    m.version, m.buffers = 3, [fb.BufferT()]
+    buf = fb.BufferT()
+    buf.data = np.frombuffer(np.concatenate(values).astype(np.float32).tobytes(), np.uint8)
+    m.buffers.append(buf)
+
+    def tensor(name, shape, buffer=0, sparsity=None):
+        t = fb.TensorT()
+        t.name, t.shape, t.type, t.buffer, t.sparsity = name, list(shape), fb.TensorType.FLOAT32, \
+            buffer, sparsity
+        return t
+
+    sg = fb.SubGraphT()
+    sg.tensors = [tensor(b"x", (1, cols)), tensor(b"w_sparse", (rows, cols), 1, sp),
+                  tensor(b"w", (rows, cols)), tensor(b"y", (1, rows))]
+    codes = []
+    for code in (OPS.DENSIFY, OPS.FULLY_CONNECTED):
+        oc = fb.OperatorCodeT()
+        oc.builtinCode, oc.deprecatedBuiltinCode, oc.version = code, code, 1
+        codes.append(oc)
+    m.operatorCodes = codes
+    densify, fc = fb.OperatorT(), fb.OperatorT()
+    densify.opcodeIndex, densify.inputs, densify.outputs = 0, [1], [2]
+    fc.opcodeIndex, fc.inputs, fc.outputs = 1, [0, 2, -1], [3]
+    fc.builtinOptionsType, fc.builtinOptions = _options("FULLY_CONNECTED", {})
+    sg.operators, sg.inputs, sg.outputs = [densify, fc], [0], [3]
+    m.subgraphs = [sg]
+    return pack(m)
+
+
+@pytest.mark.parametrize("traversal,block_map,block", [
+    ([0, 1], [], None),                 # CSR
+    ([1, 0], [], None),                 # CSC: columns first
+    ([0, 1, 2, 3], [0, 1], (2, 2)),     # 2x2 blocks, CSR over block columns
+    ([0, 1, 2, 3], [0, 1], (1, 4)),     # 1x4 blocks (TFLite's own sparse FC format)
+])
+def test_sparse_weights_densify_like_litert(tmp_path, traversal, block_map, block):
+    from ai_edge_litert.interpreter import Interpreter
+
+    rng = np.random.default_rng(4)
+    dense = rng.normal(0, 1, (8, 8)).astype(np.float32)
+    mask = rng.random((8 // (block or (1, 1))[0], 8 // (block or (1, 1))[1])) < 0.4
+    dense *= np.kron(mask, np.ones(block or (1, 1))).astype(np.float32)
+    data = _sparse_fc_model(dense, traversal, block_map, block)
+    p = tmp_path / "sparse.tflite"
+    p.write_bytes(data)
+    model = load_tflite(p)
+    w = {t.name: numpy_helper.to_array(t) for t in model.graph.initializer}
+    np.testing.assert_array_equal(w["w"], dense)  # densified exactly, values where they were
+    meta = graph.get_metadata(model)["sparse_initializers"]["w"]
+    assert meta["nonzeros"] == int(np.count_nonzero(dense)) and meta["size"] == 64
+    assert meta["tflite_tensor"] == "w_sparse" and meta["block_size"] == list(block or [])
+    x = rng.normal(0, 1, (1, 8)).astype(np.float32)
+    interp = Interpreter(model_content=data)
+    interp.allocate_tensors()
+    interp.set_tensor(interp.get_input_details()[0]["index"], x)
+    interp.invoke()
+    ref = interp.get_tensor(interp.get_output_details()[0]["index"])
+    np.testing.assert_allclose(graph.run(model, x)[0], ref, rtol=1e-5, atol=1e-5)
