@@ -17,6 +17,7 @@ from rich.console import Console
 from rich.table import Table
 
 from edgeloop.errors import EdgeloopError, UsageError
+from edgeloop.shapes import cli_option as input_shape_option, using_input_shapes
 
 app = typer.Typer(
     name="edgeloop",
@@ -80,6 +81,7 @@ def profile(
     target: Optional[str] = typer.Option(None, "--target", "-t", help="Also show the fit and estimated latency on this catalogue target (see `edgeloop targets`)."),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object instead of tables."),
     latency: bool = typer.Option(True, "--latency/--no-latency", help="Measure host latency with onnxruntime (batch 1, one thread)."),
+    input_shape: Optional[list[str]] = input_shape_option(),
 ) -> None:
     """Per-layer and total parameters, MACs, weight bytes, activation sizes, flash, planned peak RAM and host latency."""
     tgt = None
@@ -87,7 +89,8 @@ def profile(
         from edgeloop.hardware import get_target
 
         tgt = get_target(target)  # fail fast on a typo, before any work
-    m = _load(model)
+    with using_input_shapes(input_shape):
+        m = _load(model)
     prof = _profile(m, model, latency)
     result: dict[str, Any] = {"model": model, **prof}
     if tgt is not None:
@@ -186,11 +189,13 @@ def targets(
 def convert(
     model: str = typer.Argument(..., help="Model file in any supported format."),
     output: Path = typer.Option(..., "--output", "-o", help="Where to write the imported ONNX graph."),
+    input_shape: Optional[list[str]] = input_shape_option(),
 ) -> None:
     """Import a model (scikit-learn, torch.export, TFLite or ONNX) and save it as one ONNX graph."""
     from edgeloop.graph import save
 
-    m = _load(model)
+    with using_input_shapes(input_shape):
+        m = _load(model)
     save(m, output)
     err.print(f"wrote {output} ({len(m.graph.node)} nodes)")
 

@@ -12,6 +12,7 @@ from typing import Optional
 import typer
 
 from edgeloop.errors import UsageError
+from edgeloop.shapes import cli_option as input_shape_option, using_input_shapes
 
 
 def register(app: typer.Typer) -> None:
@@ -24,6 +25,7 @@ def register(app: typer.Typer) -> None:
         verify: bool = typer.Option(False, "--verify", help="Microcontrollers: cross-compile and run under QEMU (Cortex-M4) and compare with the host."),
         as_json: bool = typer.Option(False, "--json", help="Print the export report as JSON."),
         sign: Optional[Path] = typer.Option(None, "--sign", help="Linux bundles: sign the manifest with this Ed25519 private key (from `edgeloop keys create KEY`) into manifest.sig; devices check it with `serve --trust KEY.pub`."),
+        input_shape: Optional[list[str]] = input_shape_option(),
     ) -> None:
         """Export a model for a device: C source for a microcontroller, a bundle for a Linux board."""
         from edgeloop.hardware import get_target
@@ -39,4 +41,5 @@ def register(app: typer.Typer) -> None:
             raise UsageError(f"target '{tgt.id}' is an accelerator; export supports microcontrollers and "
                              "Linux boards (run the model on the accelerator's host board)")
         extra = {"sign": sign} if tgt.kind == "linux" else {}
-        export_cli(model, tgt, output, prefix=name, verify=verify, as_json=as_json, **extra)
+        with using_input_shapes(input_shape):  # the backend's own load_file gets the shapes
+            export_cli(model, tgt, output, prefix=name, verify=verify, as_json=as_json, **extra)

@@ -12,6 +12,7 @@ import typer
 
 from edgeloop.errors import EdgeloopError, UsageError
 from edgeloop.fsutil import check_output_dir, staged_dir
+from edgeloop.shapes import cli_option as input_shape_option, using_input_shapes
 
 
 def _find_source(model_path: str, model: Any, source: Optional[str]) -> Optional[str]:
@@ -119,6 +120,7 @@ def register(app: typer.Typer) -> None:
         label_column: Optional[str] = typer.Option(None, "--label-column", help="CSV data: the label column."),
         quick: bool = typer.Option(False, "--quick", help="Fewer settings per pass (faster, coarser)."),
         as_json: bool = typer.Option(False, "--json", help="Print results.json to stdout instead of a summary."),
+        input_shape: Optional[list[str]] = input_shape_option(),
     ) -> None:
         """Quantize, prune, drop features or layers; keep the smallest model within --max-drop and the limits.
 
@@ -132,7 +134,7 @@ def register(app: typer.Typer) -> None:
                                    TimeElapsedColumn)
 
         err = Console(stderr=True, highlight=False)
-        with Progress(SpinnerColumn(), TextColumn("[progress.description]{task.description}"), BarColumn(),
+        with using_input_shapes(input_shape), Progress(SpinnerColumn(), TextColumn("[progress.description]{task.description}"), BarColumn(),
                       MofNCompleteColumn(), TimeElapsedColumn(), console=err, transient=True,
                       disable=not err.is_terminal) as bar:
             task = bar.add_task("shrink", total=None)

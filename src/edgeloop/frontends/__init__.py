@@ -15,6 +15,7 @@ from typing import Any
 import onnx as _onnx  # aliased: the submodule edgeloop.frontends.onnx shadows the name
 
 from edgeloop.errors import EdgeloopError, ModelLoadError
+from edgeloop.shapes import apply_active_input_shapes
 
 SUFFIXES = {
     ".onnx": "onnx",
@@ -37,6 +38,7 @@ def _sniff(path: Path, head: bytes) -> str | None:
     return None
 
 
+@apply_active_input_shapes  # --input-shape (edgeloop.shapes)
 def load_file(path: str | os.PathLike, **kwargs: Any) -> _onnx.ModelProto:
     """Import a model file; raises ModelLoadError naming the file on any problem."""
     p = Path(path)

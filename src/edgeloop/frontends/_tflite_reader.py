@@ -45,6 +45,7 @@ class TflTensor:
     scale: np.ndarray | None       # float32 [n] quantization scales, None if not quantized
     zero_point: np.ndarray | None  # int64 [n]
     quant_dim: int = 0
+    sparse: dict[str, Any] | None = None  # how the file stored it, when it was sparse (densified)
 
     @property
     def quantized(self) -> bool:
@@ -62,6 +63,8 @@ class TflOp:
     inputs: list[int]              # tensor indices; -1 marks an omitted optional input
     outputs: list[int]
     options: dict[str, Any] = field(default_factory=dict)
+    custom_options: bytes = b""    # a custom operator's raw options
+    is_custom: bool = False        # name is a custom code, not a builtin operator
 
 
 @dataclass
@@ -133,9 +136,129 @@ def _read_options(name: str, op) -> dict[str, Any]:
     if name == "CONCATENATION":
         o = _options(op, tflite.ConcatenationOptions)
         return dict(axis=o.Axis(), activation=o.FusedActivationFunction())
-    if name == "MEAN":
+    if name in ("MEAN", "SUM", "REDUCE_MAX", "REDUCE_MIN", "REDUCE_PROD"):
         return dict(keep_dims=bool(_options(op, tflite.ReducerOptions).KeepDims()))
+    if name in ("SUB", "DIV", "L2_NORMALIZATION"):
+        cls = {"SUB": tflite.SubOptions, "DIV": tflite.DivOptions,
+               "L2_NORMALIZATION": tflite.L2NormOptions}[name]
+        return dict(activation=_options(op, cls).FusedActivationFunction())
+    if name == "LEAKY_RELU":
+        return dict(alpha=float(_options(op, tflite.LeakyReluOptions).Alpha()))
+    if name == "SPLIT":
+        return dict(num_splits=int(_options(op, tflite.SplitOptions).NumSplits()))
+    if name == "SPLIT_V":
+        return dict(num_splits=int(_options(op, tflite.SplitVOptions).NumSplits()))
+    if name == "PACK":
+        o = _options(op, tflite.PackOptions)
+        return dict(axis=int(o.Axis()), values_count=int(o.ValuesCount()))
+    if name == "UNPACK":
+        o = _options(op, tflite.UnpackOptions)
+        return dict(axis=int(o.Axis()), num=int(o.Num()))
+    if name == "GATHER":
+        o = _options(op, tflite.GatherOptions)
+        return dict(axis=int(o.Axis()), batch_dims=int(o.BatchDims()))
+    if name == "SPACE_TO_DEPTH":
+        return dict(block_size=int(_options(op, tflite.SpaceToDepthOptions).BlockSize()))
+    if name == "BATCH_MATMUL":
+        o = _options(op, tflite.BatchMatMulOptions)
+        return dict(adj_x=bool(o.AdjX()), adj_y=bool(o.AdjY()))
+    if name == "GELU":
+        return dict(approximate=bool(_options(op, tflite.GeluOptions).Approximate()))
+    if name == "MIRROR_PAD":
+        return dict(mode={0: "REFLECT", 1: "SYMMETRIC"}.get(_options(op, tflite.MirrorPadOptions).Mode()))
+    if name == "TRANSPOSE_CONV":
+        o = _options(op, tflite.TransposeConvOptions)
+        return dict(padding=PADDINGS.get(o.Padding(), o.Padding()), stride=(o.StrideH(), o.StrideW()),
+                    activation=o.FusedActivationFunction())
+    if name == "DEPTH_TO_SPACE":
+        return dict(block_size=int(_options(op, tflite.DepthToSpaceOptions).BlockSize()))
+    if name == "MUL":
+        return dict(activation=_options(op, tflite.MulOptions).FusedActivationFunction())
+    if name in ("RESIZE_BILINEAR", "RESIZE_NEAREST_NEIGHBOR"):
+        cls = (tflite.ResizeBilinearOptions if name == "RESIZE_BILINEAR"
+               else tflite.ResizeNearestNeighborOptions)
+        o = _options(op, cls)
+        return dict(align_corners=bool(o.AlignCorners()), half_pixel_centers=bool(o.HalfPixelCenters()))
+    if name == "STRIDED_SLICE":
+        o = _options(op, tflite.StridedSliceOptions)
+        return dict(begin_mask=o.BeginMask(), end_mask=o.EndMask(), ellipsis_mask=o.EllipsisMask(),
+                    new_axis_mask=o.NewAxisMask(), shrink_axis_mask=o.ShrinkAxisMask(),
+                    offset=bool(o.Offset()))
     return {}
+
+
+def _index_vector(kind: int, table) -> np.ndarray:
+    """A SparseIndexVector union (Int32Vector, Uint16Vector or Uint8Vector) as int64."""
+    import tflite
+
+    cls = {1: tflite.Int32Vector, 2: tflite.Uint16Vector, 3: tflite.Uint8Vector}.get(kind)
+    if cls is None or table is None:
+        raise _fail(f"sparse index vector of unknown type {kind}")
+    v = cls()
+    v.Init(table.Bytes, table.Pos)
+    return np.asarray(v.ValuesAsNumpy() if v.ValuesLength() else [], np.int64).reshape(-1)
+
+
+def _densify(name: str, sp, values: np.ndarray, shape: tuple[int, ...]) -> tuple[np.ndarray, dict]:
+    """TFLite's sparse tensor format (schema ``SparsityParameters``) -> the dense array.
+
+    Hand-written: no Python library reads this format (TFLite does it in C++, in
+    ``sparsity_format_converter.cc``). The stored values are listed in traversal order over
+    the expanded dims (the original dims, then one per block dim); each level is DENSE
+    (every index up to dense_size) or SPARSE_CSR (``array_segments[p]:array_segments[p+1]``
+    of ``array_indices`` under parent position p). The levels are walked breadth first with
+    numpy; children stay grouped under their parent, so the leaves come out in the order the
+    values are stored.
+    """
+    rank = len(shape)
+    order = [int(v) for v in sp.TraversalOrderAsNumpy()] if sp.TraversalOrderLength() else list(range(rank))
+    block_map = [int(v) for v in sp.BlockMapAsNumpy()] if sp.BlockMapLength() else []
+    n_levels = sp.DimMetadataLength()
+    if n_levels != len(order) or n_levels != rank + len(block_map) or sorted(order) != list(range(n_levels)) \
+            or any(not 0 <= d < rank for d in block_map):
+        raise _fail(f"tensor '{name}' has inconsistent sparsity parameters")
+    block_size = []
+    for k in range(len(block_map)):
+        level = order.index(rank + k)
+        block_size.append(int(sp.DimMetadata(level).DenseSize()))
+    pos = np.zeros(1, np.int64)                 # position of each partial path at this level
+    idx = np.zeros((1, 0), np.int64)            # its index along every level so far
+    for level in range(n_levels):
+        dm = sp.DimMetadata(level)
+        if dm.Format() == 0:  # DENSE
+            size = int(dm.DenseSize())
+            child = np.tile(np.arange(size, dtype=np.int64), pos.size)
+            parent = np.repeat(np.arange(pos.size), size)
+            pos = pos[parent] * size + child
+        else:  # SPARSE_CSR
+            seg = _index_vector(dm.ArraySegmentsType(), dm.ArraySegments())
+            ind = _index_vector(dm.ArrayIndicesType(), dm.ArrayIndices())
+            if pos.size and (pos.max() + 1 >= seg.size or seg[-1] > ind.size or np.any(np.diff(seg) < 0)):
+                raise _fail(f"tensor '{name}' has sparse segments that do not fit its indices")
+            counts = seg[pos + 1] - seg[pos]
+            parent = np.repeat(np.arange(pos.size), counts)
+            starts = np.repeat(seg[pos], counts)
+            offsets = np.arange(int(counts.sum()), dtype=np.int64) - np.repeat(np.cumsum(counts) - counts, counts)
+            pos = starts + offsets
+            child = ind[pos]
+        idx = np.concatenate([idx[parent], child[:, None]], axis=1)
+    if idx.shape[0] != values.size:
+        raise _fail(f"constant tensor '{name}' holds {values.size} sparse values, "
+                    f"its sparsity parameters list {idx.shape[0]}")
+    coords = np.zeros((idx.shape[0], rank), np.int64)
+    for level in range(rank):
+        coords[:, order[level]] = idx[:, level]
+    for level in range(rank, n_levels):
+        k = order[level] - rank
+        coords[:, block_map[k]] = coords[:, block_map[k]] * block_size[k] + idx[:, level]
+    if np.any(coords >= np.asarray(shape, np.int64)) or np.any(coords < 0):
+        raise _fail(f"tensor '{name}' has a sparse index outside its shape {list(shape)}")
+    dense = np.zeros(shape, values.dtype)
+    dense[tuple(coords.T)] = values.reshape(-1)
+    info = {"format": "tflite_sparsity", "nonzeros": int(values.size),
+            "size": int(np.prod(shape, dtype=np.int64)), "block_size": block_size,
+            "block_map": block_map}
+    return dense, info
 
 
 def _tensor(model, graph, i: int, buf: bytes, n_buffers: int) -> TflTensor:
@@ -180,6 +303,15 @@ def _tensor(model, graph, i: int, buf: bytes, n_buffers: int) -> TflTensor:
                 raise _fail(f"constant tensor '{name}' has type {_TYPE_NAMES.get(ttype, ttype)}, "
                             "which edgeloop cannot read")
             itemsize = np.dtype(dtype).itemsize
+            sp = t.Sparsity()
+            if sp is not None:
+                if len(raw) % itemsize:
+                    raise _fail(f"sparse constant tensor '{name}' holds {len(raw)} bytes, not a "
+                                f"whole number of {_TYPE_NAMES.get(ttype, ttype)} values")
+                values = np.frombuffer(bytes(raw), dtype=np.dtype(dtype).newbyteorder("<"))
+                data, sparse = _densify(name, sp, values.astype(np.dtype(dtype)), shape)
+                return TflTensor(i, name, _TYPE_NAMES.get(ttype, str(ttype)), dtype, shape, data,
+                                 scale, zero_point, quant_dim, sparse)
             count = int(np.prod(shape, dtype=np.int64)) if shape else 1
             if len(raw) != count * itemsize:
                 raise _fail(f"constant tensor '{name}' holds {len(raw)} bytes, "
@@ -230,11 +362,13 @@ def _parse(buf: bytes) -> TflGraph:
     n_buffers = _check_count(model.BuffersLength(), buf, "buffers")
 
     opcodes: list[str] = []
+    custom_codes: set[int] = set()
     for j in range(_check_count(model.OperatorCodesLength(), buf, "operator codes")):
         oc = model.OperatorCodes(j)
         # Codes < 127 live in the deprecated int8 field, newer ones in builtin_code.
         code = max(int(oc.BuiltinCode()), int(oc.DeprecatedBuiltinCode()))
         if code == 32:  # CUSTOM
+            custom_codes.add(j)
             custom = oc.CustomCode()
             opcodes.append(custom.decode("utf-8", errors="replace") if custom else "CUSTOM")
         else:
@@ -263,7 +397,8 @@ def _parse(buf: bytes) -> TflGraph:
         ins = indices(op.InputsAsNumpy() if op.InputsLength() else [], f"operator {k} ({name})", True)
         outs = indices(op.OutputsAsNumpy() if op.OutputsLength() else [], f"operator {k} ({name})",
                        False)
-        ops.append(TflOp(k, name, ins, outs, _read_options(name, op)))
+        custom = bytes(op.CustomOptionsAsNumpy().tobytes()) if op.CustomOptionsLength() else b""
+        ops.append(TflOp(k, name, ins, outs, _read_options(name, op), custom, idx in custom_codes))
 
     inputs = indices(g.InputsAsNumpy() if g.InputsLength() else [], "the graph inputs", False)
     outputs = indices(g.OutputsAsNumpy() if g.OutputsLength() else [], "the graph outputs", False)

@@ -55,6 +55,14 @@ SUPPORTED = (
     "CONV_2D", "DEPTHWISE_CONV_2D", "FULLY_CONNECTED", "AVERAGE_POOL_2D", "MAX_POOL_2D",
     "RESHAPE", "SQUEEZE", "EXPAND_DIMS", "SOFTMAX", "ADD", "RELU", "RELU6", "RELU_N1_TO_1",
     "LOGISTIC", "TANH", "CONCATENATION", "PAD", "PADV2", "MEAN", "QUANTIZE", "DEQUANTIZE",
+    "DENSIFY", "DEPTH_TO_SPACE", "TRANSPOSE_CONV", "MUL", "SUB", "DIV", "MAXIMUM", "MINIMUM",
+    "SQUARED_DIFFERENCE", "POW", "EXP", "LOG", "SQRT", "RSQRT", "SQUARE", "ABS", "NEG", "FLOOR",
+    "CEIL", "SIN", "COS", "LEAKY_RELU", "ELU", "GELU", "LOG_SOFTMAX", "L2_NORMALIZATION",
+    "TRANSPOSE", "SLICE", "SPLIT", "SPLIT_V", "PACK", "UNPACK", "GATHER", "SPACE_TO_DEPTH",
+    "TILE", "BROADCAST_TO", "MIRROR_PAD", "BATCH_MATMUL", "SUM", "REDUCE_MAX", "REDUCE_MIN",
+    "REDUCE_PROD", "PRELU", "HARD_SWISH", "RESIZE_BILINEAR", "RESIZE_NEAREST_NEIGHBOR", "STRIDED_SLICE",
+    # MediaPipe's transposed convolution with bias, a custom operator LiteRT also ships
+    "Convolution2DTransposeBias",
 )
 
 
@@ -68,9 +76,12 @@ def load_tflite(path: pathlib.Path) -> onnx.ModelProto:
     except OSError as e:
         raise ModelLoadError(f"cannot read file ({e.strerror})", where=str(path)) from None
     graph = parse(buf)
-    model, input_quant, output_quant = _Converter(graph).convert()
+    model, input_quant, output_quant, sparse = _Converter(graph).convert()
+    # Weights the file stored in TFLite's sparse format are dense in the graph; which ones
+    # were sparse (and how) is kept for sparse storage later (edgeloop.sparse_initializers).
+    extra = {"sparse_initializers": sparse} if sparse else {}
     return finalize(model, source=str(path), source_format="tflite",
-                    input_quant=input_quant, output_quant=output_quant)
+                    input_quant=input_quant, output_quant=output_quant, **extra)
 
 
 def _same_pads(size: int, kernel: int, stride: int, dilation: int) -> tuple[int, int]:
@@ -100,6 +111,9 @@ class _Converter:
         self.const_cache: dict[Any, str] = {}
         self.op: TflOp | None = None                      # operator being converted
         self.graph_outputs = set(graph.outputs)
+        # constants the file stored sparse (densified on import): TFLite name -> how
+        self.sparse_by_name = {t.name: t.sparse for t in graph.tensors if t.sparse}
+        self.sparse_inits: dict[str, dict] = {}           # ONNX initializer -> the same
 
     # ----- small builders -------------------------------------------------------------
 
@@ -112,7 +126,10 @@ class _Converter:
         return name
 
     def init(self, name: str, array: np.ndarray) -> str:
+        sparse = self.sparse_by_name.get(name)
         name = self.uniq(name)
+        if sparse is not None:
+            self.sparse_inits[name] = sparse
         # np.array, not np.ascontiguousarray: the latter turns a 0-d scale into shape [1],
         # and a QDQ scale must be a scalar.
         self.inits.append(numpy_helper.from_array(np.array(array, order="C"), name))
@@ -349,7 +366,8 @@ class _Converter:
         for op in g.ops:
             if op.name not in SUPPORTED:
                 out = self.t[op.outputs[0]].name if op.outputs else None
-                raise UnsupportedOperatorError(f"TFLite operator {op.name} is not supported",
+                kind = "custom operator" if op.is_custom else "operator"
+                raise UnsupportedOperatorError(f"TFLite {kind} {op.name} is not supported",
                                                node=out, op=op.name)
         for op in g.ops:
             self.op = op
@@ -401,7 +419,7 @@ class _Converter:
                                 "zero_point": int(t.zero_point[0]) if q else None})
             return entries if any(e["scale"] is not None for e in entries) else None
 
-        return model, quant(g.inputs, inputs), quant(g.outputs, outputs)
+        return model, quant(g.inputs, inputs), quant(g.outputs, outputs), self.sparse_inits
 
     # ----- operators --------------------------------------------------------------------
 
@@ -525,12 +543,14 @@ class _Converter:
     op_squeeze = op_reshape
     op_expand_dims = op_reshape
 
-    def _requant_or_alias(self, x: int, out: int, raw: str, layout: str) -> None:
+    def _same_quant(self, x: int, out: int) -> bool:
         tx, to = self.t[x], self.t[out]
-        same = (tx.dtype == to.dtype and tx.quantized == to.quantized
+        return (tx.dtype == to.dtype and tx.quantized == to.quantized
                 and (not tx.quantized or (tx.scale[0] == to.scale[0]
                                           and tx.zero_point[0] == to.zero_point[0])))
-        if same:
+
+    def _requant_or_alias(self, x: int, out: int, raw: str, layout: str) -> None:
+        if self._same_quant(x, out):
             # Data movement only: the int8 tensor itself is reshaped, no DQ/Q around it.
             self.value[out] = (self.name_after(out, raw, layout), layout)
         else:
@@ -578,13 +598,35 @@ class _Converter:
                 data = (data - t.zero_point.reshape(shape)) * t.scale.reshape(shape)
             self.t[out] = dataclasses.replace(self.t[out], data=data.astype(np.float32),
                                               dtype=np.float32, type_name="FLOAT32",
-                                              scale=None, zero_point=None)
+                                              scale=None, zero_point=None, sparse=t.sparse)
+            if t.sparse:
+                self.sparse_by_name[self.t[out].name] = {**t.sparse, "tflite_tensor": t.name}
             return
         layout = self.layout_of(x)
         y = self.fin(x, layout)
         if not self.is_q(x):  # float -> float: nothing to do but keep the tensor's name
             y = self.node("Identity", [y])
         self.emit(out, y, layout)
+
+    def op_depth_to_space(self, op):
+        # TFLite's output[h*b + i, w*b + j, c] = input[h, w, (i*b + j)*C + c] is ONNX's DCR
+        # order; moving values, it runs on int8 tensors as they are.
+        x, out = op.inputs[0], op.outputs[0]
+        bs = op.options["block_size"]
+        if len(self.t[x].shape) != 4 or bs < 1:
+            raise self.fail("DEPTH_TO_SPACE needs a [N,H,W,C] tensor and a block size of 1 or more")
+        y = self.node("DepthToSpace", [self.raw(x, NCHW)], blocksize=bs, mode="DCR")
+        self._requant_or_alias(x, out, y, NCHW)
+
+    def op_densify(self, op):
+        # A sparse constant made dense at load time: the reader already densified it.
+        x, out = op.inputs[0], op.outputs[0]
+        t = self.t[x]
+        if not t.is_const:
+            raise self.fail(f"DENSIFY reads '{t.name}', which is not a constant")
+        self.t[out] = dataclasses.replace(self.t[out], data=t.data, sparse=t.sparse)
+        if t.sparse:
+            self.sparse_by_name[self.t[out].name] = {**t.sparse, "tflite_tensor": t.name}
 
     def op_softmax(self, op):
         x = op.inputs[0]
@@ -606,15 +648,181 @@ class _Converter:
             return NCHW
         return NHWC
 
-    def op_add(self, op):
+    def _binary(self, op: TflOp, onnx_op: str) -> None:
         a, b = op.inputs[0], op.inputs[1]
         out = op.outputs[0]
         layout = self._common_layout([a, b])
         rank = len(self.t[out].shape)
         # The int8 rescaling TFLite does (both inputs to a common scale, then to the output
         # scale) is expressed by the QDQ form: DQ(a), DQ(b) -> Add -> Q(out).
-        y = self.node("Add", [self.fin(a, layout, rank), self.fin(b, layout, rank)])
-        self.emit(out, y, layout, op.options["activation"])
+        y = self.node(onnx_op, [self.fin(a, layout, rank), self.fin(b, layout, rank)])
+        self.emit(out, y, layout, op.options.get("activation", 0))
+
+    def op_add(self, op):
+        self._binary(op, "Add")
+
+    def op_mul(self, op):
+        self._binary(op, "Mul")
+
+    def op_prelu(self, op):
+        # PRELU's alpha broadcasts against the input (usually [1, 1, C]): a [1, C, 1, 1]
+        # slope once the input runs NCHW.
+        x, alpha = op.inputs[0], op.inputs[1]
+        layout = self._common_layout([x])
+        rank = len(self.t[x].shape)
+        y = self.node("PRelu", [self.fin(x, layout), self.fin(alpha, layout, rank)])
+        self.emit(op.outputs[0], y, layout)
+
+    def op_hard_swish(self, op):
+        self._unary(op, "HardSwish")  # x * relu6(x + 3) / 6, ONNX's HardSwish exactly
+
+    def _resize(self, op: TflOp, mode: str) -> None:
+        """RESIZE_BILINEAR / RESIZE_NEAREST_NEIGHBOR as ONNX Resize.
+
+        TFLite (reference_ops::ResizeBilinear, ResizeNearestNeighbor) maps output pixel
+        y to the input coordinate ``y * s`` with ``s = in / out``, or ``s = (in - 1) / (out
+        - 1)`` under align_corners, or ``(y + 0.5) * s - 0.5`` under half_pixel_centers
+        (clamped at the borders); ONNX's asymmetric, align_corners and half_pixel
+        transformations are these formulas. Nearest neighbour takes ``floor(y * s)``
+        (asymmetric, nearest_mode floor), ``round(y * s)`` with ties away from zero under
+        align_corners (round_prefer_ceil: coordinates are never negative), and
+        ``floor((y + 0.5) * s)`` under half_pixel_centers, which is half_pixel's
+        ``(y + 0.5) * s - 0.5`` rounded with ties up (round_prefer_ceil).
+        """
+        x, out = op.inputs[0], op.outputs[0]
+        o = op.options
+        xs = self.t[x].shape
+        size = self._const_ints(op.inputs[1], "size").reshape(-1)
+        if len(xs) != 4 or size.size != 2:
+            raise self.fail("resizing needs a [N,H,W,C] tensor and a size of two values")
+        if o["align_corners"] and o["half_pixel_centers"]:
+            raise self.fail("align_corners and half_pixel_centers together have no ONNX equivalent")
+        if o["align_corners"]:
+            coord = "align_corners"
+        elif o["half_pixel_centers"]:
+            coord = "half_pixel"
+        else:
+            coord = "asymmetric"
+        attrs = dict(mode=mode, coordinate_transformation_mode=coord)
+        if mode == "nearest":
+            attrs["nearest_mode"] = "floor" if coord == "asymmetric" else "round_prefer_ceil"
+        sizes = self.int64s([xs[0], xs[3], int(size[0]), int(size[1])], "sizes")
+        if mode == "nearest" and self._same_quant(x, out):
+            # picking pixels is data movement: the int8 tensor itself is resized
+            y = self.node("Resize", [self.raw(x, NCHW), "", "", sizes], **attrs)
+            self.value[out] = (self.name_after(out, y, NCHW), NCHW)
+            return
+        y = self.node("Resize", [self.fin(x, NCHW), "", "", sizes], **attrs)
+        self.emit(out, y, NCHW)
+
+    def op_resize_bilinear(self, op):
+        self._resize(op, "linear")
+
+    def op_resize_nearest_neighbor(self, op):
+        self._resize(op, "nearest")
+
+    def op_strided_slice(self, op):
+        x, out = op.inputs[0], op.outputs[0]
+        o = op.options
+        if o["ellipsis_mask"] or o["new_axis_mask"]:
+            raise self.fail("STRIDED_SLICE with an ellipsis or new-axis mask is not supported")
+        xs = self.t[x].shape
+        rank = len(xs)
+        begin, end, strides = (self._const_ints(op.inputs[k], what).reshape(-1)
+                               for k, what in ((1, "begin"), (2, "end"), (3, "strides")))
+        if not begin.size == end.size == strides.size == rank or np.any(strides == 0):
+            raise self.fail("STRIDED_SLICE needs begin, end and non-zero strides for every axis")
+        big = np.iinfo(np.int64).max
+        starts, ends, steps = [], [], []
+        for a in range(rank):
+            b, e, s = int(begin[a]), int(end[a]), int(strides[a])
+            if o["offset"]:
+                e = b + e  # end counts from begin
+            if o["begin_mask"] >> a & 1:
+                b = 0 if s > 0 else big
+            if o["end_mask"] >> a & 1:
+                e = big if s > 0 else -big
+            if o["shrink_axis_mask"] >> a & 1:
+                e, s = (b + 1 if b != -1 else big), 1  # one index, the axis then goes
+            starts.append(b)
+            ends.append(e)
+            steps.append(s)
+        keep_layout = rank == 4 and not o["shrink_axis_mask"] and self.layout_of(x) == NCHW
+        layout = NCHW if keep_layout else NHWC
+        axes = [NHWC_AXIS_IN_NCHW[a] for a in range(rank)] if keep_layout else list(range(rank))
+        src = self.raw(x, layout)
+        y = self.node("Slice", [src, self.int64s(starts, "starts"), self.int64s(ends, "ends"),
+                                self.int64s(axes, "axes"), self.int64s(steps, "steps")])
+        shape = self.t[out].shape
+        if not keep_layout and o["shrink_axis_mask"]:
+            y = self.node("Reshape", [y, self.int64s(list(shape), "shape")])
+        self._requant_or_alias(x, out, y, layout)
+
+    def _transpose_conv(self, op: TflOp, x: int, w: int, b: int, same: bool,
+                        strides: tuple[int, int], activation: int = 0) -> None:
+        """TFLite's transposed convolution (reference_ops::TransposeConv) as ConvTranspose.
+
+        Every input pixel scatters a kernel into the output at ``in * stride - pad``, with
+        ``pad`` the first half of the total SAME padding of the output size (0 for VALID); an
+        output smaller than the scatter is cut at the end, a larger one padded there.
+        """
+        xs, ws, ys = self.t[x].shape, self.t[w].shape, self.t[op.outputs[0]].shape
+        if len(xs) != 4 or len(ws) != 4 or len(ys) != 4:
+            raise self.fail("only 2-D transposed convolutions on [N,H,W,C] tensors are supported")
+        sh, sw = strides
+        if min(sh, sw) < 1:
+            raise ModelLoadError(f"not a valid TFLite flatbuffer: operator {op.index} ({op.name}) "
+                                 f"has strides {strides}")
+        cout, kh, kw, cin = ws  # OHWI; ONNX ConvTranspose wants [C_in, C_out, kH, kW]
+        if cin != xs[3] or cout != ys[3]:
+            raise self.fail(f"filter {list(ws)} does not fit input {list(xs)} and output {list(ys)}")
+        begin, end, extra = [], [], []
+        for size, out, k, st in ((xs[1], ys[1], kh, sh), (xs[2], ys[2], kw, sw)):
+            total = (size - 1) * st + k - out
+            first = max(total, 0) // 2 if same else 0
+            begin.append(first)
+            end.append(max(total, 0) - first)
+            extra.append(max(-total, 0))
+        if max(extra) >= max(sh, sw):
+            raise self.fail(f"output {list(ys)} is larger than input {list(xs)} can scatter to")
+        inputs = [self.fin(x, NCHW), self._weight(w, (3, 0, 1, 2))]
+        bf = self.bias(b, x, w)
+        if bf is not None:
+            inputs.append(bf)
+        attrs = dict(kernel_shape=[kh, kw], strides=[sh, sw], pads=begin + end)
+        if any(extra):
+            attrs["output_padding"] = extra
+        y = self.node("ConvTranspose", inputs, **attrs)
+        self.emit(op.outputs[0], y, NCHW, activation)
+
+    def op_transpose_conv(self, op):
+        # inputs: output shape, weights, input, optional bias
+        o = op.options
+        if o["padding"] not in ("SAME", "VALID"):
+            raise self.fail(f"unknown padding {o['padding']}")
+        b = op.inputs[3] if len(op.inputs) > 3 else -1
+        self._transpose_conv(op, op.inputs[2], op.inputs[1], b, o["padding"] == "SAME",
+                             o["stride"], o["activation"])
+
+    def op_convolution2dtransposebias(self, op):
+        """MediaPipe's Convolution2DTransposeBias: TRANSPOSE_CONV with a bias (float only).
+
+        Its options are TfLiteTransposeConvParams as raw bytes: padding (1 SAME, 2 VALID),
+        stride_width, stride_height (int32 each).
+        """
+        import struct
+
+        if len(op.custom_options) < 12 or len(op.inputs) < 2:
+            raise ModelLoadError(f"not a valid TFLite flatbuffer: operator {op.index} ({op.name}) "
+                                 f"has {len(op.custom_options)} bytes of options, expected 12")
+        padding, sw, sh = struct.unpack("<3i", op.custom_options[:12])
+        if padding not in (1, 2):
+            raise ModelLoadError(f"not a valid TFLite flatbuffer: operator {op.index} ({op.name}) "
+                                 f"has padding {padding}")
+        if self.is_q(op.inputs[0]):
+            raise self.fail("MediaPipe's transposed convolution is float only")
+        b = op.inputs[2] if len(op.inputs) > 2 else -1
+        self._transpose_conv(op, op.inputs[0], op.inputs[1], b, padding == 1, (sh, sw))
 
     def op_concatenation(self, op):
         out = op.outputs[0]
@@ -652,7 +860,7 @@ class _Converter:
 
     op_padv2 = op_pad
 
-    def op_mean(self, op):
+    def _reduce(self, op: TflOp, onnx_op: str) -> None:
         x = op.inputs[0]
         rank = len(self.t[x].shape)
         axes = sorted({int(a) + rank if a < 0 else int(a)
@@ -666,5 +874,295 @@ class _Converter:
                 layout = NHWC  # dropping dims would leave them out of NHWC order
             else:
                 axes = sorted(NHWC_AXIS_IN_NCHW[a] for a in axes)
-        y = self.node("ReduceMean", [self.fin(x, layout)], axes=axes, keepdims=int(keep))
+        if onnx_op == "ReduceSum":  # axes became an input in opset 13 for ReduceSum only
+            y = self.node(onnx_op, [self.fin(x, layout), self.int64s(axes, "axes")],
+                          keepdims=int(keep))
+        else:
+            y = self.node(onnx_op, [self.fin(x, layout)], axes=axes, keepdims=int(keep))
         self.emit(op.outputs[0], y, layout if keep else NHWC)
+
+    def op_mean(self, op):
+        self._reduce(op, "ReduceMean")
+
+    def op_sum(self, op):
+        self._reduce(op, "ReduceSum")
+
+    def op_reduce_max(self, op):
+        self._reduce(op, "ReduceMax")
+
+    def op_reduce_min(self, op):
+        self._reduce(op, "ReduceMin")
+
+    def op_reduce_prod(self, op):
+        self._reduce(op, "ReduceProd")
+
+    # ----- element-wise ---------------------------------------------------------------
+
+    def op_sub(self, op):
+        self._binary(op, "Sub")
+
+    def op_div(self, op):
+        self._binary(op, "Div")
+
+    def op_maximum(self, op):
+        self._binary(op, "Max")
+
+    def op_minimum(self, op):
+        self._binary(op, "Min")
+
+    def op_pow(self, op):
+        self._binary(op, "Pow")
+
+    def op_squared_difference(self, op):
+        a, b = op.inputs[0], op.inputs[1]
+        layout = self._common_layout([a, b])
+        rank = len(self.t[op.outputs[0]].shape)
+        d = self.node("Sub", [self.fin(a, layout, rank), self.fin(b, layout, rank)])
+        self.emit(op.outputs[0], self.node("Mul", [d, d]), layout)
+
+    def op_exp(self, op):
+        self._unary(op, "Exp")
+
+    def op_log(self, op):
+        self._unary(op, "Log")
+
+    def op_sqrt(self, op):
+        self._unary(op, "Sqrt")
+
+    def op_abs(self, op):
+        self._unary(op, "Abs")
+
+    def op_neg(self, op):
+        self._unary(op, "Neg")
+
+    def op_floor(self, op):
+        self._unary(op, "Floor")
+
+    def op_ceil(self, op):
+        self._unary(op, "Ceil")
+
+    def op_sin(self, op):
+        self._unary(op, "Sin")
+
+    def op_cos(self, op):
+        self._unary(op, "Cos")
+
+    def op_elu(self, op):
+        self._unary(op, "Elu")  # alpha 1, as TFLite's
+
+    def op_leaky_relu(self, op):
+        x = op.inputs[0]
+        layout = self.layout_of(x)
+        y = self.node("LeakyRelu", [self.fin(x, layout)], alpha=op.options["alpha"])
+        self.emit(op.outputs[0], y, layout)
+
+    def op_rsqrt(self, op):
+        x = op.inputs[0]
+        layout = self.layout_of(x)
+        y = self.node("Reciprocal", [self.node("Sqrt", [self.fin(x, layout)])])
+        self.emit(op.outputs[0], y, layout)
+
+    def op_square(self, op):
+        x = op.inputs[0]
+        layout = self.layout_of(x)
+        xf = self.fin(x, layout)
+        self.emit(op.outputs[0], self.node("Mul", [xf, xf]), layout)
+
+    def op_gelu(self, op):
+        # ONNX's Gelu arrived in opset 20; the formula TFLite uses, spelt out:
+        # 0.5 x (1 + erf(x / sqrt 2)), or 0.5 x (1 + tanh(sqrt(2 / pi) (x + 0.044715 x^3))).
+        x = op.inputs[0]
+        layout = self.layout_of(x)
+        xf = self.fin(x, layout)
+        if op.options["approximate"]:
+            cube = self.node("Mul", [self.node("Mul", [xf, xf]), xf])
+            inner = self.node("Add", [xf, self.node("Mul", [cube, self.scalar_f32(0.044715)])])
+            core = self.node("Tanh", [self.node("Mul", [inner,
+                                                        self.scalar_f32(float(np.sqrt(2 / np.pi)))])])
+        else:
+            core = self.node("Erf", [self.node("Mul", [xf, self.scalar_f32(float(1 / np.sqrt(2)))])])
+        half = self.node("Mul", [xf, self.scalar_f32(0.5)])
+        y = self.node("Mul", [half, self.node("Add", [core, self.scalar_f32(1.0)])])
+        self.emit(op.outputs[0], y, layout)
+
+    def _last_axis(self, x: int) -> tuple[str, int]:
+        """The layout to read x in and where TFLite's last (channel) axis then sits."""
+        layout = self.layout_of(x)
+        return layout, 1 if layout == NCHW and len(self.t[x].shape) == 4 else -1
+
+    def op_log_softmax(self, op):
+        x = op.inputs[0]
+        layout, axis = self._last_axis(x)
+        self.emit(op.outputs[0], self.node("LogSoftmax", [self.fin(x, layout)], axis=axis), layout)
+
+    def op_l2_normalization(self, op):
+        # x / max(sqrt(sum(x^2)), 1e-6) over the last axis (reference_ops::L2Normalization)
+        x = op.inputs[0]
+        layout, axis = self._last_axis(x)
+        xf = self.fin(x, layout)
+        norm = self.node("Sqrt", [self.node("ReduceSumSquare", [xf], axes=[axis], keepdims=1)])
+        norm = self.node("Max", [norm, self.scalar_f32(1e-6)])
+        self.emit(op.outputs[0], self.node("Div", [xf, norm]), layout, op.options["activation"])
+
+    # ----- data movement in TFLite's own axis order -------------------------------------
+
+    def _moved(self, op: TflOp, onnx_op: str, extra: list[str], **attrs) -> None:
+        """An operator that only moves values: on the stored (int8) tensor when input and
+        output share quantization, else DQ -> op -> Q. Axes are TFLite's (NHWC)."""
+        x, out = op.inputs[0], op.outputs[0]
+        moving = self._same_quant(x, out)
+        src = self.raw(x, NHWC) if moving else self.fin(x, NHWC)
+        self._finish(out, self.node(onnx_op, [src, *extra], **attrs), moving)
+
+    def _axis(self, axis: int, rank: int) -> int:
+        if not -rank <= axis < rank:
+            raise self.fail(f"axis {axis} is out of range for rank {rank}")
+        return axis + rank if axis < 0 else axis
+
+    def op_transpose(self, op):
+        perm = [int(p) for p in self._const_ints(op.inputs[1], "permutation").reshape(-1)]
+        if sorted(perm) != list(range(len(self.t[op.inputs[0]].shape))):
+            raise self.fail(f"permutation {perm} does not fit the input")
+        self._moved(op, "Transpose", [], perm=perm)
+
+    def op_slice(self, op):
+        x = op.inputs[0]
+        xs = self.t[x].shape
+        begin = self._const_ints(op.inputs[1], "begin").reshape(-1)
+        size = self._const_ints(op.inputs[2], "size").reshape(-1)
+        if not begin.size == size.size == len(xs):
+            raise self.fail("SLICE needs a begin and a size for every axis")
+        ends = [int(b + s) if s >= 0 else int(d) for b, s, d in zip(begin, size, xs)]
+        self._moved(op, "Slice", [self.int64s(begin, "starts"), self.int64s(ends, "ends"),
+                                  self.int64s(range(len(xs)), "axes")])
+
+    def op_space_to_depth(self, op):
+        # TFLite's output[h, w, (i*b + j)*C + c] = input[h*b + i, w*b + j, c], as ONNX's
+        x, out = op.inputs[0], op.outputs[0]
+        bs = op.options["block_size"]
+        if len(self.t[x].shape) != 4 or bs < 1:
+            raise self.fail("SPACE_TO_DEPTH needs a [N,H,W,C] tensor and a block size of 1 or more")
+        y = self.node("SpaceToDepth", [self.raw(x, NCHW)], blocksize=bs)
+        self._requant_or_alias(x, out, y, NCHW)
+
+    def op_tile(self, op):
+        self._moved(op, "Tile", [self.int64s(self._const_ints(op.inputs[1], "multiples")
+                                             .reshape(-1), "repeats")])
+
+    def op_broadcast_to(self, op):
+        self._moved(op, "Expand", [self.int64s(self._const_ints(op.inputs[1], "shape")
+                                               .reshape(-1), "shape")])
+
+    def op_mirror_pad(self, op):
+        if op.options["mode"] != "REFLECT":
+            raise self.fail(f"MIRROR_PAD mode {op.options['mode']} has no ONNX equivalent")
+        rank = len(self.t[op.inputs[0]].shape)
+        pads = self._const_ints(op.inputs[1], "paddings").reshape(rank, 2)
+        self._moved(op, "Pad", [self.int64s(list(pads[:, 0]) + list(pads[:, 1]), "pads")],
+                    mode="reflect")
+
+    def op_gather(self, op):
+        x, idx = op.inputs[0], op.inputs[1]
+        if op.options["batch_dims"]:
+            raise self.fail("GATHER with batch_dims is not supported")
+        axis = self._axis(op.options["axis"], len(self.t[x].shape))
+        t = self.t[idx]
+        if t.is_const:
+            indices = self.int64s(self._const_ints(idx, "indices").reshape(-1), "indices")
+            if t.data.ndim != 1:
+                indices = self.init(f"{t.name}/indices", t.data.astype(np.int64))
+        elif t.dtype in (np.int32, np.int64):
+            indices = self.raw(idx, NHWC)
+        else:
+            raise self.fail(f"indices '{t.name}' have type {t.type_name}")
+        self._moved(op, "Gather", [indices], axis=axis)
+
+    def _multi_out(self, op: TflOp, onnx_op: str, src_index: int, extra: list[str],
+                   final: bool, **attrs) -> tuple[list[str], bool]:
+        """One ONNX node with an output per TFLite output (SPLIT, SPLIT_V, UNPACK).
+
+        Returns its values and whether they only move values (no requantization). With
+        ``final`` the node's outputs are the TFLite tensors themselves when they only move
+        values; otherwise callers finish each value with :meth:`_finish`.
+        """
+        x = op.inputs[src_index]
+        moving = all(self._same_quant(x, o) for o in op.outputs)
+        src = self.raw(x, NHWC) if moving else self.fin(x, NHWC)
+        direct = final and moving
+        names = [self.out_name(o, NHWC) if direct else self.uniq(f"op{op.index}_{op.name}/{k}")
+                 for k, o in enumerate(op.outputs)]
+        self.nodes.append(helper.make_node(onnx_op, [src, *extra], names,
+                                           name=self.uniq(f"op{op.index}_{op.name}/{onnx_op}#node"),
+                                           **attrs))
+        if direct:
+            for o, v in zip(op.outputs, names):
+                self.check_activation_type(o)
+                self.value[o] = (v, NHWC)
+        return names, moving
+
+    def _finish(self, out: int, y: str, moving: bool) -> None:
+        """y, just made, becomes TFLite tensor out (quantized when it is not data movement)."""
+        if moving:
+            self.check_activation_type(out)
+            self.value[out] = (self.name_after(out, y, NHWC), NHWC)
+        else:
+            self.emit(out, y, NHWC)
+
+    def _split(self, op: TflOp, src_index: int, axis: int, sizes: list[int]) -> None:
+        rank = len(self.t[op.inputs[src_index]].shape)
+        axis = self._axis(axis, rank)
+        dim = self.t[op.inputs[src_index]].shape[axis]
+        if len(sizes) != len(op.outputs) or sum(sizes) != dim:
+            raise self.fail(f"split sizes {sizes} do not divide axis {axis} of size {dim}")
+        values, moving = self._multi_out(op, "Split", src_index, [self.int64s(sizes, "split")],
+                                         True, axis=axis)
+        if not moving:
+            for o, v in zip(op.outputs, values):
+                self.emit(o, v, NHWC)
+
+    def op_split(self, op):
+        axis = int(self._const_ints(op.inputs[0], "axis").reshape(-1)[0])
+        n = op.options["num_splits"] or len(op.outputs)
+        dim = self.t[op.inputs[1]].shape[self._axis(axis, len(self.t[op.inputs[1]].shape))]
+        if n < 1 or dim % n:
+            raise self.fail(f"axis of size {dim} cannot be split into {n} equal parts")
+        self._split(op, 1, axis, [dim // n] * n)
+
+    def op_split_v(self, op):
+        rank = len(self.t[op.inputs[0]].shape)
+        axis = self._axis(int(self._const_ints(op.inputs[2], "axis").reshape(-1)[0]), rank)
+        sizes = [int(v) for v in self._const_ints(op.inputs[1], "size_splits").reshape(-1)]
+        if sizes.count(-1) == 1:  # one size inferred from the rest
+            sizes[sizes.index(-1)] = self.t[op.inputs[0]].shape[axis] - (sum(sizes) + 1)
+        self._split(op, 0, axis, sizes)
+
+    def op_unpack(self, op):
+        x = op.inputs[0]
+        rank = len(self.t[x].shape)
+        axis = self._axis(op.options["axis"], rank)
+        n = self.t[x].shape[axis]
+        if n != len(op.outputs):
+            raise self.fail(f"UNPACK into {len(op.outputs)} outputs along an axis of size {n}")
+        values, moving = self._multi_out(op, "Split", 0, [self.int64s([1] * n, "split")], False,
+                                         axis=axis)
+        for o, v in zip(op.outputs, values):
+            self._finish(o, self.node("Squeeze", [v, self.int64s([axis], "axes")]), moving)
+
+    def op_pack(self, op):
+        out = op.outputs[0]
+        axis = self._axis(op.options["axis"], len(self.t[out].shape))
+        parts = [self.node("Unsqueeze", [self.fin(i, NHWC), self.int64s([axis], "axes")])
+                 for i in op.inputs]
+        self.emit(out, self.node("Concat", parts, axis=axis), NHWC)
+
+    def op_batch_matmul(self, op):
+        a, b = op.inputs[0], op.inputs[1]
+        operands = []
+        for i, adj in ((a, op.options["adj_x"]), (b, op.options["adj_y"])):
+            v = self.fin(i, NHWC)
+            rank = len(self.t[i].shape)
+            if adj:
+                perm = list(range(rank - 2)) + [rank - 1, rank - 2]
+                v = self.node("Transpose", [v], perm=perm)
+            operands.append(v)
+        self.emit(op.outputs[0], self.node("MatMul", operands), NHWC)

@@ -270,7 +270,7 @@ def _fix_batch(model: onnx.ModelProto, assumptions: list[str]) -> onnx.ModelProt
             else:
                 raise EdgeloopError(
                     f"graph input '{vi.name}' has a symbolic dimension '{label}' at position {i}; "
-                    "only a leading (batch) dimension can be assumed, as 1; give the model a static shape")
+                    "only a leading (batch) dimension can be assumed, as 1; give the model a static shape (--input-shape NAME=DIMS)")
     for vi in m.graph.output:  # let inference fill the output dims for batch 1
         if vi.type.WhichOneof("value") == "tensor_type" and vi.type.tensor_type.HasField("shape"):
             for d in vi.type.tensor_type.shape.dim:

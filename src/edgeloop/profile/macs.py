@@ -14,6 +14,12 @@ Conventions (one number per node, batch as in the shapes given):
   (one compare or add per window element per output element).
   GlobalAveragePool / GlobalMaxPool / GlobalLpPool and the Reduce* ops,
   ArgMax / ArgMin / TopK: one per *input* element.
+- Resize: nearest is data movement (0); linear ``prod(Y.shape) * 2**k`` and cubic
+  ``prod(Y.shape) * 4**k`` for the k axes it resizes (one MAC per input value an output
+  value weighs).
+- LSTM / GRU / RNN (and onnxruntime's DynamicQuantizeLSTM): ``seq * batch * (|W| + |R|)``,
+  every input and recurrent weight once per time step (the gate nonlinearities are not
+  counted).
 - Everything else that computes (activations, Add/Sub/Mul/Div, Softmax,
   BatchNormalization and the other normalisations, Scaler, Normalizer, a
   standalone Quantize/DequantizeLinear, ...): one per *output* element.
@@ -202,6 +208,25 @@ def _tree_v5(node, shapes) -> int:
     return _batch(node, shapes) * sum(_tree_depths_v5(node))
 
 
+def _resize(node, shapes) -> int:
+    mode = _attr(node, "mode", b"nearest")
+    mode = mode.decode() if isinstance(mode, bytes) else mode
+    if mode == "nearest":
+        return 0
+    y = _out(node, shapes)
+    try:
+        x = _in(node, shapes)
+        k = sum(1 for a, b in zip(x, y) if a != b) if len(x) == len(y) else len(y)
+    except EdgeloopError:  # input shape unknown: every axis may be resized
+        k = len(y)
+    return math.prod(y) * (4 if mode == "cubic" else 2) ** k
+
+
+def _recurrent(node, shapes) -> int:
+    x = _in(node, shapes)  # [seq, batch, input] or [batch, seq, input]: the first two either way
+    return math.prod(x[:2]) * (math.prod(_in(node, shapes, 1)) + math.prod(_in(node, shapes, 2)))
+
+
 def _dynamic_quantize(node, shapes) -> int:
     return 2 * math.prod(_in(node, shapes))  # min/max scan, then quantize
 
@@ -221,7 +246,7 @@ Asinh Acosh Atanh Erf Relu LeakyRelu PRelu Elu Selu Celu Gelu Sigmoid HardSigmoi
 Softplus Softsign Mish ThresholdedRelu Clip Add Sub Mul Div Mod Max Min Mean Sum Equal Less
 Greater LessOrEqual GreaterOrEqual And Or Xor Not IsNaN IsInf BitShift BitwiseAnd BitwiseOr
 BitwiseXor BitwiseNot Where Softmax LogSoftmax Hardmax BatchNormalization InstanceNormalization
-LayerNormalization GroupNormalization LpNormalization LRN MeanVarianceNormalization Resize
+LayerNormalization GroupNormalization LpNormalization LRN MeanVarianceNormalization
 Upsample QuantizeLinear DequantizeLinear QLinearAdd QLinearMul QLinearSigmoid QLinearLeakyRelu
 QLinearSoftmax Scaler Normalizer Binarizer Imputer
 """.split()
@@ -249,6 +274,11 @@ MAC_COUNTERS: dict[str, Callable[[onnx.NodeProto, Shapes], int]] = {
     "LpPool": _pool,
     "QLinearAveragePool": _pool,
     "DynamicQuantizeLinear": _dynamic_quantize,
+    "Resize": _resize,
+    "LSTM": _recurrent,
+    "GRU": _recurrent,
+    "RNN": _recurrent,
+    "DynamicQuantizeLSTM": _recurrent,
     "LinearClassifier": _linear_ml,
     "LinearRegressor": _linear_ml,
     "SVMClassifier": _svm,
