@@ -186,11 +186,16 @@ def targets(
 def convert(
     model: str = typer.Argument(..., help="Model file in any supported format."),
     output: Path = typer.Option(..., "--output", "-o", help="Where to write the imported ONNX graph."),
+    head: Optional[Path] = typer.Option(None, "--head", help="Attach a detection head (JSON: kind, labels, input, and the kind's boxes/scores/anchors keys) so predict, shrink, export and serve decode boxes."),
 ) -> None:
     """Import a model (scikit-learn, torch.export, TFLite or ONNX) and save it as one ONNX graph."""
     from edgeloop.graph import save
 
     m = _load(model)
+    if head is not None:
+        from edgeloop.detect import attach_head, read_head_file
+
+        attach_head(m, read_head_file(head), where=str(head))
     save(m, output)
     err.print(f"wrote {output} ({len(m.graph.node)} nodes)")
 
@@ -205,9 +210,9 @@ def version() -> None:
 
 def _register_areas() -> None:
     """Each area (shrink, export, serve, data) owns its commands in edgeloop.commands.<area>."""
-    from edgeloop.commands import data, export, serve, shrink
+    from edgeloop.commands import data, detect, export, serve, shrink
 
-    for module in (shrink, export, serve, data):
+    for module in (shrink, export, serve, data, detect):
         module.register(app)
 
 
