@@ -83,6 +83,17 @@ def fit_head(model: onnx.ModelProto, spec: Dict[str, Any], where: str = "head") 
                                 f"(it has {', '.join(names)})", where=where)
         return name
 
+    inp = model.graph.input[0]
+    dims = _dims(inp)
+    if len(dims) == 4 and dims[1] is not None and dims[2] is not None and dims[3] is not None:
+        if head["input"]["layout"] == "NHWC":
+            h, w = dims[1], dims[2]
+        else:
+            h, w = dims[2], dims[3]
+        size = head["input"]["size"]
+        if [w, h] != list(size):
+            raise HeadFileError(f"head key 'input.size': {size} (width, height) but the model's input "
+                                f"'{inp.name}' is {w}x{h} ({head['input']['layout']} {dims})", where=where)
     kind = head["kind"]
     if kind in ("yolov8", "yolov5"):
         head["output"] = need("output", head.get("output"), 0)
@@ -100,20 +111,9 @@ def fit_head(model: onnx.ModelProto, spec: Dict[str, Any], where: str = "head") 
     else:
         head["heatmap"]["output"] = need("heatmap.output", head["heatmap"]["output"], 0)
 
-    inp = model.graph.input[0]
-    dims = _dims(inp)
-    if len(dims) == 4 and dims[1] is not None and dims[2] is not None and dims[3] is not None:
-        if head["input"]["layout"] == "NHWC":
-            h, w = dims[1], dims[2]
-        else:
-            h, w = dims[2], dims[3]
-        size = head["input"]["size"]
-        if [w, h] != list(size):
-            raise HeadFileError(f"head key 'input.size': {size} (width, height) but the model's input "
-                                f"'{inp.name}' is {w}x{h} ({head['input']['layout']} {dims})", where=where)
-    et = inp.type.tensor_type.elem_type
+    et = model.graph.input[0].type.tensor_type.elem_type
     if et in (onnx.TensorProto.INT8, onnx.TensorProto.UINT8) and not head["input"].get("quant"):
-        q = _quant_of(model, inp.name, consumer=True)
+        q = _quant_of(model, model.graph.input[0].name, consumer=True)
         if q is None:
             raise HeadFileError("head key 'input.quant': the model takes integers; give [scale, zero_point]",
                                 where=where)
