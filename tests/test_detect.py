@@ -374,3 +374,22 @@ def test_attach_head_fills_int8_scales():
                     "input": {"size": [8, 8], "layout": "NCHW" if False else "NHWC"}})
     h = head_of(m)
     assert h["input"]["quant"] == [0.5, -3.0] and h["output_quant"]["y"] == [0.25, 7.0]
+
+
+def test_profile_and_targets_count_pre_and_post_processing(face):
+    from edgeloop.hardware import recommend
+    from edgeloop.profile import profile_model
+
+    m = onnx.load(face / "face.onnx")
+    p = profile_model(m, latency=False)
+    d = p["detection"]
+    assert d["kind"] == "ssd_anchors" and d["candidates"] == 896 and d["input_size"] == [128, 128]
+    assert p["pipeline_macs"] == p["macs"] + d["preprocess_ops"] + d["postprocess_ops"] > p["macs"]
+    rows = {r["name"]: r for r in recommend(p)}
+    pi = rows["raspberry-pi-4"]
+    assert pi["est_fps"] == pytest.approx(1000 / pi["est_latency_ms"])
+    bare = dict(p)
+    bare.pop("pipeline_macs")
+    assert recommend(bare)[0]["est_latency_ms"] < {r["name"]: r for r in recommend(p)}[recommend(bare)[0]["name"]]["est_latency_ms"]
+    r = run("targets", face / "face.onnx")
+    assert "fps" in r.stdout

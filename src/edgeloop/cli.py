@@ -118,6 +118,11 @@ def _print_profile(path: str, p: dict) -> None:
     by_dtype = ", ".join(f"{k} {_fmt_bytes(v)}" for k, v in sorted(p.get("weight_bytes_by_dtype", {}).items()))
     totals.add_row("parameters", _fmt_int(p["params"]))
     totals.add_row("MACs per inference", _fmt_int(p["macs"]))
+    det = p.get("detection")
+    if det:
+        totals.add_row(f"detector ({det['kind']}, {det['classes']} classes)",
+                       f"{_fmt_int(det['candidates'])} candidate boxes; pre-processing ~{_fmt_int(det['preprocess_ops'])} "
+                       f"ops, decode + NMS ~{_fmt_int(det['postprocess_ops'])} ops (estimates)")
     totals.add_row("compute precision", str(p.get("precision", "-")))
     totals.add_row("weight bytes", f"{_fmt_bytes(p['weight_bytes'])} ({by_dtype})" if by_dtype else _fmt_bytes(p["weight_bytes"]))
     totals.add_row("flash (estimate)", f"{_fmt_bytes(p['flash_bytes'])} ({_fmt_int(p['flash_bytes'])} B)")
@@ -129,6 +134,14 @@ def _print_profile(path: str, p: dict) -> None:
     out.print(totals)
     if "target" in p:
         _print_targets([p["target"]], title="on the requested target")
+
+
+def _fmt_fps(row: dict) -> str:
+    """Frames per second beside the latency, for detectors (whose estimate includes pre/post)."""
+    fps = row.get("est_fps")
+    if not fps or not any("post-processing" in n for n in row.get("notes", [])):
+        return ""
+    return f" ({fps:,.1f} fps)" if fps < 100 else f" ({fps:,.0f} fps)"
 
 
 def _print_targets(rows: list[dict], title: str) -> None:
@@ -144,7 +157,7 @@ def _print_targets(rows: list[dict], title: str) -> None:
             fits = (fits + ": " if fits else "") + "; ".join(r["reasons"])
         t.add_row(r["name"], r["kind"], _fmt_bytes(r["ram_bytes"]), _fmt_bytes(r["flash_bytes"]),
                   ",".join(p.replace("float", "fp") for p in r.get("precisions", [])), f"{r['power_w']:g} W", f"${r['price_usd']:,.0f}",
-                  _fmt_ms(r.get("est_latency_ms")), fits)
+                  _fmt_ms(r.get("est_latency_ms")) + _fmt_fps(r), fits)
     out.print(t)
     out.print("* estimated from the model's MACs and each target's calibrated throughput, not measured.")
 
