@@ -121,6 +121,11 @@ def _print_profile(path: str, p: dict) -> None:
     by_dtype = ", ".join(f"{k} {_fmt_bytes(v)}" for k, v in sorted(p.get("weight_bytes_by_dtype", {}).items()))
     totals.add_row("parameters", _fmt_int(p["params"]))
     totals.add_row("MACs per inference", _fmt_int(p["macs"]))
+    det = p.get("detection")
+    if det:
+        totals.add_row(f"detector ({det['kind']}, {det['classes']} classes)",
+                       f"{_fmt_int(det['candidates'])} candidate boxes; pre-processing ~{_fmt_int(det['preprocess_ops'])} "
+                       f"ops, decode + NMS ~{_fmt_int(det['postprocess_ops'])} ops (estimates)")
     totals.add_row("compute precision", str(p.get("precision", "-")))
     totals.add_row("weight bytes", f"{_fmt_bytes(p['weight_bytes'])} ({by_dtype})" if by_dtype else _fmt_bytes(p["weight_bytes"]))
     totals.add_row("flash (estimate)", f"{_fmt_bytes(p['flash_bytes'])} ({_fmt_int(p['flash_bytes'])} B)")
@@ -132,6 +137,14 @@ def _print_profile(path: str, p: dict) -> None:
     out.print(totals)
     if "target" in p:
         _print_targets([p["target"]], title="on the requested target")
+
+
+def _fmt_fps(row: dict) -> str:
+    """Frames per second beside the latency, for detectors (whose estimate includes pre/post)."""
+    fps = row.get("est_fps")
+    if not fps or not any("post-processing" in n for n in row.get("notes", [])):
+        return ""
+    return f" ({fps:,.1f} fps)" if fps < 100 else f" ({fps:,.0f} fps)"
 
 
 def _print_targets(rows: list[dict], title: str) -> None:
@@ -147,7 +160,7 @@ def _print_targets(rows: list[dict], title: str) -> None:
             fits = (fits + ": " if fits else "") + "; ".join(r["reasons"])
         t.add_row(r["name"], r["kind"], _fmt_bytes(r["ram_bytes"]), _fmt_bytes(r["flash_bytes"]),
                   ",".join(p.replace("float", "fp") for p in r.get("precisions", [])), f"{r['power_w']:g} W", f"${r['price_usd']:,.0f}",
-                  _fmt_ms(r.get("est_latency_ms")), fits)
+                  _fmt_ms(r.get("est_latency_ms")) + _fmt_fps(r), fits)
     out.print(t)
     out.print("* estimated from the model's MACs and each target's calibrated throughput, not measured.")
 
@@ -190,12 +203,17 @@ def convert(
     model: str = typer.Argument(..., help="Model file in any supported format."),
     output: Path = typer.Option(..., "--output", "-o", help="Where to write the imported ONNX graph."),
     input_shape: Optional[list[str]] = input_shape_option(),
+    head: Optional[Path] = typer.Option(None, "--head", help="Attach a detection head (JSON: kind, labels, input, and the kind's boxes/scores/anchors keys) so predict, shrink, export and serve decode boxes."),
 ) -> None:
     """Import a model (scikit-learn, torch.export, TFLite or ONNX) and save it as one ONNX graph."""
     from edgeloop.graph import save
 
     with using_input_shapes(input_shape):
         m = _load(model)
+    if head is not None:
+        from edgeloop.detect import attach_head, read_head_file
+
+        attach_head(m, read_head_file(head), where=str(head))
     save(m, output)
     err.print(f"wrote {output} ({len(m.graph.node)} nodes)")
 
@@ -210,9 +228,9 @@ def version() -> None:
 
 def _register_areas() -> None:
     """Each area (shrink, export, serve, data) owns its commands in edgeloop.commands.<area>."""
-    from edgeloop.commands import data, export, keys, serve, shrink
+    from edgeloop.commands import data, detect, export, keys, serve, shrink
 
-    for module in (shrink, export, serve, data, keys):
+    for module in (shrink, export, serve, data, keys, detect):
         module.register(app)
 
 

@@ -421,6 +421,11 @@ def _assess(target: Target, profile: dict | None, max_latency_ms, max_power_w, m
                 reasons.append(reason)
                 notes.append(f"latency estimated as if converted to {latency_precision}")
 
+        pipeline = _num(profile, "pipeline_macs")
+        if pipeline is not None and macs is not None:
+            # a detector: resizing the frame, decoding the boxes and NMS run every frame too
+            macs = pipeline
+            notes.append("includes the detector's pre- and post-processing (resize, decode, NMS)")
         if macs is not None and latency_precision is not None:
             est = target.estimate_latency_ms(macs, latency_precision)
             if est is not None and max_latency_ms is not None and est > max_latency_ms:
@@ -450,6 +455,7 @@ def _assess(target: Target, profile: dict | None, max_latency_ms, max_power_w, m
         "reasons": reasons,
         "notes": notes,
         "est_latency_ms": est,
+        "est_fps": (1000.0 / est) if est else None,
         "latency_precision": latency_precision if est is not None else None,
         "latency_is_estimate": True,
     }

@@ -124,5 +124,36 @@ def profile_model(model: onnx.ModelProto, *, latency: bool = True, min_runs: int
         "memory": mem.to_dict(),
         "assumptions": list(a.assumptions),
     }
+    det = detection_costs(model, result)
+    if det is not None:
+        result["detection"] = det
+        result["pipeline_macs"] = int(total_macs + det["preprocess_ops"] + det["postprocess_ops"])
     return result
+
+
+def detection_costs(model: onnx.ModelProto, prof: dict[str, Any]) -> dict[str, Any] | None:
+    """For a detector (a model with a head), the work around the network, in MAC-equivalent
+    operations: preprocessing (bilinear resize, about 4 per output value, and the value mapping)
+    and postprocessing (decoding every candidate box, score activation, and greedy NMS over
+    at most ``max_detections`` boxes above the threshold). An estimate, like the latencies made
+    from it."""
+    from edgeloop.detect import head_of
+
+    try:
+        head = head_of(model)
+    except Exception:  # a broken stored head is reported by predict/export, not by profile
+        return None
+    if head is None:
+        return None
+    w, h = head["input"]["size"]
+    pre = w * h * 3 * 5
+    outs = {o["name"]: o["shape"] or [] for o in prof["outputs"]}
+    dims = [d for shape in outs.values() for d in shape if isinstance(d, int)]
+    sizes = [math.prod(d for d in shape if isinstance(d, int) and d > 0) for shape in outs.values()]
+    values = sum(sizes)
+    candidates = max(dims) if dims else 0
+    k = min(candidates, head["max_detections"])
+    post = values * 4 + k * k * 6
+    return {"kind": head["kind"], "classes": len(head["labels"]), "candidates": int(candidates),
+            "input_size": [w, h], "preprocess_ops": int(pre), "postprocess_ops": int(post)}
 
