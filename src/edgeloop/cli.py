@@ -34,10 +34,19 @@ if not out.is_terminal:
 err = Console(stderr=True, highlight=False)
 
 
-def _load(path: str):
+TRUST_PICKLE_HELP = ("Allow loading a pickle (.joblib/.pkl) scikit-learn model or source: unpickling runs "
+                     "code from the file, so give this only for files you trust (.skops files need no trust).")
+
+
+def trust_pickle_option() -> Any:
+    """The --trust-pickle flag, the same on every command that may load a pickle."""
+    return typer.Option(False, "--trust-pickle", help=TRUST_PICKLE_HELP)
+
+
+def _load(path: str, trust_pickle: bool = False):
     from edgeloop.frontends import load_file
 
-    return load_file(path)
+    return load_file(path, trust_pickle=trust_pickle)
 
 
 def _emit_json(obj: Any) -> None:
@@ -76,10 +85,11 @@ def _profile(model, path: str, latency: bool) -> dict:
 
 @app.command()
 def profile(
-    model: str = typer.Argument(..., help="Model file: .onnx, .joblib/.pkl (scikit-learn), .pt2 (torch.export) or .tflite."),
+    model: str = typer.Argument(..., help="Model file: .onnx, .skops or .joblib/.pkl (scikit-learn), .pt2 (torch.export) or .tflite."),
     target: Optional[str] = typer.Option(None, "--target", "-t", help="Also show the fit and estimated latency on this catalogue target (see `edgeloop targets`)."),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object instead of tables."),
     latency: bool = typer.Option(True, "--latency/--no-latency", help="Measure host latency with onnxruntime (batch 1, one thread)."),
+    trust_pickle: bool = trust_pickle_option(),
 ) -> None:
     """Per-layer and total parameters, MACs, weight bytes, activation sizes, flash, planned peak RAM and host latency."""
     tgt = None
@@ -87,17 +97,29 @@ def profile(
         from edgeloop.hardware import get_target
 
         tgt = get_target(target)  # fail fast on a typo, before any work
-    m = _load(model)
+    m = _load(model, trust_pickle)
     prof = _profile(m, model, latency)
     result: dict[str, Any] = {"model": model, **prof}
     if tgt is not None:
         from edgeloop.hardware import recommend
 
         result["target"] = recommend(prof, [tgt])[0]
+    _warn_non_finite(model, prof)
     if as_json:
         _emit_json(result)
         return
     _print_profile(model, result)
+
+
+def _warn_non_finite(path: str, prof: dict) -> None:
+    """One warning line on stderr per model whose weights hold NaN or inf (export refuses them)."""
+    from edgeloop.profile.weights import describe_non_finite
+
+    bad = prof.get("non_finite_weights") or []
+    if bad:
+        more = f" (and {len(bad) - 1} more tensors)" if len(bad) > 1 else ""
+        err.print(f"warning: {path}: {describe_non_finite(bad[0])}{more}; the model answers NaN and export "
+                  "will refuse it", markup=False, soft_wrap=True)
 
 
 def _print_profile(path: str, p: dict) -> None:
@@ -126,6 +148,8 @@ def _print_profile(path: str, p: dict) -> None:
     if lat:
         totals.add_row("host latency, onnxruntime 1 thread",
                        f"median {_fmt_ms(lat['median'])}, p90 {_fmt_ms(lat['p90'])} ({lat.get('runs', '?')} runs)")
+    elif p.get("latency_note"):
+        totals.add_row("host latency", p["latency_note"])
     out.print(totals)
     if "target" in p:
         _print_targets([p["target"]], title="on the requested target")
@@ -156,6 +180,7 @@ def targets(
     max_power_w: Optional[float] = typer.Option(None, "--max-power-w", help="Reject targets that draw more than this (typical, watts)."),
     max_price_usd: Optional[float] = typer.Option(None, "--max-price-usd", help="Reject targets that cost more than this (USD)."),
     as_json: bool = typer.Option(False, "--json", help="Print a JSON list instead of a table."),
+    trust_pickle: bool = trust_pickle_option(),
 ) -> None:
     """The device catalogue; with a model, every target's fit with the reason for each misfit, fits ranked by price."""
     from edgeloop.hardware import recommend
@@ -166,7 +191,8 @@ def targets(
             raise UsageError(f"{flag} must be a positive number, got {value:g}")
     prof = None
     if model is not None:
-        prof = _profile(_load(model), model, latency=False)
+        prof = _profile(_load(model, trust_pickle), model, latency=False)
+        _warn_non_finite(model, prof)
     if max_latency_ms is not None and prof is None:
         raise UsageError("--max-latency-ms needs a MODEL to estimate latency for")
     rows = recommend(prof, max_latency_ms=max_latency_ms, max_power_w=max_power_w, max_price_usd=max_price_usd)
@@ -186,11 +212,12 @@ def targets(
 def convert(
     model: str = typer.Argument(..., help="Model file in any supported format."),
     output: Path = typer.Option(..., "--output", "-o", help="Where to write the imported ONNX graph."),
+    trust_pickle: bool = trust_pickle_option(),
 ) -> None:
     """Import a model (scikit-learn, torch.export, TFLite or ONNX) and save it as one ONNX graph."""
     from edgeloop.graph import save
 
-    m = _load(model)
+    m = _load(model, trust_pickle)
     save(m, output)
     err.print(f"wrote {output} ({len(m.graph.node)} nodes)")
 

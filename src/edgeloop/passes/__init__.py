@@ -55,7 +55,8 @@ class PassData:
       permutation importance). Refits also train on it, so it must not be the
       split a caller reports its final metric on;
     - ``metric``: accuracy | f1 | auc | mae;
-    - ``source``: a fitted scikit-learn estimator or its .joblib/.pkl path.
+    - ``source``: a fitted scikit-learn estimator or its .skops path (a .joblib/.pkl
+      pickle path only with ``trust_pickle=True``).
     """
 
     x_calib: np.ndarray | None = None
@@ -64,7 +65,8 @@ class PassData:
     x_tune: np.ndarray | None = None
     y_tune: np.ndarray | None = None
     metric: str = "accuracy"
-    source: Any = None  # a fitted scikit-learn estimator or a path to its .joblib/.pkl
+    source: Any = None  # a fitted scikit-learn estimator or a path to its .skops (or .joblib/.pkl)
+    trust_pickle: bool = False  # allow ``source`` to be a pickle file (unpickling runs code from it)
 
     @classmethod
     def from_splits(cls, splits: Any, source: Any = None) -> "PassData":
@@ -77,12 +79,12 @@ class PassData:
         if isinstance(src, (str, bytes)) or hasattr(src, "__fspath__"):
             import os
 
-            path = os.fspath(src)
-            if not path.lower().endswith((".joblib", ".pkl", ".pickle")):
-                return None
-            import joblib
+            from edgeloop.frontends.sklearn import SOURCE_SUFFIXES, load_estimator
 
-            src = joblib.load(path)
+            path = os.fspath(src)
+            if not path.lower().endswith(SOURCE_SUFFIXES):
+                return None
+            src = load_estimator(path, trust_pickle=self.trust_pickle)  # a pickle only when trusted
             self.source = src
         if src is not None and hasattr(src, "get_params") and hasattr(src, "fit"):
             return src

@@ -108,7 +108,7 @@ def _verify(tmp: Path, prefix: str, info: dict) -> dict:
 
 
 def export_cli(model_path, target, output, *, prefix: str = "model", verify: bool = False,
-               as_json: bool = False) -> None:
+               as_json: bool = False, trust_pickle: bool = False) -> None:
     from edgeloop.backends.c.codegen import _c_ident, generate
     from edgeloop.frontends import load_file
 
@@ -116,7 +116,9 @@ def export_cli(model_path, target, output, *, prefix: str = "model", verify: boo
     output = Path(output)
     if output.exists() and not output.is_dir():
         raise UsageError(f"output '{output}' exists and is not a folder")
-    model = load_file(model_path)
+    model = load_file(model_path, trust_pickle=trust_pickle)
+    from edgeloop.profile.weights import check_finite
+    check_finite(model, where=str(model_path))
     # OUT is replaced only when everything (generation, compile check, verify) succeeded,
     # and never if it is a non-empty folder that is not an earlier C export.
     with staged_dir(output, marker="report.json") as tmp:
