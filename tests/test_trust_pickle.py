@@ -118,6 +118,32 @@ def test_a_benign_pickle_loads_with_trust(capsys, benign_joblib, iris):
     assert json.loads(out)["params"] == est.coef_.size + est.intercept_.size
 
 
+def test_a_pt2_archive_with_a_malicious_pickle_inside_is_refused(tmp_path, capsys):
+    """torch.export.load unpickles parts of a .pt2 and falls back to a full unpickle when the safe
+    load fails: a sample-inputs entry replaced by a malicious pickle ran its code."""
+    import io
+    import zipfile
+
+    import torch
+
+    marker = tmp_path / "MARKER"
+    good = tmp_path / "good.pt2"
+    torch.export.save(torch.export.export(torch.nn.Sequential(torch.nn.Linear(4, 3)), (torch.zeros(1, 4),)), str(good))
+    bad = tmp_path / "bad.pt2"
+    with zipfile.ZipFile(good) as zin, zipfile.ZipFile(bad, "w") as zout:
+        for item in zin.infolist():
+            data = zin.read(item.filename)
+            if item.filename.endswith("sample_inputs/model.pt"):
+                buf = io.BytesIO()
+                torch.save(_Evil(marker), buf)
+                data = buf.getvalue()
+            zout.writestr(item, data)
+    code, _, err = _run(capsys, "profile", str(bad), "--no-latency")
+    _assert_refused(code, err, marker)
+    assert edgeloop.load(good).graph.node  # a plain archive needs no trust
+    assert os.environ.get("TORCH_FORCE_WEIGHTS_ONLY_LOAD") is None  # restored after the load
+
+
 def test_every_loading_command_has_the_flag(capsys):
     for cmd in ("profile", "targets", "convert", "export", "shrink", "improve"):
         code, out, _ = _run(capsys, cmd, "--help")

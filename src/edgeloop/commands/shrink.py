@@ -59,12 +59,16 @@ def shrink_files(model_path: str, data_path: str, out_dir: str, *, metric: str =
     except EdgeloopError as e:
         raise e.with_where(data_path)
     src = _find_source(model_path, model, source)
-    estimator = None
-    if src is not None and not src.lower().endswith(".pt2"):
+    loaded = None  # the source, read once here so that an untrusted pickle is refused naming its file
+    if src is not None and src.lower().endswith(".pt2"):
+        from edgeloop.frontends.torch import load_program
+
+        loaded = load_program(src, trust_pickle=trust_pickle).module()
+    elif src is not None:
         from edgeloop.frontends.sklearn import load_estimator
 
-        estimator = load_estimator(src, trust_pickle=trust_pickle)  # refuses an untrusted pickle, naming it
-    result = run_search(model, splits, limits, source=estimator if estimator is not None else src,
+        loaded = load_estimator(src, trust_pickle=trust_pickle)
+    result = run_search(model, splits, limits, source=loaded if loaded is not None else src,
                         progress=progress, quick=quick)
     doc = result.to_json()
     doc["model"] = model_path

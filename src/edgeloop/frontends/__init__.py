@@ -88,7 +88,7 @@ def load_file(path: str | os.PathLike, *, trust_pickle: bool = False, **kwargs: 
             return load_pickle(p, trust_pickle=trust_pickle, **kwargs)
         if fmt == "torch":
             from edgeloop.frontends.torch import load_pt2
-            return load_pt2(p, **kwargs)
+            return load_pt2(p, trust_pickle=trust_pickle, **kwargs)
         from edgeloop.frontends.tflite import load_tflite
         return load_tflite(p)
     except EdgeloopError as e:

@@ -138,15 +138,16 @@ def _refit_sklearn(src: Path, x: np.ndarray, y: np.ndarray, work: Path, trust_pi
 
 
 def _finetune_torch(src: Path, x: np.ndarray, y: np.ndarray, work: Path, sample_shape: list, *,
-                    labels: Optional[list], epochs: int, lr: float, seed: int):
+                    labels: Optional[list], epochs: int, lr: float, seed: int, trust_pickle: bool = False):
     try:
         import torch
     except ImportError:
         raise MissingDependencyError("torch", "torch") from None
 
     torch.manual_seed(seed)
-    program = torch.export.load(str(src))
-    module = program.module()
+    from edgeloop.frontends.torch import load_program
+
+    module = load_program(src, trust_pickle=trust_pickle).module()  # refuses pickled objects unless trusted
     params = [p for p in module.parameters()]
     for p in params:
         p.requires_grad_(True)
@@ -248,7 +249,7 @@ def improve(bundle: "str | Path", data: "str | Path", output: "str | Path", *,
             step(f"fine-tuning {src.name} on {len(x_tr)} samples")
             method = "fine-tune"
             model, est, new_src = _finetune_torch(src, x_tr, y_tr, work, sample_shape, labels=labels,
-                                                  epochs=epochs, lr=lr, seed=seed)
+                                                  epochs=epochs, lr=lr, seed=seed, trust_pickle=trust_pickle)
         else:
             raise UsageError(f"{src}: cannot retrain a '{fmt}' source")
         recipe = prov.get("recipe")
