@@ -104,6 +104,16 @@ def test_python_load_refuses_a_malicious_pickle(evil):
     assert not marker.exists()
 
 
+@pytest.mark.parametrize("compress", ["zlib", "gzip", "bz2", "xz"])
+def test_a_suffixless_compressed_joblib_is_still_a_pickle(tmp_path, compress):
+    marker = tmp_path / "MARKER"
+    path = tmp_path / "model"
+    joblib.dump(_Evil(marker), path, compress=(compress, 3))
+    with pytest.raises(UntrustedSourceError, match="runs code"):
+        edgeloop.load(path)
+    assert not marker.exists()
+
+
 def test_a_benign_pickle_loads_with_trust(capsys, benign_joblib, iris):
     x, _ = iris
     with pytest.raises(UntrustedSourceError):

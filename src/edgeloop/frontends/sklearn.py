@@ -160,9 +160,10 @@ class UntrustedSourceError(ModelLoadError):
 
 
 def _joblib_magic(head: bytes) -> bool:
-    """A pickle, or one of joblib's compressed pickles (zlib, gzip, bz2, xz, lzma, lz4)."""
-    return (head[:1] == b"\x80" or head[:1] == b"\x78" or head[:2] == b"\x1f\x8b" or head[:3] == b"BZh"
-            or head[:6] == b"\xfd7zXZ" or head[:3] == b"\x5d\x00\x00" or head[:4] == b"\x04\x22\x4d\x18")
+    """A pickle (protocol 2+), or a joblib-compressed pickle (the prefixes of joblib.compressor)."""
+    return (head[:1] == b"\x80" or head[:2] in (b"\x78\x01", b"\x78\x5e", b"\x78\x9c", b"\x78\xda")
+            or head[:2] == b"\x1f\x8b" or head[:3] == b"BZh" or head[:5] == b"\xfd7zXZ"
+            or head[:2] == b"\x5d\x00" or head[:4] == b"\x04\x22\x4d\x18")
 
 
 def is_skops_zip(path: "str | Path") -> bool:
