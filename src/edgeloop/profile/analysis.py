@@ -8,7 +8,9 @@ groups nodes into the *steps* a device really executes:
 
 - an int8 QDQ kernel: ``DequantizeLinear(x_q) -> op -> [bias Add] -> [Relu|Clip]
   -> QuantizeLinear`` is one step that reads the integer tensors and writes
-  the QuantizeLinear output; the float tensors inside never exist on the device;
+  the QuantizeLinear output; the float tensors inside never exist on the device.
+  Which main ops and epilogues form a kernel is the C backend's operator registry
+  (:mod:`edgeloop.backends.c.registry`): a chain no kernel implements stays float steps;
 - an alias (Reshape, Flatten, Squeeze, Unsqueeze, Identity, ZipMap, and a
   ``DequantizeLinear -> Reshape -> QuantizeLinear`` with unchanged quantization):
   no step, the output shares its input's buffer;
@@ -29,11 +31,12 @@ import numpy as np
 import onnx
 from onnx import helper, numpy_helper
 
+from edgeloop.backends.c import registry
 from edgeloop.errors import EdgeloopError, UnsupportedOperatorError
 
 ALIAS_OPS = {"Reshape", "Flatten", "Squeeze", "Unsqueeze", "Identity"}
-# Ops that a TFLite-style int8 kernel folds into its requantization step.
-EPILOGUE_OPS = {"Relu", "Clip", "LeakyRelu", "Add", "Sub", "Mul", "Div"}
+# Ops that a TFLite-style int8 kernel folds into its requantization step (the registry's).
+EPILOGUE_OPS = registry.epilogue_ops()
 QUANT_DOMAINS = {"", "ai.onnx", "com.microsoft"}
 CONTROL_FLOW = {"If", "Loop", "Scan"}
 RANDOM_OPS = {"RandomNormal", "RandomUniform", "RandomNormalLike", "RandomUniformLike",
@@ -435,10 +438,12 @@ def _find_kernel(a: GraphAnalysis, q_idx: int):
     """The int8 kernel ending in QuantizeLinear node ``q_idx``: (chain, dq_inputs) or None.
 
     Walk back from the QuantizeLinear through single-consumer float tensors:
-    epilogue ops (Relu, Clip, bias Add, ...) with one non-constant input keep the
+    epilogue ops (Relu, Clip, bias Add) with one non-constant input keep the
     walk going, the first other op is the kernel's main op. Every non-constant
     input of the chain must come from a DequantizeLinear, otherwise the float
     tensors are real (a float op whose output is quantized) and there is no kernel.
+    The main op must have an int8 kernel in the registry that fuses exactly these
+    epilogues (:func:`_kernel_accepts`), else the chain stays float steps.
     """
     nodes = a.nodes
     outputs = set(a.graph_outputs)
@@ -474,9 +479,53 @@ def _find_kernel(a: GraphAnalysis, q_idx: int):
                 return None
             if t not in dq_inputs:
                 dq_inputs.append(t)
-    if not dq_inputs:
+    if not dq_inputs or not _kernel_accepts(a, chain):
         return None
     return chain, dq_inputs
+
+
+def _kernel_accepts(a: GraphAnalysis, chain: list[int]) -> bool:
+    """Does the registry's int8 kernel of the chain's main op fuse its epilogues?
+
+    ``chain`` is [QuantizeLinear, epilogue..., main] (walked back). A bias Add must come
+    right after a main op without a bias of its own, its constant one value per output
+    channel (or one value); Relu and Clip (constant bounds) after that.
+    """
+    nodes = a.nodes
+    main = nodes[chain[-1]]
+    if len(chain) == 1:   # DequantizeLinear -> QuantizeLinear: a requantization
+        return registry.int8_impl("QuantizeLinear") is not None
+    impl = registry.int8_impl(main.op_type, main.domain)
+    if impl is None:
+        return False
+    cur = main.output[0]
+    for k, i in enumerate(reversed(chain[1:-1])):
+        n = nodes[i]
+        if n.op_type == "Add" and k == 0 and impl.bias_add:
+            if len(main.input) > 2 and main.input[2]:
+                return False   # the main op already has a bias
+            other = [t for t in n.input if t != cur]
+            if len(other) != 1 or other[0] not in a.static or not _is_channel_bias(a, main, other[0]):
+                return False
+        elif n.op_type not in impl.epilogues:
+            return False
+        elif n.op_type == "Clip" and any(t and t not in a.static for t in n.input[1:]):
+            return False
+        cur = n.output[0]
+    return True
+
+
+def _is_channel_bias(a: GraphAnalysis, main: onnx.NodeProto, t: str) -> bool:
+    shape = list(a.shapes.get(t, ()))
+    y = a.shapes.get(main.output[0])
+    if y is None or len(shape) > len(y):
+        return False
+    n = math.prod(shape)
+    if n == 1:
+        return True
+    axis = 1 if main.op_type == "Conv" else len(y) - 1   # the output-channel axis
+    full = [1] * (len(y) - len(shape)) + shape
+    return full[axis] == y[axis] and n == y[axis]
 
 
 def _precision_of(a: GraphAnalysis, node: onnx.NodeProto) -> str | None:
@@ -610,14 +659,8 @@ def _build_steps(a: GraphAnalysis) -> None:
 # in-place kernel for exactly these steps, so the arena the C declares stays the
 # profiler's peak.
 
-# float ops lowered to a kernel that reads element i (or a softmax row) before writing it
-INPLACE_UNARY_F32 = {"Relu", "Clip", "Sigmoid", "Tanh", "LeakyRelu", "Abs", "Neg", "Exp", "Sqrt",
-                     "HardSigmoid", "Elu", "Reciprocal", "Floor", "Ceil", "BatchNormalization",
-                     "Softmax", "LogSoftmax"}
-INPLACE_BINARY_F32 = {"Add", "Sub", "Mul", "Div", "Max", "Min"}
-# int8 kernels (main op of a QDQ step) that are element-wise or row-wise
-INPLACE_UNARY_S8 = {"Relu", "Clip", "Softmax", "Reshape", "Flatten", "Squeeze", "Unsqueeze",
-                    "Identity"}
+# which kernels may write over their input: the ``inplace`` of each registry record
+# (elementwise, binary, conv), for the float step or the int8 kernel of a main op
 
 _NEVER = 1 << 62
 
@@ -648,7 +691,8 @@ def decide_inplace(a: GraphAnalysis, s: Step, last: dict[str, int]):
     """(input tensor, scheme, scratch elements, scratch dtype) when step ``s`` can write its
     output over an input's buffer, else None. ``last`` is :func:`last_reads`.
 
-    Schemes (the C kernels in ``backends/c/kernels.py`` implement them):
+    Schemes (the C kernels in ``backends/c/kernels/`` implement them; the registry says
+    which operator may use which):
 
     - ``elementwise``: output element i is computed from input element i only (or a
       softmax row is read in full before any of it is written), so writing y[i] over x[i]
@@ -694,16 +738,18 @@ def decide_inplace(a: GraphAnalysis, s: Step, last: dict[str, int]):
                 and a.elem_types.get(r) == yt and a.tensor_bytes(r) >= a.tensor_bytes(y))
 
     numel_y = a.numel(y)
-    if op == "Conv":
+    impl = (registry.int8_impl if s.kind == "kernel" else registry.float_impl)(op, node.domain)
+    scheme = impl.inplace if impl is not None else ""
+    if scheme == registry.CONV:
         return _conv_inplace(a, s, node, srcs[0] if srcs else None, y, dies)
-    if (s.kind == "op" and op in INPLACE_UNARY_F32) or (s.kind == "kernel" and op in INPLACE_UNARY_S8):
+    if scheme == registry.ELEMENTWISE:
         if op == "BatchNormalization" and len([o for o in node.output if o]) != 1:
             return None
         x = srcs[0] if srcs else None
         if dies(x) and a.numel(x) == numel_y:
             return x, "elementwise", 0, ""
         return None
-    if op in INPLACE_BINARY_F32 and s.kind == "op" or op == "Add" and s.kind == "kernel":
+    if scheme == registry.BINARY:
         if len(node.input) != 2:
             return None
         for k in (0, 1):

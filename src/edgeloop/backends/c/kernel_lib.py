@@ -167,3 +167,29 @@ def bind(name: str, kwargs: dict) -> list:
                                 f"got {kind!r}")
         out.append(v)
     return out
+
+
+@lru_cache(maxsize=None)
+def constants(name: str) -> dict[str, int]:
+    """The ``enum { EL_X = 0, ... }`` constants a kernel file declares (e.g. which function
+    a shared kernel computes): the lowering passes them by name, so the numbers live in the
+    C file only."""
+    out: dict[str, int] = {}
+    for block in re.findall(r"\benum\s*\{([^}]*)\}", files()[name].body):
+        nxt = 0
+        for item in re.sub(r"/\*.*?\*/", "", block, flags=re.S).split(","):
+            m = re.match(r"\s*([A-Za-z_]\w*)\s*(?:=\s*(-?\d+))?\s*$", item)
+            if m is None:
+                continue
+            nxt = int(m.group(2)) if m.group(2) is not None else nxt
+            out[m.group(1)] = nxt
+            nxt += 1
+    return out
+
+
+def constant(name: str, const: str) -> int:
+    values = constants(name)
+    if const not in values:
+        raise EdgeloopError(f"internal: C kernel file {files()[name].path.name} declares no "
+                            f"constant {const}")
+    return values[const]
