@@ -21,19 +21,11 @@ import onnx
 import pytest
 from onnx import numpy_helper
 
-from edgeloop.backends.c import CFLAGS
+from edgeloop.backends.c import CFLAGS, registry
 from edgeloop.backends.c.codegen import render
 from edgeloop.errors import EdgeloopError, UnsupportedOperatorError
 
-SUPPORTED = {
-    "Conv", "Gemm", "MatMul", "Add", "Sub", "Mul", "Div", "Max", "Min", "Relu", "Clip",
-    "Sigmoid", "Tanh", "LeakyRelu", "Abs", "Neg", "Exp", "Sqrt", "HardSigmoid", "Elu",
-    "Reciprocal", "Floor", "Ceil", "MaxPool", "AveragePool", "GlobalAveragePool",
-    "GlobalMaxPool", "ReduceMean", "ReduceSum", "ReduceMax", "ReduceMin", "Softmax",
-    "LogSoftmax", "BatchNormalization", "Transpose", "Expand", "Identity", "Reshape", "Flatten",
-    "Squeeze", "Unsqueeze", "Slice", "Concat", "Pad", "ArgMax", "ArgMin", "Gather", "Cast",
-    "QuantizeLinear", "DequantizeLinear",
-}
+SUPPORTED = registry.supported_ops()   # the C backend's operator registry
 # The operators the issue names; each must have at least one passing ONNX case.
 CORE = {"Conv", "Gemm", "MatMul", "Add", "MaxPool", "AveragePool", "GlobalAveragePool", "Relu",
         "Clip", "Sigmoid", "Tanh", "Reshape", "Flatten", "Transpose", "Concat", "Pad", "Softmax",
@@ -95,7 +87,7 @@ def built(tmp_path_factory):
            *[str(out / f"case{k}.c") for k, *_ in generated], "-lm"]
     r = subprocess.run(cmd, capture_output=True, text=True)
     assert r.returncode == 0, r.stderr[:3000]
-    return ctypes.CDLL(str(lib)), generated, skipped, len(cases)
+    return ctypes.CDLL(str(lib)), generated, skipped, len(cases), out
 
 
 def _run(lib, k, info, inputs):
@@ -110,37 +102,51 @@ def _run(lib, k, info, inputs):
     return outs
 
 
+def _data_sets(case, info, constant_params):
+    """The case's (inputs, expected) pairs, or None when its data has another batch size."""
+    sets = [(ins[:1] if constant_params else ins, exp) for ins, exp in case.data_sets]
+    if any(list(np.shape(_array(x))) != s["shape"] for ins, _ in sets
+           for s, x in zip(info["inputs"], ins)):
+        return None
+    return sets
+
+
+def _mismatches(case, got, expected) -> list[str]:
+    out = []
+    for g, e in zip(got, expected):
+        e = np.asarray(_array(e))
+        if g.shape != e.shape and g.size == e.size:
+            g = g.reshape(e.shape)
+        try:
+            if e.dtype.kind == "f":
+                # ONNX's backend tests compare with rtol 1e-3; we ask 1e-5 except
+                # where ONNX's expected values are printed with 4 digits
+                rtol = 1e-3 if case.name in HAND_ROUNDED else 1e-5
+                np.testing.assert_allclose(g, e, rtol=rtol, atol=1e-6)
+            else:
+                np.testing.assert_array_equal(g, e)
+        except AssertionError as err:
+            out.append(f"{case.name}: {str(err).splitlines()[3:6]}")
+    return out
+
+
 def test_onnx_operator_cases(built):
-    lib, generated, skipped, total = built
+    lib, generated, skipped, total, _ = built
     per_op = collections.defaultdict(lambda: [0, 0])   # op -> [ran, passed]
     failures = []
     shape_skips = 0
     ran = 0
     for k, case, ops, info, constant_params in generated:
         ok = True
-        sets = [(ins[:1] if constant_params else ins, exp) for ins, exp in case.data_sets]
-        if any(list(np.shape(_array(x))) != s["shape"] for ins, _ in sets
-               for s, x in zip(info["inputs"], ins)):
+        sets = _data_sets(case, info, constant_params)
+        if sets is None:
             shape_skips += 1   # data with another batch than the model's fixed batch 1
             continue
         ran += 1
         for inputs, expected in sets:
-            got = _run(lib, k, info, inputs)
-            for g, e in zip(got, expected):
-                e = np.asarray(_array(e))
-                if g.shape != e.shape and g.size == e.size:
-                    g = g.reshape(e.shape)
-                try:
-                    if e.dtype.kind == "f":
-                        # ONNX's backend tests compare with rtol 1e-3; we ask 1e-5 except
-                        # where ONNX's expected values are printed with 4 digits
-                        rtol = 1e-3 if case.name in HAND_ROUNDED else 1e-5
-                        np.testing.assert_allclose(g, e, rtol=rtol, atol=1e-6)
-                    else:
-                        np.testing.assert_array_equal(g, e)
-                except AssertionError as err:
-                    ok = False
-                    failures.append(f"{case.name}: {str(err).splitlines()[3:6]}")
+            bad = _mismatches(case, _run(lib, k, info, inputs), expected)
+            ok = ok and not bad
+            failures += bad
         for op in ops:
             per_op[op][0] += 1
             per_op[op][1] += int(ok)
@@ -155,3 +161,62 @@ def test_onnx_operator_cases(built):
     assert ran >= 200, summary
     missing = [op for op in CORE if per_op.get(op, [0, 0])[1] == 0]
     assert not missing, missing
+
+
+def _driver(cases, d) -> str:
+    """A C main that runs each case on its first data set: inputs from ``<k>_in<j>.bin``,
+    outputs to ``<k>_out<j>.bin`` (static buffers, as on a device)."""
+    lines = ["#include <stdio.h>", "#include <stdlib.h>"]
+    for k, info in cases:
+        lines.append(f"int case{k}_run_all(const void *const *inputs, void *const *outputs);")
+    lines += ["static void io(const char *path, void *buf, size_t n, int out)", "{",
+              "    FILE *f = fopen(path, out ? \"wb\" : \"rb\");",
+              "    if (!f || (out ? fwrite(buf, 1, n, f) : fread(buf, 1, n, f)) != n) {",
+              "        fprintf(stderr, \"cannot %s %s\\n\", out ? \"write\" : \"read\", path); exit(2);",
+              "    }", "    fclose(f);", "}", "int main(void)", "{"]
+    for k, info in cases:
+        ni, no = len(info["inputs"]), len(info["outputs"])
+        lines.append("    {")
+        for j, spec in enumerate(info["inputs"]):
+            lines.append(f"        static unsigned char i{j}[{max(spec['nbytes'], 1)}];")
+            lines.append(f'        io("{d}/{k}_in{j}.bin", i{j}, {spec["nbytes"]}, 0);')
+        for j, spec in enumerate(info["outputs"]):
+            lines.append(f"        static unsigned char o{j}[{max(spec['nbytes'], 1)}];")
+        lines.append(f"        const void *ins[{max(ni, 1)}] = {{{', '.join(f'i{j}' for j in range(ni)) or '0'}}};")
+        lines.append(f"        void *outs[{max(no, 1)}] = {{{', '.join(f'o{j}' for j in range(no)) or '0'}}};")
+        lines.append(f"        if (case{k}_run_all(ins, outs)) return 1;")
+        for j, spec in enumerate(info["outputs"]):
+            lines.append(f'        io("{d}/{k}_out{j}.bin", o{j}, {spec["nbytes"]}, 1);')
+        lines.append("    }")
+    lines += ["    return 0;", "}", ""]
+    return "\n".join(lines)
+
+
+def test_onnx_operator_cases_under_address_and_undefined_sanitizers(built, tmp_path):
+    """The same generated C, built for the host with ASan + UBSan (any report is fatal),
+    run once on every case: no out-of-bounds access, no undefined behaviour, same answers."""
+    _, generated, _, _, src = built
+    runs = [(k, case, info, sets[0]) for k, case, ops, info, cp in generated
+            if (sets := _data_sets(case, info, cp)) is not None]
+    assert len(runs) >= 200
+    for k, case, info, (inputs, _) in runs:
+        for j, (spec, x) in enumerate(zip(info["inputs"], inputs)):
+            a = np.ascontiguousarray(np.asarray(_array(x), dtype=spec["dtype"]).reshape(spec["shape"]))
+            (tmp_path / f"{k}_in{j}.bin").write_bytes(a.tobytes())
+    (tmp_path / "main.c").write_text(_driver([(k, info) for k, _, info, _ in runs], tmp_path))
+    exe = tmp_path / "cases_asan"
+    cmd = ["gcc", *CFLAGS, "-O1", "-g", "-fsanitize=address,undefined", "-fno-sanitize-recover=all",
+           "-fno-omit-frame-pointer", "-o", str(exe), str(tmp_path / "main.c"),
+           *[str(src / f"case{k}.c") for k, *_ in runs], "-lm"]
+    r = subprocess.run(cmd, capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr[:3000]
+    r = subprocess.run([str(exe)], capture_output=True, text=True, timeout=600,
+                       env={"ASAN_OPTIONS": "detect_leaks=0:abort_on_error=0",
+                            "UBSAN_OPTIONS": "print_stacktrace=1"})
+    assert r.returncode == 0, r.stderr[-3000:]
+    failures = []
+    for k, case, info, (inputs, expected) in runs:
+        got = [np.frombuffer((tmp_path / f"{k}_out{j}.bin").read_bytes(), dtype=o["dtype"]).reshape(o["shape"])
+               for j, o in enumerate(info["outputs"])]
+        failures += _mismatches(case, got, expected)
+    assert not failures, failures[:10]

@@ -83,8 +83,10 @@ class LowererBase:
         plan = plan_model(model, _analysis=self.a)
         self.alignment = 1
         if not self._aligned(plan):
-            plan = plan_model(model, alignment=4, _analysis=self.a)
-            self.alignment = 4
+            # every buffer at a multiple of its element size (an int64 or double at 8: a
+            # misaligned load is undefined behaviour in C, and UBSan reports it)
+            self.alignment = max(self._itemsize(b.dtype) for b in plan.buffers)
+            plan = plan_model(model, alignment=self.alignment, _analysis=self.a)
         self.plan = plan
         self.values = self._static_values()
         self.calls: list[Call] = []
@@ -92,12 +94,12 @@ class LowererBase:
         self.impl = None   # its registry implementation
 
     # -- helpers --------------------------------------------------------------------
+    @staticmethod
+    def _itemsize(dtype) -> int:
+        return np.dtype(dtype).itemsize if dtype in CTYPES else 1
+
     def _aligned(self, plan) -> bool:
-        for b in plan.buffers:
-            size = np.dtype(b.dtype).itemsize if b.dtype in CTYPES else 1
-            if b.offset % min(size, 4):
-                return False
-        return True
+        return all(b.offset % self._itemsize(b.dtype) == 0 for b in plan.buffers)
 
     def _static_values(self) -> dict[str, np.ndarray]:
         """Values of every constant tensor (initializers, Constant nodes, folded subgraphs)."""

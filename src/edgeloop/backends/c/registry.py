@@ -36,9 +36,10 @@ CONV = "conv"                 # the conv_pixels / conv_groups schemes
 class Sample:
     """A small instance of an operator for the registry test.
 
-    ``operands``: per ONNX input, ``("x", shape)`` an activation, ``("w", shape)`` a
-    weight constant (int8 behind a DequantizeLinear in a QDQ graph), ``("b", n)`` a bias,
-    ``("i64", values)`` / ``("f", values)`` a constant parameter, ``("",)`` no input.
+    ``operands``: per ONNX input, ``("x", shape)`` an activation (``"x8"``: an int8 one),
+    ``("w", shape)`` a weight constant (int8 behind a DequantizeLinear in a QDQ graph),
+    ``("var", shape)`` a positive constant, ``("b", n)`` a bias, ``("i64", values)`` /
+    ``("f", value)`` / ``("i8", value)`` a constant parameter.
     """
 
     operands: tuple
@@ -125,10 +126,10 @@ _OPS = [
        int8=Impl(("requant_s8",), "q_Relu", epilogues=ACT, inplace=ELEMENTWISE,
                  reference=("requant_s8",), sample=Sample((("x", (1, 2, 5)),)))),
     Op("Clip", float=Impl(_U, "op_Clip", code="EL_UNARY_CLIP", inplace=ELEMENTWISE,
-                          sample=Sample((("x", (2, 5)), ("f", [-0.5]), ("f", [0.7])))),
+                          sample=Sample((("x", (2, 5)), ("f", -0.5), ("f", 0.7)))),
        int8=Impl(("requant_s8",), "q_Clip", epilogues=ACT, inplace=ELEMENTWISE,
                  reference=("requant_s8",),
-                 sample=Sample((("x", (1, 2, 5)), ("f", [-0.5]), ("f", [0.7]))))),
+                 sample=Sample((("x", (1, 2, 5)), ("f", -0.5), ("f", 0.7))))),
     Op("Sigmoid", float=_unary("EL_UNARY_SIGMOID"),
        int8=Impl(("logistic_s8",), "q_Sigmoid", out_q=(1 / 256, -128), reference=("logistic_s8",),
                  sample=Sample((("x", (1, 2, 5)),)))),
@@ -232,12 +233,14 @@ _OPS = [
                             sample=Sample((("x", (4, 3)), ("i64", [3, 0, 2])), {"axis": 0}))),
     Op("Cast", float=Impl((), "op_Cast", sample=Sample((("x", (2, 3)),), {"to": 6}))),
     Op("QuantizeLinear",
-       float=Impl(("quantize_s8",), "op_QuantizeLinear", reference=("quantize_s8",)),
+       float=Impl(("quantize_s8",), "op_QuantizeLinear", reference=("quantize_s8",),
+                  sample=Sample((("x", (2, 5)), ("f", 0.02), ("i8", 3)))),
        # DequantizeLinear -> QuantizeLinear with another scale: a requantization
-       int8=Impl(("requant_s8",), "q_reshape", epilogues=ACT, reference=("requant_s8",),
-                 quantize=False)),
+       int8=Impl(("requant_s8",), "q_reshape", reference=("requant_s8",), quantize=False,
+                 sample=Sample((("x", (1, 2, 5)),)))),
     Op("DequantizeLinear",
-       float=Impl(("dequantize_s8",), "op_DequantizeLinear", reference=("dequantize_s8",))),
+       float=Impl(("dequantize_s8",), "op_DequantizeLinear", reference=("dequantize_s8",),
+                  sample=Sample((("x8", (2, 5)), ("f", 0.02), ("i8", -3))))),
     # ONNX-ML
     Op("ArrayFeatureExtractor", "ai.onnx.ml", float=Impl(("gather",), "op_ArrayFeatureExtractor")),
     Op("Scaler", "ai.onnx.ml", float=Impl(("scaler",), "op_Scaler")),
