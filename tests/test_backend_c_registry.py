@@ -129,7 +129,7 @@ def int8_case(op, impl, epilogue, rng):
         cur = names[0]
     else:
         nodes.append(helper.make_node(op.name, names, [cur], **impl.sample.attrs))
-    for k, e in enumerate(epilogue):
+    for k, e in enumerate(e for e in epilogue if e != "residual"):
         nxt = f"ep{k}"
         if e == "bias":
             wshape = next(v[0] for kind, *v in impl.sample.operands if kind == "w")
@@ -148,13 +148,31 @@ def int8_case(op, impl, epilogue, rng):
     nodes.append(helper.make_node("QuantizeLinear", [cur, _const("y_s", np.float32(ys), inits),
                                                      _const("y_z", np.int8(yz), inits)], ["y"]))
     m = _model(nodes, inputs, [helper.make_tensor_value_info("y", TensorProto.INT8, None)], inits)
-    return _with_output_shapes(m, ["y"]), feeds
+    m = _with_output_shapes(m, ["y"])
+    if impl.residual_add and "residual" in epilogue:
+        # ... -> QuantizeLinear(c) -> DequantizeLinear -> Add(., DequantizeLinear(skip)) -> Q
+        shape = [d.dim_value for d in m.graph.output[0].type.tensor_type.shape.dim]
+        feeds["skip"] = rng.integers(-128, 128, shape).astype(np.int8)
+        del m.graph.output[:]
+        m.graph.node.extend([
+            helper.make_node("DequantizeLinear", ["y", "y_s", "y_z"], ["c_f"]),
+            helper.make_node("DequantizeLinear", ["skip", _const("skip_s", np.float32(0.07), inits),
+                                                  _const("skip_z", np.int8(4), inits)], ["skip_f"]),
+            helper.make_node("Add", ["skip_f", "c_f"], ["sum"]),
+            helper.make_node("QuantizeLinear", ["sum", _const("out_s", np.float32(0.09), inits),
+                                                _const("out_z", np.int8(-1), inits)], ["out"])])
+        m.graph.initializer.extend(inits[-4:])
+        m.graph.input.append(helper.make_tensor_value_info("skip", TensorProto.INT8, shape))
+        m = _with_output_shapes(m, ["out"])
+    return m, feeds
 
 
 def int8_patterns(impl):
     pats = [()] + [(e,) for e in impl.epilogues]
     if impl.bias_add:
         pats += [("bias",), ("bias", "Relu")]
+    if impl.residual_add:    # the residual Add fused into the kernel, written over the skip
+        pats += [("residual",), ("Relu", "residual")]
     return pats
 
 
@@ -205,6 +223,8 @@ def test_every_registry_pattern_lowers_compiles_and_matches_its_reference(built)
             if len(work) != 1 or work[0].kind != "kernel" or work[0].op != name:
                 failures.append(f"{label}: not one int8 kernel: {[(s.kind, s.op) for s in work]}")
                 continue
+            if "residual" in pat and (work[0].residual is None or work[0].inplace_input != "skip"):
+                failures.append(f"{label}: the residual Add is not fused over the skip tensor")
             low = Lowerer(model).run()
             assert {c.kernel for c in low.calls} <= set(registry.OPS[name].int8.kernels), label
             want = reference.run(low, *xs)

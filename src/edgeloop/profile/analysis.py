@@ -118,9 +118,26 @@ class Step:
     # lowering alike): the read tensor whose buffer the output overwrites, how, and the
     # per-step work area the kernel needs for it (planned in the arena, alive this step only)
     inplace_input: str | None = None
-    inplace_scheme: str = ""      # "elementwise", "conv_pixels" or "conv_groups"
+    inplace_scheme: str = ""      # "elementwise", "conv_pixels", "conv_groups" or "residual"
     scratch_bytes: int = 0
     scratch_dtype: str = ""
+    # a convolution kernel that also runs the residual Add after it (see _fuse_residual)
+    residual: "Residual | None" = None
+
+    @property
+    def fused_mains(self) -> list[int]:
+        """Main nodes of the steps fused into this one (their MACs are this step's too)."""
+        return [self.residual.add.main] if self.residual is not None else []
+
+
+@dataclass
+class Residual:
+    """``y = Add(conv(x), skip)`` as one step: the conv step and the Add step it absorbed."""
+
+    conv: Step                # the convolution kernel as it was (writes ``c``)
+    add: Step                 # the int8 Add kernel (reads ``c`` and ``skip``, writes ``y``)
+    skip: str                 # the other operand of the Add, overwritten by ``y``
+    c: str                    # the convolution's int8 output, which no longer exists
 
 
 @dataclass
@@ -409,6 +426,7 @@ def analyze(model: onnx.ModelProto) -> GraphAnalysis:
                       consumers=consumers, graph_inputs=graph_inputs, graph_outputs=graph_outputs,
                       assumptions=assumptions)
     _build_steps(a)
+    _fuse_residual(a)
     _mark_inplace(a)
     return a
 
@@ -797,9 +815,103 @@ def _conv_inplace(a, s, node, x, y, dies):
     return x, "conv_groups", mg * ohw, "int8" if int8 else "float32"
 
 
+def _fuse_residual(a: GraphAnalysis) -> None:
+    """Fuse ``c = Conv(...)`` (an int8 kernel) into the int8 ``y = Add(c, skip)`` after it,
+    writing ``y`` over ``skip``, when that is exact and saves memory.
+
+    The fused step computes each output channel of the convolution (rounded to int8 with
+    ``c``'s quantization, as the two kernels would) into a one-plane scratch, then adds
+    the skip tensor's plane and stores the result over that plane: output element i
+    depends on ``skip`` only at i. Conditions: the registry's Conv kernel fuses a residual
+    Add; ``c`` is read by that Add only; ``c``, ``skip`` and ``y`` have one shape (no
+    broadcasting), batch 1, int8; ``skip``'s buffer is last read by the Add and by no step
+    from the convolution on; ``skip`` exists before the convolution runs. The conv step
+    then reads ``skip`` too and writes ``y``; the Add step disappears, and so does ``c``'s
+    buffer, so a residual block needs two activation buffers, not three.
+    """
+    conv_impl = registry.int8_impl("Conv")
+    if conv_impl is None or not conv_impl.residual_add:
+        return
+    fused = False
+    for _ in range(len(a.steps)):
+        last = last_reads(a)
+        writer = {t: s for s in a.steps if s.kind != "alias" for t in s.writes}
+        readers: dict[str, list[int]] = defaultdict(list)
+        for s in a.steps:
+            if s.kind != "alias":
+                for t in s.reads:
+                    readers[a.root(t)].append(s.index)
+        found = None
+        for add in a.steps:
+            if add.kind != "kernel" or add.op != "Add" or len(add.reads) != 2 or add.residual:
+                continue
+            for k in (0, 1):
+                c, skip = add.reads[k], add.reads[1 - k]
+                conv = writer.get(c)
+                if conv is not None and _residual_ok(a, conv, add, c, skip, last, readers, writer):
+                    found = (conv, add, c, skip)
+                    break
+            if found:
+                break
+        if found is None:
+            break
+        conv, add, c, skip = found
+        before = Step(conv.kind, conv.name, conv.op, list(conv.nodes), conv.main, list(conv.reads),
+                      list(conv.writes), conv.precision, conv.index)
+        conv.residual = Residual(before, add, skip, c)
+        conv.nodes = sorted(conv.nodes + add.nodes)
+        conv.reads = conv.reads + [skip]
+        conv.writes = list(add.writes)
+        ys = a.shapes[add.writes[0]]
+        conv.inplace_input, conv.inplace_scheme = skip, "residual"
+        conv.scratch_bytes, conv.scratch_dtype = math.prod(ys[2:]), "int8"
+        a.steps.remove(add)
+        index = 0
+        for s in a.steps:
+            if s.kind != "alias":
+                s.index = index
+                index += 1
+        fused = True
+    return fused
+
+
+def _residual_ok(a, conv, add, c, skip, last, readers, writer) -> bool:
+    if conv.kind != "kernel" or conv.op != "Conv" or conv.residual or conv.writes != [c]:
+        return False
+    if c in a.graph_outputs or c == skip or a.root(skip) == a.root(c):
+        return False
+    # c feeds only the Add (through its virtual DequantizeLinear)
+    users = a.consumers.get(c, [])
+    if len(users) != 1 or not is_dq(a.nodes[users[0][0]]):
+        return False
+    dq_out = a.nodes[users[0][0]].output[0]
+    if dq_out in a.graph_outputs or any(i not in add.nodes for i, _ in a.consumers.get(dq_out, [])):
+        return False
+    y = add.writes[0]
+    shapes = [a.shapes.get(t) for t in (c, skip, y)]
+    if None in shapes or not (shapes[0] == shapes[1] == shapes[2]) or len(shapes[0]) < 3 \
+            or shapes[0][0] != 1:
+        return False
+    if any(a.elem_types.get(t) != onnx.TensorProto.INT8 for t in (c, skip, y)):
+        return False
+    r = a.root(skip)
+    if r in a.static or r not in a.shapes or a.elem_types.get(r) != onnx.TensorProto.INT8:
+        return False
+    if last.get(r, _NEVER) != add.index or a.tensor_bytes(r) < a.tensor_bytes(y):
+        return False
+    if any(conv.index <= i < add.index for i in readers.get(r, [])):
+        return False   # read from the convolution on: the fused step would overwrite it early
+    w = writer.get(r)
+    if w is not None and w.index >= conv.index:
+        return False   # skip is computed after the convolution
+    return True
+
+
 def _mark_inplace(a: GraphAnalysis) -> None:
     last = last_reads(a)
     for s in a.steps:
+        if s.inplace_scheme:
+            continue   # decided with its fusion
         d = decide_inplace(a, s, last)
         if d is None:
             continue

@@ -92,6 +92,7 @@ class LowererBase:
         self.calls: list[Call] = []
         self.step = None   # the step being lowered (its in-place decision)
         self.impl = None   # its registry implementation
+        self.residual = None   # the Add arguments while lowering a conv fused with one
 
     # -- helpers --------------------------------------------------------------------
     @staticmethod

@@ -10,11 +10,40 @@ from edgeloop.backends.c.fixedpoint import (_round_away, act_range, logistic_par
                                             quantize_multiplier, softmax_params)
 from edgeloop.backends.c.lower_base import (_i32, _strides, broadcast_strides, conv_geometry_args,
                                             ints)
-from edgeloop.errors import UnsupportedOperatorError
+from edgeloop.errors import EdgeloopError, UnsupportedOperatorError
 
 
 class Int8Ops:
     def lower_kernel(self, s):
+        if s.residual is not None:
+            return self._lower_residual(s)
+        mnode, name, y, yq, lo, hi, bias_add = self._kernel_parts(s)
+        self.impl = registry.int8_impl(mnode.op_type, mnode.domain)
+        if self.impl is None:   # the analysis forms kernels from the registry only
+            raise UnsupportedOperatorError(
+                f"the C backend has no int8 kernel for {mnode.op_type}", node=name, op=mnode.op_type)
+        getattr(self, self.impl.lower)(mnode, name, y, yq, lo, hi, bias_add)
+
+    def _lower_residual(self, s):
+        """A convolution and the residual Add after it as one call (conv_s8_res), writing
+        over the skip tensor (the analysis' _fuse_residual decided it)."""
+        r = s.residual
+        amain, aname, ay, ayq, alo, ahi, _ = self._kernel_parts(r.add)
+        ops, q = self._add_quant(amain, aname, ayq, alo, ahi)
+        srcs = [self._dq_of(t)[0] for t in amain.input[:2]]
+        if srcs[0] != r.c:   # the kernel adds (conv output, skip): swap the operands' halves
+            q = q[[1, 0, 2, 5, 6, 3, 4, 7, 8, 9, 10]]
+        self.residual = dict(y=("out", ay), r=("in", r.skip), q=("const", q),
+                             s=self._scratch_arg())
+        try:
+            mnode, name, y, yq, lo, hi, bias_add = self._kernel_parts(r.conv)
+            self.impl = registry.int8_impl("Conv")
+            self.q_Conv(mnode, name, y, yq, lo, hi, bias_add)
+        finally:
+            self.residual = None
+
+    def _kernel_parts(self, s):
+        """(main node, name, output, (scale, zp), lo, hi, bias Add constant) of a QDQ step."""
         a = self.a
         nodes = a.nodes
         qn = next(nodes[i] for i in s.nodes if nodes[i].op_type == "QuantizeLinear"
@@ -54,11 +83,7 @@ class Int8Ops:
                                  "int8 kernel is not supported")
             cur = n.output[0]
         lo, hi = act_range(lo_f, hi_f, y_s, y_zp)
-        self.impl = registry.int8_impl(mnode.op_type, mnode.domain)
-        if self.impl is None:   # the analysis forms kernels from the registry only
-            raise UnsupportedOperatorError(
-                f"the C backend has no int8 kernel for {mnode.op_type}", node=name, op=mnode.op_type)
-        getattr(self, self.impl.lower)(mnode, name, y, (y_s, y_zp), lo, hi, bias_add)
+        return mnode, name, y, (y_s, y_zp), lo, hi, bias_add
 
     def _dq_of(self, t):
         """(int tensor, scale array, zp array) behind a DequantizeLinear output."""
@@ -129,6 +154,13 @@ class Int8Ops:
                       **common, **ints(C=xs[1], hw=g["H"] * g["W"], M=ys[1]))
             return
         geom = conv_geometry_args(xs[1], ys[1], g, G)
+        if self.residual is not None:
+            if xs[0] != 1:
+                raise EdgeloopError(f"internal: residual fusion of '{name}' with batch {xs[0]}")
+            res = dict(common)
+            res["c_zp"] = res.pop("y_zp")     # the conv's own output quantization
+            self.emit("conv_s8_res", name, "Conv+Add", x=("in", x), **res, **geom, **self.residual)
+            return
         if scheme == "conv_groups":
             self.emit("conv_s8_grp_ip", name, "Conv", x=("in", x), y=("out", y), s=self._scratch_arg(),
                       **common, **geom)
@@ -234,6 +266,16 @@ class Int8Ops:
         self._global(mnode, name, y, yq, lo, hi, False)
 
     def q_Add(self, mnode, name, y, yq, lo, hi, _b):
+        ops, q = self._add_quant(mnode, name, yq, lo, hi)
+        ys = list(self.shape(y)) or [1]
+        self.emit("add_s8", name, "Add", a=ops[0][0], b=ops[1][0], y=("out", y),
+                  shape=("const", _i32(ys)),
+                  a_strides=("const", _i32(broadcast_strides(ops[0][3], ys) or [0])),
+                  b_strides=("const", _i32(broadcast_strides(ops[1][3], ys) or [0])), q=("const", q),
+                  **ints(n=int(np.prod(ys)), ndim=len(ys)))
+
+    def _add_quant(self, mnode, name, yq, lo, hi):
+        """The operands (arg, scale, zp, shape) of an int8 Add and its parameter array."""
         ops = []
         for t in mnode.input[:2]:
             d = self._dq_of(t)
@@ -242,17 +284,11 @@ class Int8Ops:
             src, s, z, _ = d
             shape = self.const(src).shape if self.is_static(src) else self.shape(src)
             ops.append((self.operand(src), float(s.ravel()[0]), int(z.ravel()[0]), shape))
-        ys = list(self.shape(y)) or [1]
         twice = 2 * max(ops[0][1], ops[1][1])
         ma, sa = quantize_multiplier(ops[0][1] / twice)
         mb, sb = quantize_multiplier(ops[1][1] / twice)
         my, sy = quantize_multiplier(twice / ((1 << 20) * yq[0]))
-        q = _i32([ops[0][2], ops[1][2], yq[1], ma, sa, mb, sb, my, sy, lo, hi])
-        self.emit("add_s8", name, "Add", a=ops[0][0], b=ops[1][0], y=("out", y),
-                  shape=("const", _i32(ys)),
-                  a_strides=("const", _i32(broadcast_strides(ops[0][3], ys) or [0])),
-                  b_strides=("const", _i32(broadcast_strides(ops[1][3], ys) or [0])), q=("const", q),
-                  **ints(n=int(np.prod(ys)), ndim=len(ys)))
+        return ops, _i32([ops[0][2], ops[1][2], yq[1], ma, sa, mb, sb, my, sy, lo, hi])
 
     def _q_elementwise(self, mnode, name, y, yq, lo, hi, x=None):
         if x is None:

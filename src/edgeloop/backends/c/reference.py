@@ -158,6 +158,17 @@ def conv_s8_grp_ip(x, y, w, b, mult, shift, C, H, W, M, OH, OW, KH, KW, SH, SW, 
             x_zp, y_zp, lo, hi)
 
 
+def conv_s8_res(x, y, w, b, mult, shift, C, H, W, M, OH, OW, KH, KW, SH, SW, PT, PL, DH, DW, G,
+                x_zp, c_zp, lo, hi, r, q, s):
+    """A convolution (conv_s8, rounded to int8) then the int8 Add with ``r`` (add_s8);
+    ``y`` may be ``r``."""
+    c = np.empty(M * OH * OW, np.int8)
+    conv_s8(x, c, w, b, mult, shift, C, H, W, M, OH, OW, KH, KW, SH, SW, PT, PL, DH, DW, G,
+            x_zp, c_zp, lo, hi)
+    n = M * OH * OW
+    add_s8(c, r[:n].copy(), y, n, 1, [n], [1], [1], q)
+
+
 def fc_s8(x, y, w, b, mult, shift, per_channel, M, K, N, y_zp, lo, hi):
     # the input zero point arrives folded into the bias (b - x_zp * sum(w))
     acc = x[:M * K].reshape(M, K).astype(np.int64) @ w.reshape(N, K).astype(np.int64).T

@@ -57,6 +57,8 @@ class Impl:
     inplace: str = ""                 # ELEMENTWISE, BINARY, CONV or ""
     epilogues: tuple[str, ...] = ()   # int8: ops fused after the main op (Relu, Clip)
     bias_add: bool = False            # int8: a constant Add right after the main op is its bias
+    residual_add: bool = False        # int8: fuses a following residual Add(output, skip),
+    #                                   writing over skip (edgeloop.profile.analysis._fuse_residual)
     out_q: tuple | None = None        # int8: the output quantization the kernel requires
     same_q: bool = False              # int8: inputs must share the output's quantization
     quantize: bool = True             # int8: in the quantizer's default op list
@@ -100,9 +102,9 @@ _OPS = [
        float=Impl(("conv_f32", "conv_f32_pw_ip", "conv_f32_grp_ip"), "op_Conv", inplace=CONV,
                   sample=Sample((("x", (1, 3, 6, 6)), ("w", (4, 3, 3, 3)), ("b", 4)),
                                 {"pads": [1, 1, 1, 1]})),
-       int8=Impl(("conv_s8", "conv_s8_pw_ip", "conv_s8_grp_ip"), "q_Conv", epilogues=ACT,
-                 bias_add=True, inplace=CONV,
-                 reference=("conv_s8", "conv_s8_pw_ip", "conv_s8_grp_ip"),
+       int8=Impl(("conv_s8", "conv_s8_pw_ip", "conv_s8_grp_ip", "conv_s8_res"), "q_Conv",
+                 epilogues=ACT, bias_add=True, residual_add=True, inplace=CONV,
+                 reference=("conv_s8", "conv_s8_pw_ip", "conv_s8_grp_ip", "conv_s8_res"),
                  sample=Sample((("x", (1, 3, 6, 6)), ("w", (4, 3, 3, 3)), ("b", 4)),
                                {"pads": [1, 1, 1, 1], "strides": [2, 1]}))),
     Op("Gemm",

@@ -4,6 +4,7 @@
 
 #include <stdint.h>
 #include "fx.h"
+#include "fx_add.h"
 #include "nd_index.h"
 
 static void k_add_s8(const int8_t *a, const int8_t *b, int8_t *y, long n, int ndim,
@@ -11,13 +12,9 @@ static void k_add_s8(const int8_t *a, const int8_t *b, int8_t *y, long n, int nd
                      const int32_t *q /* a_zp b_zp y_zp a_m a_s b_m b_s y_m y_s lo hi */)
 {
     long i;
-    for (i = 0; i < n; ++i) {
-        int32_t u = ((int32_t)a[el_nd_offset(i, ndim, shape, a_strides)] - q[0]) * (1 << 20);
-        int32_t v = ((int32_t)b[el_nd_offset(i, ndim, shape, b_strides)] - q[1]) * (1 << 20);
-        int32_t s = el_mbqm(u, q[3], q[4]) + el_mbqm(v, q[5], q[6]);
-        s = el_mbqm(s, q[7], q[8]) + q[2];
-        y[i] = (int8_t)el_clamp(s, q[9], q[10]);
-    }
+    for (i = 0; i < n; ++i)
+        y[i] = el_add_s8(a[el_nd_offset(i, ndim, shape, a_strides)],
+                         b[el_nd_offset(i, ndim, shape, b_strides)], q);
 }
 
 #endif /* EL_ADD_S8_C */
