@@ -324,8 +324,11 @@ def test_qdq_profile_reports_int8(qdq_pair):
 
 # --- a convolution and the residual Add after it, written over the skip tensor ------------
 
-def _qdq_residual_block(C=8, H=8, W=8, skip_is_output=False):
-    """x int8 -> conv3x3+Relu -> conv3x3 -> Q(c) -> DQ -> Add(., DQ(x)) -> Relu -> Q -> y."""
+def _qdq_residual_block(C=8, H=8, W=8, skip_is_output=False, projection=False):
+    """x int8 -> conv3x3+Relu -> conv3x3 -> Q(c) -> DQ -> Add(., DQ(x)) -> Relu -> Q -> y.
+
+    ``projection``: the skip is a 1x1 convolution of x, computed after the second conv
+    (the order of a Keras ResNet's downsampling block)."""
     f = numpy_helper.from_array
     inits = [f(np.array(0.05, np.float32), "s_x"), f(np.array(3, np.int8), "z_x"),
              f(np.array(0.04, np.float32), "s_a"), f(np.array(-128, np.int8), "z_a"),
@@ -346,8 +349,17 @@ def _qdq_residual_block(C=8, H=8, W=8, skip_is_output=False):
             nodes.append(helper.make_node("Relu", [last], [f"{out}_r"]))
             last = f"{out}_r"
         nodes.append(helper.make_node("QuantizeLinear", [last, s, z], [out]))
+    skip = "x_f"
+    if projection:
+        inits += [f(RNG.integers(-127, 127, (C, C, 1, 1)).astype(np.int8), "wp"),
+                  f(np.full(C, 0.01, np.float32), "s_wp"), f(np.zeros(C, np.int8), "z_wp")]
+        nodes += [helper.make_node("DequantizeLinear", ["wp", "s_wp", "z_wp"], ["wp_f"], axis=0),
+                  helper.make_node("Conv", ["x_f", "wp_f"], ["p_c"], name="proj"),
+                  helper.make_node("QuantizeLinear", ["p_c", "s_a", "z_a"], ["p"]),
+                  helper.make_node("DequantizeLinear", ["p", "s_a", "z_a"], ["p_f"])]
+        skip = "p_f"
     nodes += [helper.make_node("DequantizeLinear", ["c", "s_c", "z_c"], ["c_f"]),
-              helper.make_node("Add", ["c_f", "x_f"], ["sum"], name="add"),
+              helper.make_node("Add", ["c_f", skip], ["sum"], name="add"),
               helper.make_node("Relu", ["sum"], ["sum_r"]),
               helper.make_node("QuantizeLinear", ["sum_r", "s_y", "z_y"], ["y"])]
     outs = [helper.make_tensor_value_info("y", TensorProto.INT8, [1, C, H, W])]
@@ -408,3 +420,29 @@ def test_residual_skip_still_needed_is_not_overwritten():
     steps = [s for s in analyze(m).steps if s.kind != "alias"]
     assert not any(s.residual for s in steps)
     assert plan_model(m).peak_bytes >= 3 * C * H * W
+
+
+def test_residual_fused_where_the_add_ran_when_the_skip_comes_later(tmp_path):
+    # a projection shortcut computed after the block's second conv: the fused step runs
+    # at the Add, over the projection's output
+    from edgeloop.backends.c import CModel, compile_shared, generate, reference
+    from edgeloop.backends.c.lower import lower
+    from edgeloop.profile.analysis import analyze
+
+    C, H, W = 8, 8, 8
+    act = C * H * W
+    m = _qdq_residual_block(C, H, W, projection=True)
+    steps = [s for s in analyze(m).steps if s.kind != "alias"]
+    assert [(s.name, s.inplace_scheme) for s in steps] == [
+        ("conv0", ""), ("proj", "conv_pixels"), ("conv1", "residual")]
+    assert steps[2].inplace_input == "p"
+    p = plan_model(m)
+    # the projection overwrites x (1x1, in place), conv1 + Add overwrite p: two activation
+    # buffers and conv1's one-plane scratch, never conv1's output on its own
+    assert p.peak_bytes == 2 * act + H * W
+    info = generate(m, tmp_path)
+    assert info["arena_size"] == p.peak_bytes
+    cm = CModel(compile_shared(tmp_path), info)
+    low = lower(m)
+    x = np.random.default_rng(5).integers(-128, 128, (1, C, H, W)).astype(np.int8)
+    np.testing.assert_array_equal(cm.run(x), reference.run(low, x)[0])

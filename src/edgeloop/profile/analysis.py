@@ -824,15 +824,16 @@ def _fuse_residual(a: GraphAnalysis) -> None:
     the skip tensor's plane and stores the result over that plane: output element i
     depends on ``skip`` only at i. Conditions: the registry's Conv kernel fuses a residual
     Add; ``c`` is read by that Add only; ``c``, ``skip`` and ``y`` have one shape (no
-    broadcasting), batch 1, int8; ``skip``'s buffer is last read by the Add and by no step
-    from the convolution on; ``skip`` exists before the convolution runs. The conv step
-    then reads ``skip`` too and writes ``y``; the Add step disappears, and so does ``c``'s
-    buffer, so a residual block needs two activation buffers, not three.
+    broadcasting), batch 1, int8; ``skip``'s buffer is last read by the Add. The fused step
+    runs where the convolution ran when ``skip`` exists by then and nothing reads it in
+    between; otherwise (e.g. a 1x1 projection of the skip computed after the
+    convolution) where the Add ran. It reads the conv's inputs and ``skip`` and writes
+    ``y``; the other step disappears, and so does ``c``'s buffer, so a residual block
+    needs two activation buffers, not three.
     """
     conv_impl = registry.int8_impl("Conv")
     if conv_impl is None or not conv_impl.residual_add:
         return
-    fused = False
     for _ in range(len(a.steps)):
         last = last_reads(a)
         writer = {t: s for s in a.steps if s.kind != "alias" for t in s.writes}
@@ -848,14 +849,15 @@ def _fuse_residual(a: GraphAnalysis) -> None:
             for k in (0, 1):
                 c, skip = add.reads[k], add.reads[1 - k]
                 conv = writer.get(c)
-                if conv is not None and _residual_ok(a, conv, add, c, skip, last, readers, writer):
-                    found = (conv, add, c, skip)
+                place = conv is not None and _residual_ok(a, conv, add, c, skip, last, readers, writer)
+                if place:
+                    found = (conv, add, c, skip, place)
                     break
             if found:
                 break
         if found is None:
             break
-        conv, add, c, skip = found
+        conv, add, c, skip, place = found
         before = Step(conv.kind, conv.name, conv.op, list(conv.nodes), conv.main, list(conv.reads),
                       list(conv.writes), conv.precision, conv.index)
         conv.residual = Residual(before, add, skip, c)
@@ -865,46 +867,48 @@ def _fuse_residual(a: GraphAnalysis) -> None:
         ys = a.shapes[add.writes[0]]
         conv.inplace_input, conv.inplace_scheme = skip, "residual"
         conv.scratch_bytes, conv.scratch_dtype = math.prod(ys[2:]), "int8"
-        a.steps.remove(add)
+        if place == "late":   # the fused step takes the Add's place
+            a.steps.remove(conv)
+            a.steps[a.steps.index(add)] = conv
+        else:
+            a.steps.remove(add)
         index = 0
         for s in a.steps:
             if s.kind != "alias":
                 s.index = index
                 index += 1
-        fused = True
-    return fused
 
 
-def _residual_ok(a, conv, add, c, skip, last, readers, writer) -> bool:
+def _residual_ok(a, conv, add, c, skip, last, readers, writer) -> str:
+    """"early" (fuse at the convolution), "late" (at the Add) or "" (do not fuse)."""
     if conv.kind != "kernel" or conv.op != "Conv" or conv.residual or conv.writes != [c]:
-        return False
+        return ""
     if c in a.graph_outputs or c == skip or a.root(skip) == a.root(c):
-        return False
+        return ""
     # c feeds only the Add (through its virtual DequantizeLinear)
     users = a.consumers.get(c, [])
     if len(users) != 1 or not is_dq(a.nodes[users[0][0]]):
-        return False
+        return ""
     dq_out = a.nodes[users[0][0]].output[0]
     if dq_out in a.graph_outputs or any(i not in add.nodes for i, _ in a.consumers.get(dq_out, [])):
-        return False
+        return ""
     y = add.writes[0]
     shapes = [a.shapes.get(t) for t in (c, skip, y)]
     if None in shapes or not (shapes[0] == shapes[1] == shapes[2]) or len(shapes[0]) < 3 \
             or shapes[0][0] != 1:
-        return False
+        return ""
     if any(a.elem_types.get(t) != onnx.TensorProto.INT8 for t in (c, skip, y)):
-        return False
+        return ""
     r = a.root(skip)
     if r in a.static or r not in a.shapes or a.elem_types.get(r) != onnx.TensorProto.INT8:
-        return False
+        return ""
     if last.get(r, _NEVER) != add.index or a.tensor_bytes(r) < a.tensor_bytes(y):
-        return False
-    if any(conv.index <= i < add.index for i in readers.get(r, [])):
-        return False   # read from the convolution on: the fused step would overwrite it early
+        return ""
     w = writer.get(r)
-    if w is not None and w.index >= conv.index:
-        return False   # skip is computed after the convolution
-    return True
+    if (w is not None and w.index >= conv.index) or any(
+            conv.index <= i < add.index for i in readers.get(r, [])):
+        return "late"   # skip computed or read after the convolution: fuse at the Add
+    return "early"
 
 
 def _mark_inplace(a: GraphAnalysis) -> None:
