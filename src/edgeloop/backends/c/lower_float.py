@@ -155,11 +155,9 @@ class FloatOps:
                          DH=g["DH"], DW=g["DW"], is_max=int(is_max),
                          include_pad=int(at.get("count_include_pad", 0))))
 
-    def op_MaxPool(self, node, name):
-        self._pool(node, name, True)
-
-    def op_AveragePool(self, node, name):
-        self._pool(node, name, False)
+    def op_pool(self, node, name):
+        """MaxPool and AveragePool."""
+        self._pool(node, name, node.op_type == "MaxPool")
 
     def _reduce_call(self, node, name, x, y, axes):
         xs = self.shape(x)
@@ -181,8 +179,6 @@ class FloatOps:
         self._check_float(node, name, [node.input[0]])
         self._reduce_call(node, name, node.input[0], node.output[0],
                           list(range(2, len(self.shape(node.input[0])))))
-
-    op_GlobalMaxPool = op_GlobalAveragePool
 
     def op_Reduce(self, node, name):
         """ReduceMean, ReduceSum, ReduceMax, ReduceMin (the registry gives the code)."""

@@ -236,11 +236,9 @@ class Int8Ops:
                          is_max=int(is_max), same_q=same, x_zp=x_zp, y_zp=yq[1], mult=m, shift=sh,
                          lo=lo, hi=hi))
 
-    def q_MaxPool(self, mnode, name, y, yq, lo, hi, _b):
-        self._qpool(mnode, name, y, yq, lo, hi, True)
-
-    def q_AveragePool(self, mnode, name, y, yq, lo, hi, _b):
-        self._qpool(mnode, name, y, yq, lo, hi, False)
+    def q_pool(self, mnode, name, y, yq, lo, hi, _b):
+        """MaxPool and AveragePool."""
+        self._qpool(mnode, name, y, yq, lo, hi, mnode.op_type == "MaxPool")
 
     def _global(self, mnode, name, y, yq, lo, hi, is_max):
         xs = self.shape(mnode.input[0])
@@ -249,11 +247,9 @@ class Int8Ops:
         g = dict(H=xs[2], W=xs[3], OH=1, OW=1, KH=xs[2], KW=xs[3], SH=1, SW=1, PT=0, PL=0)
         self._qpool(mnode, name, y, yq, lo, hi, is_max, g)
 
-    def q_GlobalAveragePool(self, mnode, name, y, yq, lo, hi, _b):
-        self._global(mnode, name, y, yq, lo, hi, False)
-
-    def q_GlobalMaxPool(self, mnode, name, y, yq, lo, hi, _b):
-        self._global(mnode, name, y, yq, lo, hi, True)
+    def q_global_pool(self, mnode, name, y, yq, lo, hi, _b):
+        """GlobalAveragePool and GlobalMaxPool."""
+        self._global(mnode, name, y, yq, lo, hi, mnode.op_type == "GlobalMaxPool")
 
     def q_ReduceMean(self, mnode, name, y, yq, lo, hi, _b):
         xs = self.shape(mnode.input[0])
