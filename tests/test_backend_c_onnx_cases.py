@@ -25,6 +25,8 @@ from edgeloop.backends.c import CFLAGS, registry
 from edgeloop.backends.c.codegen import render
 from edgeloop.errors import EdgeloopError, UnsupportedOperatorError
 
+from c_harness import run_sanitized
+
 SUPPORTED = registry.supported_ops()   # the C backend's operator registry
 # The operators the issue names; each must have at least one passing ONNX case.
 CORE = {"Conv", "Gemm", "MatMul", "Add", "MaxPool", "AveragePool", "GlobalAveragePool", "Relu",
@@ -163,35 +165,6 @@ def test_onnx_operator_cases(built):
     assert not missing, missing
 
 
-def _driver(cases, d) -> str:
-    """A C main that runs each case on its first data set: inputs from ``<k>_in<j>.bin``,
-    outputs to ``<k>_out<j>.bin`` (static buffers, as on a device)."""
-    lines = ["#include <stdio.h>", "#include <stdlib.h>"]
-    for k, info in cases:
-        lines.append(f"int case{k}_run_all(const void *const *inputs, void *const *outputs);")
-    lines += ["static void io(const char *path, void *buf, size_t n, int out)", "{",
-              "    FILE *f = fopen(path, out ? \"wb\" : \"rb\");",
-              "    if (!f || (out ? fwrite(buf, 1, n, f) : fread(buf, 1, n, f)) != n) {",
-              "        fprintf(stderr, \"cannot %s %s\\n\", out ? \"write\" : \"read\", path); exit(2);",
-              "    }", "    fclose(f);", "}", "int main(void)", "{"]
-    for k, info in cases:
-        ni, no = len(info["inputs"]), len(info["outputs"])
-        lines.append("    {")
-        for j, spec in enumerate(info["inputs"]):
-            lines.append(f"        static unsigned char i{j}[{max(spec['nbytes'], 1)}];")
-            lines.append(f'        io("{d}/{k}_in{j}.bin", i{j}, {spec["nbytes"]}, 0);')
-        for j, spec in enumerate(info["outputs"]):
-            lines.append(f"        static unsigned char o{j}[{max(spec['nbytes'], 1)}];")
-        lines.append(f"        const void *ins[{max(ni, 1)}] = {{{', '.join(f'i{j}' for j in range(ni)) or '0'}}};")
-        lines.append(f"        void *outs[{max(no, 1)}] = {{{', '.join(f'o{j}' for j in range(no)) or '0'}}};")
-        lines.append(f"        if (case{k}_run_all(ins, outs)) return 1;")
-        for j, spec in enumerate(info["outputs"]):
-            lines.append(f'        io("{d}/{k}_out{j}.bin", o{j}, {spec["nbytes"]}, 1);')
-        lines.append("    }")
-    lines += ["    return 0;", "}", ""]
-    return "\n".join(lines)
-
-
 def test_onnx_operator_cases_under_address_and_undefined_sanitizers(built, tmp_path):
     """The same generated C, built for the host with ASan + UBSan (any report is fatal),
     run once on every case: no out-of-bounds access, no undefined behaviour, same answers."""
@@ -199,24 +172,9 @@ def test_onnx_operator_cases_under_address_and_undefined_sanitizers(built, tmp_p
     runs = [(k, case, info, sets[0]) for k, case, ops, info, cp in generated
             if (sets := _data_sets(case, info, cp)) is not None]
     assert len(runs) >= 200
-    for k, case, info, (inputs, _) in runs:
-        for j, (spec, x) in enumerate(zip(info["inputs"], inputs)):
-            a = np.ascontiguousarray(np.asarray(_array(x), dtype=spec["dtype"]).reshape(spec["shape"]))
-            (tmp_path / f"{k}_in{j}.bin").write_bytes(a.tobytes())
-    (tmp_path / "main.c").write_text(_driver([(k, info) for k, _, info, _ in runs], tmp_path))
-    exe = tmp_path / "cases_asan"
-    cmd = ["gcc", *CFLAGS, "-O1", "-g", "-fsanitize=address,undefined", "-fno-sanitize-recover=all",
-           "-fno-omit-frame-pointer", "-o", str(exe), str(tmp_path / "main.c"),
-           *[str(src / f"case{k}.c") for k, *_ in runs], "-lm"]
-    r = subprocess.run(cmd, capture_output=True, text=True)
-    assert r.returncode == 0, r.stderr[:3000]
-    r = subprocess.run([str(exe)], capture_output=True, text=True, timeout=600,
-                       env={"ASAN_OPTIONS": "detect_leaks=0:abort_on_error=0",
-                            "UBSAN_OPTIONS": "print_stacktrace=1"})
-    assert r.returncode == 0, r.stderr[-3000:]
+    outs = run_sanitized([(src / f"case{k}.c", info, [_array(x) for x in inputs])
+                          for k, case, info, (inputs, _) in runs], tmp_path)
     failures = []
-    for k, case, info, (inputs, expected) in runs:
-        got = [np.frombuffer((tmp_path / f"{k}_out{j}.bin").read_bytes(), dtype=o["dtype"]).reshape(o["shape"])
-               for j, o in enumerate(info["outputs"])]
+    for got, (k, case, info, (inputs, expected)) in zip(outs, runs):
         failures += _mismatches(case, got, expected)
     assert not failures, failures[:10]

@@ -24,6 +24,8 @@ from edgeloop.passes.quantize import INT8_OPS
 from edgeloop.profile import profile_model
 from edgeloop.profile.analysis import EPILOGUE_OPS, analyze
 
+from c_harness import run_sanitized
+
 OPSET = [helper.make_opsetid("", 13)]
 X_Q = [(0.05, 3), (0.08, -5)]      # (scale, zero point) of the int8 activations
 Y_Q = (0.06, -2)
@@ -201,11 +203,11 @@ def built(tmp_path_factory):
     r = subprocess.run(["gcc", *CFLAGS, "-O1", "-shared", "-fPIC", "-o", str(lib),
                         *[str(d / f"r{k}.c") for k, *_ in cases], "-lm"], capture_output=True, text=True)
     assert r.returncode == 0, r.stderr[:3000]
-    return lib, cases
+    return lib, cases, d
 
 
 def test_every_registry_pattern_lowers_compiles_and_matches_its_reference(built):
-    lib, cases = built
+    lib, cases, _ = built
     covered_float = {name for _, kind, name, *_ in cases if kind == "float"}
     covered_int8 = {name for _, kind, name, *_ in cases if kind == "int8"}
     # every operator has a case, except the ONNX-ML ones (tests/test_backend_c_ml.py)
@@ -242,6 +244,18 @@ def test_every_registry_pattern_lowers_compiles_and_matches_its_reference(built)
                 if not ok:
                     failures.append(f"{label}: C != onnxruntime")
     assert not failures, failures
+
+
+def test_every_registry_pattern_is_clean_under_address_and_undefined_sanitizers(built, tmp_path):
+    """The same C under ASan + UBSan: no out-of-bounds access or undefined behaviour in any
+    kernel (the int8 ones included), and the same answers as the normal build."""
+    lib, cases, src = built
+    runs = [(src / f"r{k}.c", info, [feeds[i["name"]] for i in info["inputs"]])
+            for k, kind, name, pat, model, feeds, info in cases]
+    for (_, info, xs), got in zip(runs, run_sanitized(runs, tmp_path)):
+        want = CModel(lib, info).run_all(*xs)
+        assert all(np.array_equal(g, w, equal_nan=g.dtype.kind == "f") for g, w in zip(got, want)), \
+            info["prefix"]
 
 
 def _conv_then(op_type, *, bias_in_conv=False):

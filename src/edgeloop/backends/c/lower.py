@@ -13,7 +13,16 @@ buffer, dtype)`` (a planned scratch buffer of an in-place step). The C emitter p
 
 In-place steps (``Step.inplace_input``, decided once by the analysis) need no special
 handling for element-wise kernels: the plan gives input and output one offset. In-place
-convolutions use the ``*_pw_ip`` / ``*_grp_ip`` kernels with the step's scratch.
+convolutions use the ``*_pw_ip`` / ``*_grp_ip`` kernels with the step's scratch, and a
+convolution fused with the residual Add after it ``conv_s8_res``.
+
+Which method lowers which node is the operator registry's (:mod:`edgeloop.backends.c.
+registry`); the methods live by job: :mod:`~edgeloop.backends.c.lower_base` (shared state,
+:meth:`emit` binding calls by keyword against the C signatures),
+:mod:`~edgeloop.backends.c.lower_float` (float ops and data movement),
+:mod:`~edgeloop.backends.c.lower_ml` (ONNX-ML), :mod:`~edgeloop.backends.c.lower_int8`
+(int8 QDQ kernels) and :mod:`~edgeloop.backends.c.fixedpoint` (TFLite's multipliers and
+ranges).
 """
 
 
