@@ -193,3 +193,9 @@ def constant(name: str, const: str) -> int:
         raise EdgeloopError(f"internal: C kernel file {files()[name].path.name} declares no "
                             f"constant {const}")
     return values[const]
+
+
+def enum(name: str, prefix: str) -> dict[str, int]:
+    """A file's constants starting with ``prefix``, by the rest of their name:
+    ``enum("pad_nd", "EL_PAD_")`` -> ``{"CONSTANT": 0, "EDGE": 1, "REFLECT": 2}``."""
+    return {k[len(prefix):]: v for k, v in constants(name).items() if k.startswith(prefix)}

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import onnx
 
-from edgeloop.backends.c import registry
+from edgeloop.backends.c import kernel_lib, registry
 from edgeloop.backends.c.lower_base import (CTYPES, _i32, _strides, broadcast_strides, conv_geometry_args,
                                             ints)
 
@@ -297,7 +297,7 @@ class FloatOps:
         at = self.attrs(node)
         mode = at.get("mode", b"constant")
         mode = mode.decode() if isinstance(mode, bytes) else mode
-        codes = {"constant": 0, "edge": 1, "reflect": 2}
+        codes = {k.lower(): v for k, v in kernel_lib.enum("pad_nd", "EL_PAD_").items()}
         if mode not in codes:
             self.unsupported(node, name, f"Pad mode '{mode}' is not supported")
         xs, ys = self.shape(node.input[0]), self.shape(node.output[0])

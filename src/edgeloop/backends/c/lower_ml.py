@@ -4,18 +4,18 @@ from __future__ import annotations
 
 import numpy as np
 
+from edgeloop.backends.c import kernel_lib
 from edgeloop.backends.c.lower_base import ints
 
 
 class MLOps:
-    POST = {"NONE": 0, "SOFTMAX": 1, "LOGISTIC": 2, "SOFTMAX_ZERO": 3}
-
     def _post(self, node, name, at):
         p = at.get("post_transform", b"NONE")
         p = p.decode() if isinstance(p, bytes) else p
-        if p not in self.POST:
+        post = kernel_lib.enum("post_transform", "EL_POST_")
+        if p not in post:
             self.unsupported(node, name, f"post_transform {p} is not supported")
-        return self.POST[p]
+        return post[p]
 
     def _rows(self, x):
         xs = self.shape(x)
@@ -37,7 +37,7 @@ class MLOps:
         norm = norm.decode() if isinstance(norm, bytes) else norm
         rows, F = self._rows(node.input[0])
         self.emit("normalizer", name, node.op_type, x=("in", node.input[0]), y=("out", node.output[0]),
-                  **ints(rows=rows, F=F, norm={"MAX": 0, "L1": 1, "L2": 2}[norm]))
+                  **ints(rows=rows, F=F, norm=kernel_lib.constant("normalizer", f"EL_NORM_{norm}")))
 
     def _labels(self, node, name, at):
         if "classlabels_strings" in at:
@@ -74,9 +74,6 @@ class MLOps:
                   y=("out", node.output[0]), coef=("const", coef), icpt=("const", icpt),
                   **ints(rows=rows, F=F, T=T, mode=self._post(node, name, at)))
 
-    MODES = {"BRANCH_LEQ": 0, "BRANCH_LT": 1, "BRANCH_GTE": 2, "BRANCH_GT": 3, "BRANCH_EQ": 4,
-             "BRANCH_NEQ": 5, "LEAF": 6}
-
     def _trees(self, node, name, at, prefix):
         for k in ("nodes_values_as_tensor", "base_values_as_tensor", f"{prefix}_weights_as_tensor"):
             if k in at:
@@ -85,8 +82,9 @@ class MLOps:
         nids = list(at["nodes_nodeids"])
         index = {(t, n): i for i, (t, n) in enumerate(zip(tids, nids))}
         modes = [m.decode() if isinstance(m, bytes) else m for m in at["nodes_modes"]]
+        codes = kernel_lib.enum("tree_ensemble", "EL_TREE_")
         for m in modes:
-            if m not in self.MODES:
+            if m not in codes:
                 self.unsupported(node, name, f"tree node mode {m} is not supported")
         n = len(nids)
         tchild = np.zeros(n + 1, np.int32)
@@ -122,7 +120,7 @@ class MLOps:
         mvt = at.get("nodes_missing_value_tracks_true", [0] * n)
         feat = np.asarray(list(at["nodes_featureids"]) + [0], np.int32)
         thr = np.asarray(list(at["nodes_values"]) + [0.0], np.float32)
-        mode = np.asarray([self.MODES[m] for m in modes] + [6], np.uint8)
+        mode = np.asarray([codes[m] for m in modes] + [codes["LEAF"]], np.uint8)
         return dict(roots=np.asarray(roots, np.int32), feat=feat, thr=thr, mode=mode,
                     tchild=tchild, fchild=fchild, mvt=np.asarray(list(mvt) + [0], np.uint8),
                     first=first, targets=np.asarray(targets or [0], np.int32),
@@ -168,7 +166,7 @@ class MLOps:
         tr = self._trees(node, name, at, "target")
         agg = at.get("aggregate_function", b"SUM")
         agg = agg.decode() if isinstance(agg, bytes) else agg
-        aggs = {"SUM": 0, "AVERAGE": 1, "MAX": 2, "MIN": 3}
+        aggs = kernel_lib.enum("tree_ensemble", "EL_AGG_")
         if agg not in aggs:
             self.unsupported(node, name, f"aggregate_function {agg} is not supported")
         T = int(at.get("n_targets", 1))

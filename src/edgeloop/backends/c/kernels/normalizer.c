@@ -5,7 +5,10 @@
 #include <stdint.h>
 #include <math.h>
 
-static void k_normalizer(const float *x, float *y, long rows, int F, int norm /* 0 max 1 l1 2 l2 */)
+/* Normalizer norms (ONNX's names; the lowering reads them from this file) */
+enum { EL_NORM_MAX = 0, EL_NORM_L1 = 1, EL_NORM_L2 = 2 };
+
+static void k_normalizer(const float *x, float *y, long rows, int F, int norm)
 {
     long r;
     int k;
@@ -14,11 +17,11 @@ static void k_normalizer(const float *x, float *y, long rows, int F, int norm /*
         float acc = 0.0f;
         for (k = 0; k < F; ++k) {
             float v = p[k];
-            if (norm == 0) { if (k == 0 || v > acc) acc = v; }
-            else if (norm == 1) acc += fabsf(v);
+            if (norm == EL_NORM_MAX) { if (k == 0 || v > acc) acc = v; }
+            else if (norm == EL_NORM_L1) acc += fabsf(v);
             else acc += v * v;
         }
-        if (norm == 2) acc = sqrtf(acc);
+        if (norm == EL_NORM_L2) acc = sqrtf(acc);
         for (k = 0; k < F; ++k) y[r * F + k] = acc != 0.0f ? p[k] / acc : p[k];
     }
 }

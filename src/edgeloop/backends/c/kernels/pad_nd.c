@@ -5,6 +5,9 @@
 #include <stdint.h>
 #include <string.h>
 
+/* Pad modes (ONNX's names; the lowering reads them from this file) */
+enum { EL_PAD_CONSTANT = 0, EL_PAD_EDGE = 1, EL_PAD_REFLECT = 2 };
+
 static void k_pad_nd(const void *x, void *y, int esize, long n, int ndim, const int32_t *oshape,
                      const int32_t *ishape, const int32_t *before, int mode, const void *value)
 {
@@ -19,8 +22,8 @@ static void k_pad_nd(const void *x, void *y, int esize, long n, int ndim, const 
             long c = rest - q * oshape[d] - before[d];
             rest = q;
             if (c < 0 || c >= ishape[d]) {
-                if (mode == 0) inside = 0;
-                else if (mode == 1) c = c < 0 ? 0 : ishape[d] - 1;             /* edge */
+                if (mode == EL_PAD_CONSTANT) inside = 0;
+                else if (mode == EL_PAD_EDGE) c = c < 0 ? 0 : ishape[d] - 1;
                 else {                                                          /* reflect */
                     long period = 2 * (long)ishape[d] - 2;
                     if (period <= 0) c = 0;

@@ -6,8 +6,12 @@
 #include <math.h>
 #include "post_transform.h"
 
-/* Trees as flat arrays: node feature, threshold, mode (0 LEQ 1 LT 2 GTE 3 GT 4 EQ 5 NEQ
-   6 leaf), true/false child (global index), missing-tracks-true; a leaf's weights are
+/* node modes and aggregate functions (ONNX's names; the lowering reads them from this file) */
+enum { EL_TREE_BRANCH_LEQ = 0, EL_TREE_BRANCH_LT = 1, EL_TREE_BRANCH_GTE = 2, EL_TREE_BRANCH_GT = 3,
+       EL_TREE_BRANCH_EQ = 4, EL_TREE_BRANCH_NEQ = 5, EL_TREE_LEAF = 6 };
+enum { EL_AGG_SUM = 0, EL_AGG_AVERAGE = 1, EL_AGG_MAX = 2, EL_AGG_MIN = 3 };
+
+/* Trees as flat arrays: node feature, threshold, mode, true/false child (global index), missing-tracks-true; a leaf's weights are
    leaf_first[node] .. leaf_first[node + 1] in (target, weight). */
 static void k_tree_ensemble(const float *x, int64_t *label, float *scores, double *acc,
                             long rows, int F,
@@ -28,16 +32,16 @@ static void k_tree_ensemble(const float *x, int64_t *label, float *scores, doubl
         for (j = 0; j < T; ++j) acc[j] = 0.0;
         for (t = 0; t < n_roots; ++t) {
             int n = roots[t], k;
-            while (mode[n] != 6) {
+            while (mode[n] != EL_TREE_LEAF) {
                 float v = xr[feat[n]], th = thr[n];
                 int go;
                 switch (mode[n]) {
-                case 0: go = v <= th; break;
-                case 1: go = v < th; break;
-                case 2: go = v >= th; break;
-                case 3: go = v > th; break;
-                case 4: go = v == th; break;
-                default: go = v != th; break;
+                case EL_TREE_BRANCH_LEQ: go = v <= th; break;
+                case EL_TREE_BRANCH_LT: go = v < th; break;
+                case EL_TREE_BRANCH_GTE: go = v >= th; break;
+                case EL_TREE_BRANCH_GT: go = v > th; break;
+                case EL_TREE_BRANCH_EQ: go = v == th; break;
+                case EL_TREE_BRANCH_NEQ: default: go = v != th; break;
                 }
                 if (v != v) go = mvt[n];
                 n = go ? tchild[n] : fchild[n];
@@ -45,24 +49,24 @@ static void k_tree_ensemble(const float *x, int64_t *label, float *scores, doubl
             for (k = leaf_first[n]; k < leaf_first[n + 1]; ++k) {
                 double *d = &acc[binary ? 0 : leaf_target[k]];
                 double w = (double)leaf_weight[k];
-                if (aggregate == 2) { if (t == 0 || w > *d) *d = w; }
-                else if (aggregate == 3) { if (t == 0 || w < *d) *d = w; }
+                if (aggregate == EL_AGG_MAX) { if (t == 0 || w > *d) *d = w; }
+                else if (aggregate == EL_AGG_MIN) { if (t == 0 || w < *d) *d = w; }
                 else *d += w;
             }
         }
         for (j = 0; j < T; ++j) {
-            if (aggregate == 1) acc[j] /= (double)n_roots;
+            if (aggregate == EL_AGG_AVERAGE) acc[j] /= (double)n_roots;
             if (base) acc[j] += (double)base[j];
         }
         if (label) {
             /* averaged votes (no post_transform): sums closer than 1e-6 are a tie in
                scikit-learn's float64 arithmetic that the float32 weights of the ONNX
                graph blur (a forest's 10 votes against 10) */
-            double tie = post == 0 ? 1e-6 : 0.0;
+            double tie = post == EL_POST_NONE ? 1e-6 : 0.0;
             int best = 0;
             if (binary) {
                 double v = acc[0];
-                if (post == 2) { s[1] = (float)(1.0 / (1.0 + exp(-v))); s[0] = 1.0f - s[1]; best = v > 0.0; }
+                if (post == EL_POST_LOGISTIC) { s[1] = (float)(1.0 / (1.0 + exp(-v))); s[0] = 1.0f - s[1]; best = v > 0.0; }
                 else { s[1] = (float)v; s[0] = (float)(1.0 - v); best = v > 0.5 + tie; }
             } else {
                 /* the first class wins ties, as in scikit-learn */
