@@ -904,6 +904,8 @@ def _residual_ok(a, conv, add, c, skip, last, readers, writer) -> str:
         return ""
     if last.get(r, _NEVER) != add.index or a.tensor_bytes(r) < a.tensor_bytes(y):
         return ""
+    if any(a.root(t) == r for t in conv.reads):
+        return ""   # the convolution reads the skip itself: writing over it would corrupt it
     w = writer.get(r)
     if (w is not None and w.index >= conv.index) or any(
             conv.index <= i < add.index for i in readers.get(r, [])):
