@@ -11,6 +11,8 @@ groups nodes into the *steps* a device really executes:
   the QuantizeLinear output; the float tensors inside never exist on the device.
   Which main ops and epilogues form a kernel is the C backend's operator registry
   (:mod:`edgeloop.backends.c.registry`): a chain no kernel implements stays float steps;
+  an int8 convolution and the residual int8 Add after it can be one step writing over
+  the skip tensor (:func:`_fuse_residual`);
 - an alias (Reshape, Flatten, Squeeze, Unsqueeze, Identity, ZipMap, and a
   ``DequantizeLinear -> Reshape -> QuantizeLinear`` with unchanged quantization):
   no step, the output shares its input's buffer;
