@@ -329,3 +329,15 @@ def test_quantizer_and_analysis_read_the_registry():
     assert EPILOGUE_OPS == {"Relu", "Clip", "Add"}
     for op in ("LeakyRelu", "Sub", "Mul", "Div"):
         assert op not in EPILOGUE_OPS
+
+
+def test_profiler_reads_the_registry_without_loading_the_generator():
+    import ast
+    import sys
+
+    code = ("import sys, edgeloop.profile, edgeloop.passes.quantize; "
+            "print(sorted(m for m in sys.modules if m.startswith('edgeloop.backends')))")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    assert ast.literal_eval(r.stdout) == ["edgeloop.backends", "edgeloop.backends.c",
+                              "edgeloop.backends.c.registry"]
