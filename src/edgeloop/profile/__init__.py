@@ -109,7 +109,8 @@ def profile_model(model: onnx.ModelProto, *, latency: bool = True, min_runs: int
     total_macs = 0
     for s in a.steps:
         node = a.nodes[s.main]
-        macs = 0 if s.kind == "alias" else count_macs(node, a.shapes)
+        macs = 0 if s.kind == "alias" else count_macs(node, a.shapes) + sum(
+            count_macs(a.nodes[m], a.shapes) for m in s.fused_mains)
         total_macs += macs
         roots = constant_roots(a, s.nodes)
         l_params = sum(math.prod(a.constants[r].dims) for r in roots if r in pnames)
