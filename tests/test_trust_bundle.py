@@ -65,7 +65,7 @@ def keys(tmp_path_factory):
 def signed(tmp_path_factory, keys):
     """A bundle exported with `--sign` through the CLI."""
     out = tmp_path_factory.mktemp("signed") / "bundle"
-    r = _cli("export", digits_joblib(tmp_path_factory), "--target", "raspberry-pi-4", "-o", out,
+    r = _cli("export", "--trust-pickle", digits_joblib(tmp_path_factory), "--target", "raspberry-pi-4", "-o", out,
              "--sign", keys / "release", "--json")
     assert r.returncode == 0, r.stderr
     assert json.loads(r.stdout)["signed"].startswith("SHA256:")
@@ -137,9 +137,9 @@ def test_signed_manifest_lists_every_file_with_its_hash(signed, keys, tmp_path_f
 
 def test_sign_needs_a_private_key_and_a_linux_target(tmp_path, keys, tmp_path_factory):
     src = digits_joblib(tmp_path_factory)
-    _one_line_refusal(_cli("export", src, "--target", "raspberry-pi-4", "-o", tmp_path / "b", "--sign",
+    _one_line_refusal(_cli("export", "--trust-pickle", src, "--target", "raspberry-pi-4", "-o", tmp_path / "b", "--sign",
                            keys / "release.pub"), "public key")
-    _one_line_refusal(_cli("export", src, "--target", "nrf52840", "-o", tmp_path / "c", "--sign",
+    _one_line_refusal(_cli("export", "--trust-pickle", src, "--target", "nrf52840", "-o", tmp_path / "c", "--sign",
                            keys / "release"), "--sign signs Linux bundles")
     assert not (tmp_path / "b").exists() and not (tmp_path / "c").exists()
 
@@ -259,7 +259,7 @@ def test_reload_with_trust_takes_only_bundles_signed_by_the_key(signed, keys, tm
         assert state.model.path == signed and state.model.version == 1
     src = digits_joblib(tmp_path_factory)
     v2 = tmp_path / "v2"
-    build_bundle(load_file(src), v2, "raspberry-pi-4", version=2, source_path=str(src), sign=keys / "release")
+    build_bundle(load_file(src, trust_pickle=True), v2, "raspberry-pi-4", version=2, source_path=str(src), sign=keys / "release")
     state.reload(str(v2))
     assert state.model.version == 2 and state.model.signature["signature"] == "verified"
 
@@ -356,7 +356,7 @@ def test_export_refuses_a_folder_edgeloop_did_not_write(tmp_path, tmp_path_facto
     before = _files(site)
     src = digits_joblib(tmp_path_factory)
     for target in ("raspberry-pi-4", "nrf52840"):  # a bundle and a C export
-        _one_line_refusal(_cli("export", src, "--target", target, "-o", site), str(site), MARKER)
+        _one_line_refusal(_cli("export", "--trust-pickle", src, "--target", target, "-o", site), str(site), MARKER)
     assert _files(site) == before
     assert sorted(p.name for p in tmp_path.iterdir()) == ["site"]  # no staging folder left
 
@@ -369,7 +369,7 @@ def test_export_refuses_an_output_of_another_kind(tmp_path, tmp_path_factory):
     with staged_dir(c, kind="c-export") as tmp:  # what `export --target <mcu>` writes, without compiling
         (tmp / "model.c").write_text("const int model_weights[1] = {0};\n")
     before = _files(c)
-    _one_line_refusal(_cli("export", src, "--target", "raspberry-pi-4", "-o", c), "C export, not a bundle")
+    _one_line_refusal(_cli("export", "--trust-pickle", src, "--target", "raspberry-pi-4", "-o", c), "C export, not a bundle")
     assert _files(c) == before
 
 
@@ -382,7 +382,7 @@ def test_re_export_over_a_bundle_keeps_captures_and_the_users_files(signed, keys
     (b / "notes.txt").write_text("which board this is")
     old_model = (b / "model.onnx").read_bytes()
     # re-export a different model (fewer training samples) over it
-    r = _cli("export", digits_joblib(tmp_path_factory, n_train=60), "--target", "raspberry-pi-4", "-o", b,
+    r = _cli("export", "--trust-pickle", digits_joblib(tmp_path_factory, n_train=60), "--target", "raspberry-pi-4", "-o", b,
              "--sign", keys / "release")
     assert r.returncode == 0, r.stderr
     assert "notes.txt" in r.stderr  # the user is told the runtime will refuse it
