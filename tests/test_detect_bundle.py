@@ -232,3 +232,28 @@ def test_jetson_detector_bundle_is_small_and_says_when_it_runs_on_the_cpu(face_b
         assert "running on the CPU" in h["providers_note"]
         r = c.post("/predict", content=photo("astronaut.png").read_bytes(), headers={"Content-Type": "image/png"})
         assert r.status_code == 200 and len(r.json()["detections"]) == 1
+
+
+def test_a_store_from_before_frame_capture_still_opens_and_takes_frames(tmp_path):
+    """Stores written by earlier versions have no 'detections' column: read-only opens still list
+    them, and a writable open adds the column without losing a sample."""
+    import sqlite3
+
+    from edgeloop.runtime.capture import SCHEMA, CaptureStore
+
+    path = tmp_path / "old.db"
+    con = sqlite3.connect(path)
+    con.executescript(SCHEMA.replace(",\n    detections TEXT", ""))
+    con.execute("INSERT INTO samples (created, reason, score, dtype, shape, nbytes) "
+                "VALUES (1.0, 'low_confidence', 0.5, 'float32', '[64]', 256)")
+    con.commit()
+    con.close()
+    with CaptureStore(path, budget_bytes=2**62, readonly=True) as st:
+        (row,) = list(st.rows())
+        assert row["reason"] == "low_confidence" and row["detections"] is None
+    with CaptureStore(path, budget_bytes=2**30) as st:
+        dets = [{"box": [1.0, 2.0, 3.0, 4.0], "score": 0.4, "label": "face"}]
+        rid = st.add(np.zeros((1, 3, 8, 8), np.float32), reason="uncertain_score", detections=dets,
+                     image=b"\x89PNG...", media_type="image/png", confidence=0.4)
+        rows = {r["id"]: r for r in st.rows(with_input=True)}
+    assert len(rows) == 2 and rows[rid]["detections"] == dets and rows[rid]["input"] == b"\x89PNG..."
