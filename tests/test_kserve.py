@@ -90,15 +90,24 @@ def test_bytes_infer_on_the_face_detector_equals_predict(face_bundle):  # noqa: 
         np.testing.assert_allclose(boxes, [d["box"] for d in want], rtol=0, atol=1e-4)  # FP32 of the same numbers
         np.testing.assert_allclose(scores, [d["score"] for d in want], atol=1e-6)
         assert [v.decode() if isinstance(v, bytes) else v for v in labels.tolist()] == ["face"]
-        # plain JSON: BYTES elements carry the encoded image as base64
+        # plain JSON: BYTES elements carry the encoded image as base64 (a JPEG: within the body limit)
         import base64
+        import io
 
+        from PIL import Image
+
+        buf = io.BytesIO()
+        Image.open(photo("astronaut.png")).convert("RGB").save(buf, format="JPEG", quality=85)
+        jpeg = buf.getvalue()
+        status, body = http("POST", s.url + "/predict", jpeg, ctype="image/jpeg")
+        want_jpeg = json.loads(body)["detections"]
         doc = {"inputs": [{"name": "image", "shape": [1], "datatype": "BYTES",
-                           "data": [base64.b64encode(png).decode()]}]}
+                           "data": [base64.b64encode(jpeg).decode()]}]}
         status, body = http("POST", s.url + "/v2/models/face/infer", json.dumps(doc).encode())
+        assert status == 200, body
         got = {o["name"]: o for o in json.loads(body)["outputs"]}
-        assert status == 200 and got["boxes"]["shape"] == [1, 4] and got["labels"]["data"] == ["face"]
-        np.testing.assert_allclose(got["boxes"]["data"], want[0]["box"], atol=1e-4)
+        assert got["boxes"]["shape"] == [1, 4] and got["labels"]["data"] == ["face"]
+        np.testing.assert_allclose(got["boxes"]["data"], want_jpeg[0]["box"], atol=1e-4)
         # a non-image BYTES element is a 415 with one line
         t = httpclient.InferInput("image", [1], "BYTES")
         t.set_data_from_numpy(np.array([b"not an image"], dtype=np.object_))
