@@ -257,3 +257,32 @@ def test_a_store_from_before_frame_capture_still_opens_and_takes_frames(tmp_path
                      image=b"\x89PNG...", media_type="image/png", confidence=0.4)
         rows = {r["id"]: r for r in st.rows(with_input=True)}
     assert len(rows) == 2 and rows[rid]["detections"] == dets and rows[rid]["input"] == b"\x89PNG..."
+
+
+def test_ultralytics_export_bundles_without_a_head_file_and_flags_class_overlap(tmp_path):
+    """An ONNX with Ultralytics' metadata is a detector with no head file: the bundle carries the
+    head it implies, its boxes equal predict's, and overlapping boxes of different classes make
+    the frame worth capturing."""
+    from test_detect import yolo_graph
+
+    m, _ = yolo_graph(nc=3, n=60, seed=1)
+    onnx.save(m, tmp_path / "yolo.onnx")
+    run("export", tmp_path / "yolo.onnx", "--target", "raspberry-pi-5", "-o", tmp_path / "b")
+    manifest = json.loads((tmp_path / "b" / "manifest.json").read_text())
+    assert manifest["head"]["kind"] == "yolov8" and manifest["labels"] == ["class0", "class1", "class2"]
+    img = tmp_path / "frame.png"
+    Image.fromarray(np.random.default_rng(0).integers(0, 255, (480, 640, 3), dtype=np.uint8)).save(img)
+    want = json.loads(run("predict", tmp_path / "yolo.onnx", img, "--json").stdout)[0]["detections"]
+    assert len(want) > 3
+    from edgeloop.runtime.capture import classes_overlap
+
+    assert classes_overlap(want, 0.5) or classes_overlap(want, 0.1)
+    iou = 0.5 if classes_overlap(want, 0.5) else 0.1
+    store = tmp_path / "cap" / "c.db"
+    with _client(tmp_path / "b", capture=str(store),
+                 policy=_policy(random_rate=0.0, score_band_low=None, score_band_high=None, overlap_iou=iou)) as c:
+        r = c.post("/predict", content=img.read_bytes(), headers={"Content-Type": "image/png"})
+        assert r.status_code == 200 and r.json()["detections"] == want
+        assert isinstance(r.json()["captured"], int)
+    listed = json.loads(run("samples", "list", store, "--json").stdout)
+    assert [x["reason"] for x in listed] == ["class_overlap"] and listed[0]["detections"] == want
