@@ -222,7 +222,7 @@ def test_jetson_detector_bundle_is_small_and_says_when_it_runs_on_the_cpu(face_b
     docker = (out / "Dockerfile").read_text()
     assert "l4t-jetpack" not in docker and "FROM nvcr.io/nvidia/l4t-cuda" in docker
     readme = (out / "README.md").read_text()
-    assert "GB" in readme and "Base image" in readme
+    assert "Image size: the base image `nvcr.io/nvidia/l4t-cuda:12.6.11-runtime` is about" in readme
     reqs = (out / "requirements.txt").read_text()
     pkgs = {ln.split("==")[0] for ln in reqs.splitlines() if ln and not ln.startswith(("#", "--"))}
     assert pkgs == {"onnxruntime-gpu", "numpy", "pillow", "python-multipart", "starlette", "uvicorn"}

@@ -260,8 +260,8 @@ def _readme(manifest: dict, pack: Packaging) -> str:
         "",
         f"onnxruntime: {pack.ort_note}",
         "",
-        f"Base image `{pack.base_image}`: {pack.base_image_size or 'see the registry'}; the image adds the",
-        "packages of requirements.txt and this folder."
+        f"Image size: the base image `{pack.base_image}` is {pack.base_image_size or 'listed in its registry'};",
+        "the image adds the packages of requirements.txt and this folder (`docker images` shows the total)."
         + (" /health lists the onnxruntime execution providers in use (`providers`): TensorRT and CUDA when"
            " the GPU is visible, else CPU with a note saying so." if pack.gpu else ""),
         "",

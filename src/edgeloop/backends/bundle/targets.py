@@ -36,7 +36,7 @@ class Packaging:
 
 RASPBERRY_PI = Packaging(
     family="raspberry-pi", base_image="python:3.11-slim-bookworm", python="3.11",
-    base_image_size="about 0.15 GB (python:3.11-slim-bookworm, arm64)",
+    base_image_size="about 0.15 GB (arm64)",
     ort_note="onnxruntime's aarch64 wheel from PyPI (CPU execution provider).")
 
 # Jetson images: the smallest NVIDIA base that runs onnxruntime-gpu's TensorRT and CUDA execution
@@ -52,8 +52,8 @@ JETSON_NANO = Packaging(
     ort_wheel="onnxruntime_gpu-1.11.0-cp38-cp38-linux_aarch64.whl",
     # r32 l4t-base carries no CUDA itself: the NVIDIA container runtime mounts the board's CUDA,
     # cuDNN and TensorRT into it, so the image stays small.
-    base_image_size="about 0.7 GB (nvcr.io/nvidia/l4t-base:r32.7.1; CUDA, cuDNN and TensorRT are mounted "
-                    "from the board by the NVIDIA container runtime)",
+    base_image_size="about 0.7 GB (CUDA, cuDNN and TensorRT are mounted from the board by the NVIDIA "
+                    "container runtime)",
     max_opset=16, max_ir=8,  # onnxruntime 1.11 (ONNX 1.11)
     ort_note=("JetPack 4.6 (L4T r32.7, CUDA 10.2, TensorRT 8.2): PyPI has no onnxruntime-gpu for it. "
               "Download NVIDIA's onnxruntime-gpu 1.11.0 wheel for JetPack 4.6 / Python 3.8 from the "
@@ -70,8 +70,8 @@ JETSON_ORIN_NANO = Packaging(
     max_opset=21, max_ir=10,  # onnxruntime 1.20 (ONNX 1.16)
     # from r36 the container runtime no longer mounts CUDA libraries: the CUDA runtime image plus
     # the TensorRT and cuDNN runtime libraries (NVIDIA's Jetson apt repository) instead of l4t-jetpack
-    base_image_size="about 2.5 GB (nvcr.io/nvidia/l4t-cuda:12.6.11-runtime with the TensorRT 10 and cuDNN 9 "
-                    "runtime libraries; the full l4t-jetpack:r36.4.0 SDK image is about 10 GB)",
+    base_image_size="about 2.5 GB with the TensorRT 10 and cuDNN 9 runtime libraries (the full "
+                    "l4t-jetpack:r36.4.0 SDK image is about 10 GB)",
     apt_packages=("libnvinfer10", "libnvinfer-plugin10", "libnvonnxparsers10", "libcudnn9-cuda-12"),
     ort_note=("JetPack 6 (L4T r36, CUDA 12.6): onnxruntime-gpu comes from NVIDIA's Jetson AI Lab "
               "package index for JetPack 6 (cu126), built against numpy 1.x; check the index for the "
@@ -79,7 +79,7 @@ JETSON_ORIN_NANO = Packaging(
     gpu=True)
 
 GENERIC = Packaging(family="generic", base_image="python:3.11-slim-bookworm", python="3.11",
-                    base_image_size="about 0.15 GB (python:3.11-slim-bookworm)",
+                    base_image_size="about 0.15 GB",
                     ort_note="onnxruntime's wheel from PyPI (CPU execution provider).")
 
 BY_TARGET = {
