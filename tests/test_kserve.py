@@ -108,6 +108,16 @@ def test_bytes_infer_on_the_face_detector_equals_predict(face_bundle):  # noqa: 
         got = {o["name"]: o for o in json.loads(body)["outputs"]}
         assert got["boxes"]["shape"] == [1, 4] and got["labels"]["data"] == ["face"]
         np.testing.assert_allclose(got["boxes"]["data"], want_jpeg[0]["box"], atol=1e-4)
+        # a ready FP32 tensor: boxes in the tensor's pixels, as /predict answers for JSON tensors
+        img = Image.open(photo("astronaut.png")).convert("RGB").resize((128, 128))
+        x = (np.asarray(img, np.float32) / 127.5 - 1.0)[None]
+        status, body = http("POST", s.url + "/predict", json.dumps({"inputs": x.tolist()}).encode())
+        want_tensor = json.loads(body)["detections"]
+        t = httpclient.InferInput("input", list(x.shape), "FP32")
+        t.set_data_from_numpy(x)
+        res = c.infer("face", [t])
+        assert res.as_numpy("regressors").shape == (1, 896, 16)
+        np.testing.assert_allclose(res.as_numpy("boxes"), [d["box"] for d in want_tensor], atol=1e-4)
         # a non-image BYTES element is a 415 with one line
         t = httpclient.InferInput("image", [1], "BYTES")
         t.set_data_from_numpy(np.array([b"not an image"], dtype=np.object_))

@@ -4,12 +4,19 @@ Endpoints:
   POST /predict          JSON ``{"inputs": [[...], ...]}`` (a batch), ``{"input": [...]}`` (one
                          sample) or a bare array; image models also take an image body
                          (``image/png``, ``image/jpeg``, ...) or a multipart form field ``file``.
-  GET  /health           model name, version and capture state.
+                         A detector bundle (manifest ``head``) answers an image with
+                         ``{"model", "version", "detections": [{"box", "score", "label"}]}``, boxes in
+                         the image's own pixels (edgeloop_runtime.detect); other bodies are 415.
+  GET  /health           model name, version, capture state and onnxruntime's ``providers``.
   GET  /metrics          Prometheus text: request counts by path and status, latency quantiles.
   POST /admin/reload     load the bundle again (or ``{"bundle": "/path"}``, a folder under the
                          bundles folder), verify its hashes, switch atomically; a failed load
                          keeps the current version, reloading the version being served is a no-op.
   POST /admin/rollback   switch back to the previous version.
+  /v2/...                the Open Inference Protocol (KServe v2, REST): GET /v2, /v2/health/live,
+                         /v2/health/ready, /v2/models/NAME[/ready], POST /v2/models/NAME/infer with
+                         typed tensors (BYTES for encoded images); see :mod:`.oip`. Capture and
+                         metrics count it as they count /predict.
 Admin endpoints answer only loopback clients, and only a request a web page cannot forge: it must
 say ``Content-Type: application/json``, carry ``Authorization: Bearer TOKEN`` (a token made at
 start and written to a 0600 file), have a ``Host`` that is the server's own address (no DNS
@@ -48,7 +55,7 @@ from .capture import MIN_BUDGET, CaptureError, CapturePolicy, CaptureStore, Capt
 from .model import MAX_IMAGE_PIXELS, BundleModel, InputError
 
 log = logging.getLogger("edgeloop.runtime")
-IMAGE_TYPES = ("image/png", "image/jpeg", "image/bmp", "image/gif", "image/webp", "image/tiff",
+IMAGE_TYPES = ("image/png", "image/jpeg", "image/jpg", "image/bmp", "image/gif", "image/webp", "image/tiff",
                "image/x-portable-graymap", "image/x-portable-anymap")
 LOOPBACK = {"127.0.0.1", "::1", "localhost"}
 TOKEN_FILE = "admin-token"
@@ -368,6 +375,18 @@ def create_app(config: ServerConfig, state: Optional[State] = None) -> Any:
             captured = state.capturer.consider_frame(model, batch, frame, media, candidates, detections)
         return detections, captured
 
+    def _tensor_detections(model: BundleModel, outputs: Dict[str, np.ndarray]) -> List[Dict[str, Any]]:
+        """Boxes of a detector fed a ready tensor (no image, no letterbox): in the tensor's pixels."""
+        from .detect import Letterbox
+
+        tw, th = model.head["input"]["size"]
+        return model.detect(outputs, Letterbox(tw, th, 1.0, 1.0, 0.0, 0.0))
+
+    def _box_tensors(dets: List[Dict[str, Any]]) -> Dict[str, Any]:
+        return {"boxes": np.asarray([d["box"] for d in dets], np.float32).reshape(-1, 4),
+                "scores": np.asarray([d["score"] for d in dets], np.float32),
+                "labels": [str(d["label"]) for d in dets]}
+
     def _detect_doc(model: BundleModel, frame: bytes) -> Dict[str, Any]:
         detections, captured = _detect(model, frame)
         doc: Dict[str, Any] = {"model": model.name, "version": model.version, "detections": detections}
@@ -384,10 +403,7 @@ def create_app(config: ServerConfig, state: Optional[State] = None) -> Any:
             doc["label"] = [_jsonable(v) for v in result["label"]]
             doc["confidence"] = [round(float(c), 6) for c in result["confidence"]]
         if model.is_detector and batch.shape[0] == 1:
-            from .detect import Letterbox
-
-            tw, th = model.head["input"]["size"]  # a tensor sent as JSON: boxes in its own pixels
-            doc["detections"] = model.detect(result["outputs"], Letterbox(tw, th, 1.0, 1.0, 0.0, 0.0))
+            doc["detections"] = _tensor_detections(model, result["outputs"])
         if captured is not None:
             doc["captured"] = captured
         return doc
@@ -568,9 +584,7 @@ def create_app(config: ServerConfig, state: Optional[State] = None) -> Any:
                 if len(frames) != 1:
                     raise InputError("a detector takes one image per request", status=400)
                 dets, captured = _detect(model, frames[0])
-                out = {"boxes": np.asarray([d["box"] for d in dets], np.float32).reshape(-1, 4),
-                       "scores": np.asarray([d["score"] for d in dets], np.float32),
-                       "labels": [str(d["label"]) for d in dets]}
+                out = _box_tensors(dets)
             else:
                 batch = np.concatenate([model.decode_image(f, max_pixels=config.max_image_pixels) for f in frames])
                 result, captured = _classify(model, batch)
@@ -581,6 +595,8 @@ def create_app(config: ServerConfig, state: Optional[State] = None) -> Any:
             out = dict(result["outputs"])
             if "label" in result and "predicted_label" not in out:
                 out["predicted_label"] = [str(v) for v in result["label"]]
+            if model.is_detector and batch.shape[0] == 1:
+                out.update(_box_tensors(_tensor_detections(model, out)))
         names = oip.requested(doc, list(out))
         answer: Dict[str, Any] = {"model_name": model.name, "model_version": str(model.version),
                                   "outputs": [oip.tensor(n, out[n]) for n in names]}
