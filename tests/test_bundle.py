@@ -95,7 +95,8 @@ def test_dockerfile_passes_hadolint_and_fits_the_board(tmp_path, tmp_path_factor
         assert "onnxruntime_gpu-1.11.0-cp38" in docker and "onnxruntime-gpu==1.11.0" in reqs
         assert "runtime: nvidia" in compose and m["target"]["jetpack"].startswith("4.6")
     else:  # Orin Nano: JetPack 6 = L4T r36
-        assert "FROM nvcr.io/nvidia/l4t-jetpack:r36" in docker and "onnxruntime-gpu==" in reqs
+        assert "FROM nvcr.io/nvidia/l4t-cuda:12.6" in docker and "l4t-jetpack" not in docker and "onnxruntime-gpu==" in reqs
+        assert "libnvinfer10" in docker  # the TensorRT execution provider needs the TensorRT runtime
         assert "--extra-index-url" in reqs and m["target"]["jetpack"].startswith("6")
         assert "runtime: nvidia" in compose
     pkgs = {ln.split("==")[0] for ln in reqs.splitlines() if ln and not ln.startswith(("#", "--"))}

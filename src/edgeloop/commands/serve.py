@@ -35,13 +35,19 @@ def register(app: typer.Typer) -> None:
         random_rate: float = typer.Option(0.01, "--random-rate", help="Also capture this fraction at random (an unbiased baseline)."),
         per_class_quota: Optional[int] = typer.Option(None, "--per-class-quota", help="At most this many samples per predicted class."),
         max_per_minute: float = typer.Option(120.0, "--max-captures-per-minute", help="Rate limit of captures (0 = no limit)."),
+        band_low: float = typer.Option(0.3, "--score-band-low", help="Detectors: capture a frame whose best score is at least this and at most --score-band-high."),
+        band_high: float = typer.Option(0.6, "--score-band-high", help="Detectors: upper end of the uncertain score band (low = high = 0 disables the band)."),
+        overlap_iou: float = typer.Option(0.5, "--overlap-iou", help="Detectors: capture a frame where boxes of different classes overlap by more than this IoU (1 disables)."),
         max_body: int = typer.Option(1 << 20, "--max-body-bytes", help="Larger request bodies get 413."),
         max_image_pixels: int = typer.Option(4_000_000, "--max-image-pixels", help="Uploaded images with more pixels get 413, before decoding."),
         bundles_dir: Optional[Path] = typer.Option(None, "--bundles-dir", help="POST /admin/reload takes only bundles under this folder (default: the bundle's parent)."),
         admin_token_file: Optional[Path] = typer.Option(None, "--admin-token-file", help="Where to write the admin bearer token, mode 0600 (default: next to the capture store)."),
         trust: Optional[Path] = typer.Option(None, "--trust", help="Ed25519 public key (KEY.pub from `edgeloop keys create`): serve only bundles whose manifest.sig it verifies, at start, on /admin/reload and on SIGHUP."),
     ) -> None:
-        """Serve a bundle over HTTP: POST /predict, GET /health, GET /metrics, POST /admin/reload|rollback.
+        """Serve a bundle over HTTP: POST /predict, GET /health, GET /metrics, POST /admin/reload|rollback,
+        and the Open Inference Protocol (KServe v2): /v2/health/live|ready, /v2/models/NAME[/ready|/infer].
+
+        Detector bundles take an image body (png, jpeg, multipart 'file') and answer boxes.
 
         Checks every file's SHA-256 at start (a changed bundle is refused) and opens no outbound connection.
         Admin requests need the bearer token the server writes at start (its path is printed).
@@ -51,13 +57,17 @@ def register(app: typer.Typer) -> None:
         from edgeloop.runtime.server import ServerConfig, _capture_budget_bytes, check_config, serve as run_server
 
         for flag, v in [("--confidence-below", confidence_below), ("--margin-below", margin_below),
-                        ("--entropy-above", entropy_above), ("--random-rate", random_rate)]:
+                        ("--entropy-above", entropy_above), ("--random-rate", random_rate),
+                        ("--score-band-low", band_low), ("--score-band-high", band_high), ("--overlap-iou", overlap_iou)]:
             if not 0.0 <= v <= 1.0:  # NaN fails too
                 raise UsageError(f"{flag} must be between 0 and 1, got {v:g}")
         policy = CapturePolicy(confidence_below=confidence_below or None, margin_below=margin_below or None,
                                entropy_above=None if entropy_above >= 1.0 else entropy_above,
                                random_rate=random_rate, per_class_quota=per_class_quota,
-                               max_per_minute=max_per_minute or None)
+                               max_per_minute=max_per_minute or None,
+                               score_band_low=None if band_low == band_high == 0 else band_low,
+                               score_band_high=None if band_low == band_high == 0 else band_high,
+                               overlap_iou=None if overlap_iou >= 1.0 else overlap_iou)
         try:
             config = ServerConfig(bundle=str(bundle), host=host, port=port, threads=threads, max_body_bytes=max_body,
                                   capture=str(capture) if capture else None,
@@ -101,6 +111,13 @@ def register(app: typer.Typer) -> None:
             t.add_column(col, justify="right" if col in ("id", "confidence", "margin", "entropy") else "left")
         fmt = lambda v: "-" if v is None else f"{v:.3f}"  # noqa: E731
         for r in rows[:limit]:
+            if r.get("detections") is not None:  # a detector's frame: its boxes
+                dets = r["detections"]
+                shown = ", ".join(f"{d['label']} {d['score']:.2f} [{', '.join(f'{v:.0f}' for v in d['box'])}]"
+                                  for d in dets[:3]) + (f" +{len(dets) - 3}" if len(dets) > 3 else "")
+                t.add_row(str(r["id"]), str(r["model_version"]), f"{len(dets)} boxes: {shown}" if dets else "no boxes",
+                          fmt(r["confidence"]), "-", "-", r["reason"], "frame" if r["has_input"] else "no")
+                continue
             t.add_row(str(r["id"]), str(r["model_version"]), str(r["predicted"]), fmt(r["confidence"]),
                       fmt(r["margin"]), fmt(r["entropy"]), r["reason"], "yes" if r["has_input"] else "no")
         Console(highlight=False, width=120).print(t)

@@ -40,6 +40,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--per-class-quota", type=int, default=None)
     p.add_argument("--max-captures-per-minute", type=_positive_or_none, default=120.0)
     p.add_argument("--seed", type=int, default=None)
+    p.add_argument("--score-band-low", type=_positive_or_none, default=0.3,
+                   help="detectors: capture a frame whose best score is at least this ... (default 0.3; 'off' disables)")
+    p.add_argument("--score-band-high", type=_positive_or_none, default=0.6,
+                   help="... and at most this (default 0.6; 'off' disables)")
+    p.add_argument("--overlap-iou", type=_positive_or_none, default=0.5,
+                   help="detectors: capture a frame where boxes of different classes overlap by more than this IoU "
+                        "(default 0.5; 'off' disables)")
     p.add_argument("--max-image-pixels", type=int, default=MAX_IMAGE_PIXELS,
                    help=f"refuse (413) uploaded images with more pixels, before decoding (default {MAX_IMAGE_PIXELS})")
     p.add_argument("--bundles-dir", default=None,
@@ -55,7 +62,8 @@ def config_from_args(a: argparse.Namespace) -> ServerConfig:
     policy = CapturePolicy(confidence_below=a.confidence_below, margin_below=a.margin_below,
                            entropy_above=a.entropy_above, random_rate=a.random_rate,
                            per_class_quota=a.per_class_quota, max_per_minute=a.max_captures_per_minute,
-                           seed=a.seed)
+                           seed=a.seed, score_band_low=a.score_band_low, score_band_high=a.score_band_high,
+                           overlap_iou=a.overlap_iou)
     return ServerConfig(bundle=a.bundle, host=a.host, port=a.port, threads=a.threads,
                         max_body_bytes=a.max_body_bytes, capture=a.capture,
                         capture_budget_bytes=_capture_budget_bytes(a.capture_budget_mb), privacy=a.privacy,

@@ -43,6 +43,8 @@ HASHES = {"sha256": "SHA-256", "sha512": "SHA-512"}
 # Never listed, never hashed: a folder entry ends with "/" and covers everything below it.
 UNLISTED = (MANIFEST, SIGNATURE, MARKER, "captures/", "edgeloop_runtime/__pycache__/")
 # the input dtypes the runtime converts requests to (edgeloop_runtime.model.DTYPES)
+# "detection": images become the input tensor as the manifest's `head` says (letterbox and all)
+PREPROCESSING_TYPES = ("none", "image", "detection")
 DTYPE_NAMES = ("float32", "float64", "float16", "int64", "int32", "int8", "uint8", "bool")
 
 
@@ -193,7 +195,8 @@ def _check_preprocessing(pre: Any) -> None:
         return
     _need(isinstance(pre, dict), "preprocessing", "must be an object")
     kind = pre.get("type", "none")
-    _need(kind in ("none", "image"), "preprocessing.type", f"must be 'none' or 'image', got {kind!r}")
+    _need(kind in PREPROCESSING_TYPES, "preprocessing.type",
+          f"must be one of {', '.join(PREPROCESSING_TYPES)}, got {kind!r}")
     if kind != "image":
         return
     channels = pre.get("channels", 1)
@@ -207,6 +210,33 @@ def _check_preprocessing(pre: Any) -> None:
               f"preprocessing.{key}", f"must be a list of {channels} finite numbers")
     _need(all(v != 0 for v in pre.get("std", [1.0])), "preprocessing.std", "must not hold 0")
     _need(pre.get("layout", "NCHW") in ("NCHW", "NHWC"), "preprocessing.layout", "must be 'NCHW' or 'NHWC'")
+
+
+def _check_head(m: Dict[str, Any], outputs: List[str]) -> None:
+    """A detector's manifest carries its head (edgeloop_runtime.detect parses it) and says so in
+    ``task`` and ``preprocessing``; the head's output names must be outputs of the model."""
+    head = m.get("head")
+    pre = m.get("preprocessing") or {}
+    if head is None:
+        _need(m.get("task") != "detection", "head", "is needed when 'task' is 'detection'")
+        _need(pre.get("type") != "detection", "head", "is needed when 'preprocessing.type' is 'detection'")
+        return
+    from .detect import HeadError, parse_head  # numpy only, like the rest of the runtime
+
+    _need(isinstance(head, dict), "head", "must be an object (a detection head)")
+    try:
+        parsed = parse_head(head)
+    except HeadError as e:
+        raise _Bad(f"manifest field 'head.{e.key}' {e.message}") from None
+    _need(m.get("task") == "detection", "task", f"must be 'detection' for a bundle with a head, got {m.get('task')!r}")
+    _need(pre.get("type") == "detection", "preprocessing.type",
+          f"must be 'detection' for a bundle with a head, got {pre.get('type')!r}")
+    named = [("head.output", parsed.get("output"))] if parsed["kind"] in ("yolov8", "yolov5") else []
+    for section in ("boxes", "scores", "heatmap"):
+        if isinstance(parsed.get(section), dict):
+            named.append((f"head.{section}.output", parsed[section].get("output")))
+    for field, name in named:
+        _need(name is None or name in outputs, field, f"names '{name}', not one of the outputs {outputs}")
 
 
 def validate_manifest(m: Dict[str, Any], where: str) -> None:
@@ -263,6 +293,7 @@ def _validate(m: Dict[str, Any]) -> None:
         _need(width is None or width == 1 or width == len(labels), "labels",
               f"lists {len(labels)} labels, the scores output '{post['scores']}' has {width} classes")
     _check_preprocessing(m.get("preprocessing"))
+    _check_head(m, names)
     n_orig = m.get("n_features_original")
     _need(n_orig is None or (_is_int(n_orig) and n_orig > 0), "n_features_original",
           "must be null or a positive integer")

@@ -49,7 +49,8 @@ CREATE TABLE IF NOT EXISTS samples (
     dtype TEXT,
     shape TEXT,
     input BLOB,
-    nbytes INTEGER NOT NULL
+    nbytes INTEGER NOT NULL,
+    detections TEXT
 );
 CREATE INDEX IF NOT EXISTS samples_score ON samples(score, id);
 CREATE INDEX IF NOT EXISTS samples_class ON samples(predicted);
@@ -82,6 +83,11 @@ class CapturePolicy:
     per_class_quota: Optional[int] = None
     max_per_minute: Optional[float] = 120.0
     seed: Optional[int] = None
+    # detectors: a frame is uncertain when its best score falls in [low, high] (or boxes of
+    # different classes overlap by more than ``overlap_iou``)
+    score_band_low: Optional[float] = 0.3
+    score_band_high: Optional[float] = 0.6
+    overlap_iou: Optional[float] = 0.5
 
     def __post_init__(self) -> None:
         self._rng = random.Random(self.seed)
@@ -99,6 +105,18 @@ class CapturePolicy:
                 return "small_margin"
             if self.entropy_above is not None and entropy is not None and entropy > self.entropy_above:
                 return "high_entropy"
+        if self.random_rate > 0 and self._rng.random() < self.random_rate:
+            return "random"
+        return None
+
+    def detection_reason(self, best: Optional[float], overlap: bool) -> Optional[str]:
+        """Why a detector's frame is worth labelling: its best score (over every candidate, kept
+        or not) is in the uncertain band, or boxes of different classes overlap; or None."""
+        lo, hi = self.score_band_low, self.score_band_high
+        if best is not None and lo is not None and hi is not None and lo <= best <= hi:
+            return "uncertain_score"
+        if overlap:
+            return "class_overlap"
         if self.random_rate > 0 and self._rng.random() < self.random_rate:
             return "random"
         return None
@@ -156,6 +174,11 @@ def _check_writable_store(path: Path) -> None:
         raise CaptureError(f"{path}: its folder is read-only; the capture store needs to write its WAL there")
 
 
+def is_encoded_image(dtype: Any) -> bool:
+    """A sample stored as the uploaded image bytes (a detector's frame): its dtype is a media type."""
+    return isinstance(dtype, str) and dtype.startswith("image")
+
+
 def encode_array(x: np.ndarray) -> bytes:
     buf = io.BytesIO()
     np.save(buf, np.ascontiguousarray(x), allow_pickle=False)
@@ -178,6 +201,7 @@ class CaptureStore:
         self.budget_bytes = int(budget_bytes)
         self.privacy = privacy
         self.readonly = readonly
+        self._has_detections = True
         self._lock = threading.Lock()
         if not readonly:
             _check_writable_store(self.path)
@@ -216,6 +240,8 @@ class CaptureStore:
         if self.readonly:
             if "samples" not in tables:
                 raise CaptureError(f"{self.path}: not a capture store (no 'samples' table)")
+            cols = {r[1] for r in self.db.execute("PRAGMA table_info(samples)")}
+            self._has_detections = "detections" in cols
             return
         # checked before anything is written, so a corrupt file is left exactly as it was
         if not new and self.db.execute("PRAGMA quick_check").fetchone()[0] != "ok":
@@ -233,6 +259,10 @@ class CaptureStore:
         self.db.execute(f"PRAGMA wal_autocheckpoint={min(1000, max(4, wal_bytes // page))}")
         self.db.execute(f"PRAGMA journal_size_limit={wal_bytes}")
         self.db.executescript(SCHEMA)
+        if "samples" in tables:  # a store written before detections were captured: add the column
+            cols = {r[1] for r in self.db.execute("PRAGMA table_info(samples)")}
+            if "detections" not in cols:
+                self.db.execute("ALTER TABLE samples ADD COLUMN detections TEXT")
 
     def close(self) -> None:
         with self._lock:
@@ -282,11 +312,22 @@ class CaptureStore:
             predicted: Any = None, predicted_index: Optional[int] = None,
             confidence: Optional[float] = None, margin: Optional[float] = None,
             entropy: Optional[float] = None, probabilities: Optional[List[float]] = None,
-            per_class_quota: Optional[int] = None) -> Optional[int]:
-        """Store one sample in its own transaction; return its id, or None if not kept."""
-        score = informativeness(confidence, margin, entropy)
-        blob = None if self.privacy else encode_array(x)
-        nbytes = ROW_OVERHEAD + (len(blob) if blob is not None else 0)
+            per_class_quota: Optional[int] = None, detections: Optional[List[Dict[str, Any]]] = None,
+            image: Optional[bytes] = None, media_type: str = "image",
+            informative: Optional[float] = None) -> Optional[int]:
+        """Store one sample in its own transaction; return its id, or None if not kept.
+
+        A detector's frame is stored as the uploaded ``image`` bytes (``dtype`` is its media type,
+        ``shape`` its [height, width]) with its predicted ``detections``; ``x`` is then the input
+        tensor, used only for its shape."""
+        score = informativeness(confidence, margin, entropy) if informative is None else float(informative)
+        if image is not None:
+            blob = None if self.privacy else bytes(image)
+        else:
+            blob = None if self.privacy else encode_array(x)
+        dtype, shape = (media_type, list(x.shape)) if image is not None else (str(x.dtype), list(x.shape))
+        nbytes = (ROW_OVERHEAD + (len(blob) if blob is not None else 0)
+                  + (len(json.dumps(detections)) if detections else 0))
         if nbytes > self._row_budget:
             return None
         pred = None if predicted is None else str(predicted)
@@ -311,12 +352,13 @@ class CaptureStore:
                     return None
                 cur.execute(
                     "INSERT INTO samples (created, model_name, model_version, reason, score, predicted, "
-                    "predicted_index, confidence, margin, entropy, probabilities, dtype, shape, input, nbytes) "
-                    "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                    "predicted_index, confidence, margin, entropy, probabilities, dtype, shape, input, nbytes, "
+                    "detections) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                     (time.time(), model_name, str(model_version), reason, score, pred, predicted_index,
                      confidence, margin, entropy,
                      None if probabilities is None else json.dumps([round(float(p), 6) for p in probabilities]),
-                     str(x.dtype), json.dumps(list(x.shape)), blob, nbytes))
+                     dtype, json.dumps(shape), blob, nbytes,
+                     None if detections is None else json.dumps(detections)))
                 rowid = int(cur.lastrowid)
                 cur.execute("COMMIT")
             except BaseException:
@@ -403,17 +445,21 @@ class CaptureStore:
 
     def rows(self, with_input: bool = False) -> Iterator[Dict[str, Any]]:
         cols = ("id, created, model_name, model_version, reason, score, predicted, predicted_index, "
-                "confidence, margin, entropy, probabilities, dtype, shape, nbytes"
+                "confidence, margin, entropy, probabilities, dtype, shape, nbytes, "
+                + ("detections" if self._has_detections else "NULL AS detections")
                 + (", input" if with_input else ", input IS NOT NULL"))
         with self._lock:
             fetched = self.db.execute(f"SELECT {cols} FROM samples ORDER BY id").fetchall()
-        names = [c.strip() for c in cols.split(",")]
+        names = [c.strip().split(" AS ")[-1] for c in cols.split(",")]
         names[-1] = "input" if with_input else "has_input"
         for r in fetched:
             d = dict(zip(names, r))
             d["shape"] = json.loads(d["shape"]) if d["shape"] else None
             d["probabilities"] = json.loads(d["probabilities"]) if d["probabilities"] else None
-            if with_input:
+            d["detections"] = json.loads(d["detections"]) if d["detections"] else None
+            if with_input and is_encoded_image(d["dtype"]):
+                d["input"] = bytes(d["input"]) if d["input"] is not None else None  # the frame as uploaded
+            elif with_input:
                 d["input"] = decode_array(d["input"]) if d["input"] is not None else None
             else:
                 d["has_input"] = bool(d["has_input"])
@@ -490,6 +536,53 @@ class Capturer:
         return ids
 
 
+    def consider_frame(self, model: Any, batch: np.ndarray, image: bytes, media_type: str,
+                       candidates: List[Dict[str, Any]], detections: List[Dict[str, Any]]) -> Optional[int]:
+        """A detector's frame: kept (the encoded image and its predicted boxes) when the best score of
+        ``candidates`` (every box decoded down to the band's low end) is in the band, or when boxes of
+        different classes overlap. Storage failures degrade as in :meth:`consider`."""
+        best = max((float(d["score"]) for d in candidates), default=None)
+        why = self.policy.detection_reason(best, classes_overlap(detections, self.policy.overlap_iou))
+        if why is None:
+            return None
+        if not self.policy.allow():
+            with self._lock:
+                self.skipped_rate += 1
+            return None
+        top = detections[0]["label"] if detections else None
+        # the closer the best score is to the band's middle, the more a label is worth
+        lo, hi = self.policy.score_band_low or 0.0, self.policy.score_band_high or 1.0
+        mid, half = (lo + hi) / 2, max((hi - lo) / 2, 1e-6)
+        score = 1.0 if why == "class_overlap" else (0.0 if best is None else max(0.0, 1.0 - abs(best - mid) / half))
+        try:
+            rid = self.store.add(batch[0], reason=why, model_name=model.name, model_version=model.version,
+                                 predicted=top, confidence=best, detections=detections, image=image,
+                                 media_type=media_type, informative=score)
+        except (sqlite3.Error, OSError, CaptureError) as err:
+            with self._lock:
+                self.errors += 1
+                self.degraded = f"{self.store.path}: {one_line(err)}"
+            return None
+        with self._lock:
+            self.degraded = None
+            if rid is not None:
+                self.captured += 1
+        return rid
+
+
+def classes_overlap(detections: List[Dict[str, Any]], iou: Optional[float]) -> bool:
+    """Whether two boxes of different classes overlap by more than ``iou``."""
+    if iou is None or len(detections) < 2:
+        return False
+    from .detect import box_iou
+
+    labels = np.asarray([str(d["label"]) for d in detections])
+    if len(set(labels.tolist())) < 2:
+        return False
+    m = box_iou(np.asarray([d["box"] for d in detections]), np.asarray([d["box"] for d in detections]))
+    return bool(np.any((m > iou) & (labels[:, None] != labels[None, :])))
+
+
 CSV_COLUMNS = ("id", "created", "model_name", "model_version", "reason", "score", "predicted",
                "confidence", "margin", "entropy", "has_input", "label")
 
@@ -517,6 +610,21 @@ def export_dataset(store_path: "str | Path", out_dir: "str | Path", version: Any
         if not rows:
             raise ValueError(f"no samples from model version {version}; the store holds versions "
                              f"{', '.join(versions) or '(none)'}")
+    frames = [r for r in rows if is_encoded_image(r["dtype"])]
+    rows = [r for r in rows if not is_encoded_image(r["dtype"])]
+    out_dir.mkdir(parents=True, exist_ok=True)
+    if frames:  # a detector's frames: the images as uploaded, with the boxes the model predicted
+        (out_dir / "images").mkdir(exist_ok=True)
+        index = []
+        for r in frames:
+            name = None
+            if r["input"] is not None:
+                ext = {"image/png": "png", "image/jpeg": "jpg"}.get(r["dtype"], r["dtype"].split("/")[-1] or "img")
+                name = f"images/{r['id']}.{ext}"
+                (out_dir / name).write_bytes(r["input"])
+            index.append({"id": r["id"], "image": name, "reason": r["reason"], "model_version": r["model_version"],
+                          "best_score": r["confidence"], "detections": r["detections"] or []})
+        (out_dir / "detections.json").write_text(json.dumps(index, indent=2) + "\n")
     xs = [r["input"] for r in rows if r["input"] is not None]
     by_shape: Dict[tuple, set] = {}
     for r in rows:
@@ -552,8 +660,10 @@ def export_dataset(store_path: "str | Path", out_dir: "str | Path", version: Any
         "Fill the 'label' column (use the model's label names), then run\n"
         "  edgeloop improve --bundle BUNDLE --data THIS_FOLDER -o NEW_BUNDLE\n"
         "Rows with has_input=0 were captured in privacy mode: no raw input was stored.\n")
-    return {"samples": len(rows), "with_input": int(len(ids)), "dir": str(out_dir), "version": version,
-            "reasons": {k: sum(1 for r in rows if r["reason"] == k) for k in sorted({r["reason"] for r in rows})}}
+    every = rows + frames
+    return {"samples": len(every), "with_input": int(len(ids)) + sum(1 for r in frames if r["input"] is not None),
+            "frames": len(frames), "dir": str(out_dir), "version": version,
+            "reasons": {k: sum(1 for r in every if r["reason"] == k) for k in sorted({r["reason"] for r in every})}}
 
 
 def _version_key(v: str) -> tuple:

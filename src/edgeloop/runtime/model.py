@@ -12,7 +12,7 @@ import io
 import math
 import re
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Sequence
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
@@ -70,12 +70,25 @@ class BundleModel:
         opts.intra_op_num_threads = threads
         opts.inter_op_num_threads = 1
         opts.log_severity_level = 3
+        wanted = _providers(ort)
+        self.provider_note: Optional[str] = None
         try:
-            self.session = ort.InferenceSession(str(self.path / MODEL), opts,
-                                                providers=_providers(ort))
+            try:
+                self.session = ort.InferenceSession(str(self.path / MODEL), opts, providers=wanted)
+            except Exception as e:
+                if wanted == ["CPUExecutionProvider"]:
+                    raise
+                # a GPU provider listed by the wheel whose libraries are missing on this device
+                self.provider_note = f"{wanted[0]} failed to start ({_first_line(e)[:200]}); running on the CPU"
+                self.session = ort.InferenceSession(str(self.path / MODEL), opts,
+                                                    providers=["CPUExecutionProvider"])
         except Exception as e:  # onnxruntime raises its own Fail/InvalidGraph types
-            first = (str(e).strip().splitlines() or [type(e).__name__])[0]
-            raise BundleError(f"{self.path}: onnxruntime cannot load {MODEL}: {first}") from None
+            raise BundleError(f"{self.path}: onnxruntime cannot load {MODEL}: {_first_line(e)}") from None
+        self.providers = list(self.session.get_providers())
+        family = (m.get("target") or {}).get("family")
+        if family == "jetson" and self.provider_note is None and self.providers == ["CPUExecutionProvider"]:
+            self.provider_note = ("no TensorRT or CUDA execution provider in this onnxruntime "
+                                  f"({ort.__version__}, {ort.get_device()}); running on the CPU")
         self.inputs = m.get("inputs") or []
         self.outputs = m.get("outputs") or []
         if len(self.inputs) != 1:
@@ -96,11 +109,21 @@ class BundleModel:
         self.label_output = post.get("label")
         self.preprocessing = m.get("preprocessing") or {"type": "none"}
         self.output_names = [o["name"] for o in self.outputs]
+        self.head: Optional[Dict[str, Any]] = None
+        if isinstance(m.get("head"), dict):
+            from .detect import parse_head  # numpy only
+
+            self.head = parse_head(m["head"])  # check_bundle validated it
 
     # -- inputs ------------------------------------------------------------------------------
     @property
     def is_image(self) -> bool:
-        return self.preprocessing.get("type") == "image"
+        """Takes image uploads (classifier images or detector frames)."""
+        return self.preprocessing.get("type") in ("image", "detection")
+
+    @property
+    def is_detector(self) -> bool:
+        return self.head is not None
 
     def coerce(self, data: Any) -> np.ndarray:
         """A JSON value (nested lists of numbers) to a batch array of the model's dtype and shape."""
@@ -154,8 +177,8 @@ class BundleModel:
             raise InputError(f"batch of {arr.shape[0]} rows is above the limit of {MAX_BATCH}", status=413)
         return np.ascontiguousarray(arr)
 
-    def decode_image(self, payload: bytes, max_pixels: int = MAX_IMAGE_PIXELS) -> np.ndarray:
-        """Decode an uploaded image and preprocess it as the manifest says (Pillow, imported here).
+    def open_image(self, payload: bytes, max_pixels: int = MAX_IMAGE_PIXELS) -> Any:
+        """Decode an uploaded image with Pillow (imported here), checking its size first.
 
         An image of more than ``max_pixels`` is refused (413) from its header, before any pixel is
         decoded: a small compressed file can otherwise expand to gigabytes (a decompression bomb)."""
@@ -165,7 +188,6 @@ class BundleModel:
             from PIL import Image, UnidentifiedImageError
         except ImportError:  # pragma: no cover - image bundles list pillow in requirements.txt
             raise InputError("image upload needs Pillow on this device (pip install pillow)", status=415) from None
-        pre = self.preprocessing
         # Pillow's own guard: open() raises DecompressionBombError above twice this, which the
         # header check below then never needs; a process serving one limit sets it once.
         Image.MAX_IMAGE_PIXELS = max_pixels
@@ -181,6 +203,24 @@ class BundleModel:
             raise InputError(f"an image of {n.group(1) if n else 'too many'} pixels {too_big}", status=413) from None
         except (UnidentifiedImageError, OSError, ValueError, SyntaxError, EOFError) as e:
             raise InputError(f"not a decodable image ({type(e).__name__})", status=415) from None
+        return img
+
+    def detector_input(self, payload: bytes, max_pixels: int = MAX_IMAGE_PIXELS) -> Tuple[np.ndarray, Any, str]:
+        """An uploaded frame as the detector's input tensor, the letterbox mapping boxes back, and
+        the frame's media type (``image/png``, ...)."""
+        from .detect import preprocess
+
+        img = self.open_image(payload, max_pixels)
+        media = "image/" + str(img.format or "unknown").lower()
+        x, box = preprocess(img.convert("RGB"), self.head, self.input_dtype)
+        return self._batch(x), box, media
+
+    def decode_image(self, payload: bytes, max_pixels: int = MAX_IMAGE_PIXELS) -> np.ndarray:
+        """Decode an uploaded image and preprocess it as the manifest says (see :meth:`open_image`)."""
+        from PIL import Image
+
+        img = self.open_image(payload, max_pixels)
+        pre = self.preprocessing
         channels = int(pre.get("channels", 1))
         img = img.convert("L" if channels == 1 else "RGB")
         size = (int(pre["width"]), int(pre["height"]))
@@ -207,6 +247,18 @@ class BundleModel:
             first = (str(e).strip().splitlines() or [type(e).__name__])[0]
             raise InputError(f"the model rejected this input: {first[:300]}") from None
         return dict(zip(self.output_names, values))
+
+    def detect(self, outputs: Dict[str, np.ndarray], box: Any,
+               min_score: Optional[float] = None) -> List[Dict[str, Any]]:
+        """Boxes of one frame (edgeloop_runtime.detect), in the uploaded image's pixels. Outputs that
+        are not finite are refused (InputError) rather than silently decoding to no box."""
+        from .detect import decode
+
+        bad = [k for k, v in outputs.items() if np.asarray(v).dtype.kind == "f" and not np.all(np.isfinite(v))]
+        if bad:
+            raise InputError(f"the model's output '{bad[0]}' holds NaN or infinite values for this input; "
+                             "no boxes can be decoded")
+        return decode(self.head, outputs, box, min_score)
 
     def probabilities(self, outputs: Dict[str, np.ndarray]) -> Optional[np.ndarray]:
         if not self.scores_output or self.scores_output not in outputs:
@@ -235,9 +287,14 @@ class BundleModel:
 
 
 def _providers(ort: Any) -> List[str]:
-    # On a Jetson, onnxruntime-gpu offers CUDA (and TensorRT); prefer CUDA, keep CPU as fallback.
+    # On a Jetson, onnxruntime-gpu offers TensorRT and CUDA: prefer them in that order, CPU last.
     available = ort.get_available_providers()
-    return [p for p in ("CUDAExecutionProvider", "CPUExecutionProvider") if p in available] or available
+    order = ("TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider")
+    return [p for p in order if p in available] or available
+
+
+def _first_line(e: BaseException) -> str:
+    return (str(e).strip().splitlines() or [type(e).__name__])[0]
 
 
 def _fmt_shape(shape: Sequence[Any]) -> str:

@@ -4,12 +4,19 @@ Endpoints:
   POST /predict          JSON ``{"inputs": [[...], ...]}`` (a batch), ``{"input": [...]}`` (one
                          sample) or a bare array; image models also take an image body
                          (``image/png``, ``image/jpeg``, ...) or a multipart form field ``file``.
-  GET  /health           model name, version and capture state.
+                         A detector bundle (manifest ``head``) answers an image with
+                         ``{"model", "version", "detections": [{"box", "score", "label"}]}``, boxes in
+                         the image's own pixels (edgeloop_runtime.detect); other bodies are 415.
+  GET  /health           model name, version, capture state and onnxruntime's ``providers``.
   GET  /metrics          Prometheus text: request counts by path and status, latency quantiles.
   POST /admin/reload     load the bundle again (or ``{"bundle": "/path"}``, a folder under the
                          bundles folder), verify its hashes, switch atomically; a failed load
                          keeps the current version, reloading the version being served is a no-op.
   POST /admin/rollback   switch back to the previous version.
+  /v2/...                the Open Inference Protocol (KServe v2, REST): GET /v2, /v2/health/live,
+                         /v2/health/ready, /v2/models/NAME[/ready], POST /v2/models/NAME/infer with
+                         typed tensors (BYTES for encoded images); see :mod:`.oip`. Capture and
+                         metrics count it as they count /predict.
 Admin endpoints answer only loopback clients, and only a request a web page cannot forge: it must
 say ``Content-Type: application/json``, carry ``Authorization: Bearer TOKEN`` (a token made at
 start and written to a 0600 file), have a ``Host`` that is the server's own address (no DNS
@@ -42,12 +49,13 @@ from typing import Any, Deque, Dict, List, Optional, Tuple
 
 import numpy as np
 
+from . import oip
 from .bundle import BundleError
 from .capture import MIN_BUDGET, CaptureError, CapturePolicy, CaptureStore, Capturer
 from .model import MAX_IMAGE_PIXELS, BundleModel, InputError
 
 log = logging.getLogger("edgeloop.runtime")
-IMAGE_TYPES = ("image/png", "image/jpeg", "image/bmp", "image/gif", "image/webp", "image/tiff",
+IMAGE_TYPES = ("image/png", "image/jpeg", "image/jpg", "image/bmp", "image/gif", "image/webp", "image/tiff",
                "image/x-portable-graymap", "image/x-portable-anymap")
 LOOPBACK = {"127.0.0.1", "::1", "localhost"}
 TOKEN_FILE = "admin-token"
@@ -96,9 +104,16 @@ def check_config(config: ServerConfig) -> None:
         problems.append(f"--capture-budget-mb must be a number of at least {MIN_BUDGET / 2**20:g} "
                         f"(64 KiB), got {config.capture_budget_bytes / 2**20:g}")
     for flag, v in [("--confidence-below", pol.confidence_below), ("--margin-below", pol.margin_below),
-                    ("--entropy-above", pol.entropy_above), ("--random-rate", pol.random_rate)]:
+                    ("--entropy-above", pol.entropy_above), ("--random-rate", pol.random_rate),
+                    ("--score-band-low", pol.score_band_low), ("--score-band-high", pol.score_band_high),
+                    ("--overlap-iou", pol.overlap_iou)]:
         if v is not None and not (isinstance(v, (int, float)) and 0.0 <= v <= 1.0):  # NaN fails too
             problems.append(f"{flag} must be between 0 and 1, got {v}")
+    lo, hi = pol.score_band_low, pol.score_band_high
+    if (lo is None) != (hi is None):
+        problems.append("--score-band-low and --score-band-high go together (give both, or 'off' for both)")
+    elif isinstance(lo, (int, float)) and isinstance(hi, (int, float)) and lo > hi:
+        problems.append(f"--score-band-low ({lo}) must not be above --score-band-high ({hi})")
     if pol.per_class_quota is not None and not (_whole(pol.per_class_quota) and pol.per_class_quota >= 1):
         problems.append(f"--per-class-quota must be a whole number of at least 1, got {pol.per_class_quota}")
     m = pol.max_per_minute
@@ -317,6 +332,9 @@ def create_app(config: ServerConfig, state: Optional[State] = None) -> Any:
         body = await _read_body(request, config.max_body_bytes)
         if ctype in ("application/json", "text/json") or ctype.endswith("+json"):
             decode = lambda: _inputs_from_json(body, model)  # noqa: E731
+        elif model.is_detector and (ctype in IMAGE_TYPES or ctype in ("application/octet-stream", "multipart/form-data")):
+            frame = await _multipart_file(request, body) if ctype == "multipart/form-data" else body
+            return JSONResponse(await run_in_threadpool(_detect_doc, model, frame))
         elif ctype in IMAGE_TYPES or (ctype == "application/octet-stream" and model.is_image):
             decode = lambda: model.decode_image(body, max_pixels=config.max_image_pixels)  # noqa: E731
         elif ctype == "multipart/form-data":
@@ -329,8 +347,8 @@ def create_app(config: ServerConfig, state: Optional[State] = None) -> Any:
         # so the event loop keeps answering /health and other requests meanwhile.
         return JSONResponse(await run_in_threadpool(_answer, model, decode))
 
-    def _answer(model: BundleModel, decode: Any) -> Dict[str, Any]:
-        batch = decode()
+    def _classify(model: BundleModel, batch: np.ndarray) -> Tuple[Dict[str, Any], Optional[List[Optional[int]]]]:
+        """Inference, the finiteness check and capture for a checked batch (/predict and /v2 infer)."""
         t0 = time.perf_counter()
         result = model.predict(batch)
         metrics.inference.append(time.perf_counter() - t0)
@@ -338,13 +356,56 @@ def create_app(config: ServerConfig, state: Optional[State] = None) -> Any:
         if probs is not None and not np.all(np.isfinite(probs)):
             raise InputError("the model's scores are not finite for this input (values far outside the range "
                              "it was trained on?)")
+        captured = state.capturer.consider(model, batch, result) if state.capturer is not None else None
+        return result, captured
+
+    def _detect(model: BundleModel, frame: bytes) -> Tuple[List[Dict[str, Any]], Optional[int]]:
+        """One encoded frame to boxes in its own pixels (edgeloop_runtime.detect), with capture."""
+        batch, box, media = model.detector_input(frame, max_pixels=config.max_image_pixels)
+        t0 = time.perf_counter()
+        outputs = model.run(batch)
+        metrics.inference.append(time.perf_counter() - t0)
+        detections = model.detect(outputs, box)
+        captured = None
+        if state.capturer is not None:
+            low = config.policy.score_band_low
+            # the best score over every candidate (also those below the head's min_score) decides
+            candidates = (model.detect(outputs, box, min_score=low)
+                          if low is not None and low < model.head["min_score"] else detections)
+            captured = state.capturer.consider_frame(model, batch, frame, media, candidates, detections)
+        return detections, captured
+
+    def _tensor_detections(model: BundleModel, outputs: Dict[str, np.ndarray]) -> List[Dict[str, Any]]:
+        """Boxes of a detector fed a ready tensor (no image, no letterbox): in the tensor's pixels."""
+        from .detect import Letterbox
+
+        tw, th = model.head["input"]["size"]
+        return model.detect(outputs, Letterbox(tw, th, 1.0, 1.0, 0.0, 0.0))
+
+    def _box_tensors(dets: List[Dict[str, Any]]) -> Dict[str, Any]:
+        return {"boxes": np.asarray([d["box"] for d in dets], np.float32).reshape(-1, 4),
+                "scores": np.asarray([d["score"] for d in dets], np.float32),
+                "labels": [str(d["label"]) for d in dets]}
+
+    def _detect_doc(model: BundleModel, frame: bytes) -> Dict[str, Any]:
+        detections, captured = _detect(model, frame)
+        doc: Dict[str, Any] = {"model": model.name, "version": model.version, "detections": detections}
+        if state.capturer is not None:
+            doc["captured"] = captured
+        return doc
+
+    def _answer(model: BundleModel, decode: Any) -> Dict[str, Any]:
+        batch = decode()
+        result, captured = _classify(model, batch)
         doc: Dict[str, Any] = {"model": model.name, "version": model.version,
                                "outputs": {k: _jsonable(v) for k, v in result["outputs"].items()}}
         if "label" in result:
             doc["label"] = [_jsonable(v) for v in result["label"]]
             doc["confidence"] = [round(float(c), 6) for c in result["confidence"]]
-        if state.capturer is not None:
-            doc["captured"] = state.capturer.consider(model, batch, result)
+        if model.is_detector and batch.shape[0] == 1:
+            doc["detections"] = _tensor_detections(model, result["outputs"])
+        if captured is not None:
+            doc["captured"] = captured
         return doc
 
     async def _multipart_file(request: Request, body: bytes) -> bytes:
@@ -368,7 +429,9 @@ def create_app(config: ServerConfig, state: Optional[State] = None) -> Any:
         m = state.model
         doc = {"status": "ok", "model": m.name, "version": m.version, "bundle": str(m.path),
                "previous_versions": [h.version for h in state.history],
-               "capture": None, **m.signature}
+               "capture": None, "providers": m.providers, **m.signature}
+        if m.provider_note:
+            doc["providers_note"] = m.provider_note
         if state.capturer is not None:
             cap = state.capturer
             doc["capture"] = {"store": str(cap.store.path), "privacy": cap.store.privacy,
@@ -450,7 +513,109 @@ def create_app(config: ServerConfig, state: Optional[State] = None) -> Any:
         return JSONResponse({"status": "rolled back", "version": m.version, "previous": old,
                              "bundle": str(m.path)})
 
+    # ---------------------------------------------------------------- Open Inference Protocol (KServe v2)
+    def _v2_model(request: Request) -> BundleModel:
+        model = state.model
+        name = request.path_params["name"]
+        version = request.path_params.get("version")
+        if name != model.name:
+            raise InputError(f"no model '{name[:100]}' here; this server serves '{model.name}'", status=404)
+        if version is not None and version != str(model.version):
+            raise InputError(f"model '{name}' has no version {version[:20]}; serving version {model.version}",
+                             status=404)
+        return model
+
+    def _v2_io(model: BundleModel) -> Tuple[List[Dict[str, Any]], List[Dict[str, Any]]]:
+        inputs = [{"name": i["name"], "datatype": oip.datatype_of(i["dtype"]), "shape": oip.shape_of(i["shape"])}
+                  for i in model.inputs]
+        if model.is_image:  # or one BYTES tensor of encoded images (any name), decoded on the device
+            inputs.append({"name": "image", "datatype": "BYTES", "shape": [-1]})
+        outputs = [{"name": o["name"], "datatype": oip.datatype_of(o["dtype"]), "shape": oip.shape_of(o["shape"])}
+                   for o in model.outputs]
+        if model.is_detector:
+            outputs += [{"name": "boxes", "datatype": "FP32", "shape": [-1, 4]},
+                        {"name": "scores", "datatype": "FP32", "shape": [-1]},
+                        {"name": "labels", "datatype": "BYTES", "shape": [-1]}]
+        elif model.scores_output:
+            outputs.append({"name": "predicted_label", "datatype": "BYTES", "shape": [-1]})
+        return inputs, outputs
+
+    async def v2_server(request: Request) -> Response:
+        return JSONResponse({"name": "edgeloop", "version": str(state.model.manifest.get("edgeloop_version", "")),
+                             "extensions": ["binary_tensor_data"]})
+
+    async def v2_live(request: Request) -> Response:
+        return JSONResponse({"live": True})
+
+    async def v2_ready(request: Request) -> Response:
+        return JSONResponse({"ready": True})
+
+    async def v2_model_ready(request: Request) -> Response:
+        _v2_model(request)
+        return JSONResponse({"name": state.model.name, "ready": True})
+
+    async def v2_metadata(request: Request) -> Response:
+        model = _v2_model(request)
+        inputs, outputs = _v2_io(model)
+        return JSONResponse({"name": model.name, "versions": [str(model.version)], "platform": "onnxruntime_onnx",
+                             "inputs": inputs, "outputs": outputs})
+
+    async def v2_infer(request: Request) -> Response:
+        model = _v2_model(request)
+        body = await _read_body(request, config.max_body_bytes)
+        header = request.headers.get("inference-header-content-length")
+        return JSONResponse(await run_in_threadpool(_v2_answer, model, body, header))
+
+    def _v2_answer(model: BundleModel, body: bytes, header: Optional[str]) -> Dict[str, Any]:
+        doc, inputs = oip.parse_request(body, header)
+        if len(inputs) != 1:
+            raise InputError(f"this model takes one input tensor, the request has {len(inputs)}", status=400)
+        t = inputs[0]
+        out: Dict[str, Any] = {}
+        captured: Any = None
+        if t["datatype"] == "BYTES":
+            frames = t["value"]
+            if not model.is_image:
+                raise InputError("BYTES (encoded images) need an image model; this one takes "
+                                 f"{oip.datatype_of(model.input['dtype'])} tensors", status=415)
+            if not frames:
+                raise InputError("the BYTES input holds no image", status=400)
+            if model.is_detector:
+                if len(frames) != 1:
+                    raise InputError("a detector takes one image per request", status=400)
+                dets, captured = _detect(model, frames[0])
+                out = _box_tensors(dets)
+            else:
+                batch = np.concatenate([model.decode_image(f, max_pixels=config.max_image_pixels) for f in frames])
+                result, captured = _classify(model, batch)
+                out = dict(result["outputs"])
+        else:
+            batch = model.coerce(t["value"])
+            result, captured = _classify(model, batch)
+            out = dict(result["outputs"])
+            if "label" in result and "predicted_label" not in out:
+                out["predicted_label"] = [str(v) for v in result["label"]]
+            if model.is_detector and batch.shape[0] == 1:
+                out.update(_box_tensors(_tensor_detections(model, out)))
+        names = oip.requested(doc, list(out))
+        answer: Dict[str, Any] = {"model_name": model.name, "model_version": str(model.version),
+                                  "outputs": [oip.tensor(n, out[n]) for n in names]}
+        if isinstance(doc.get("id"), str):
+            answer["id"] = doc["id"]
+        if state.capturer is not None:
+            answer["parameters"] = {"captured": json.dumps(captured)}
+        return answer
+
     routes = [Route("/predict", predict, methods=["POST"]), Route("/health", health, methods=["GET"]),
+              Route("/v2", v2_server, methods=["GET"]),
+              Route("/v2/health/live", v2_live, methods=["GET"]),
+              Route("/v2/health/ready", v2_ready, methods=["GET"]),
+              Route("/v2/models/{name}", v2_metadata, methods=["GET"]),
+              Route("/v2/models/{name}/ready", v2_model_ready, methods=["GET"]),
+              Route("/v2/models/{name}/infer", v2_infer, methods=["POST"]),
+              Route("/v2/models/{name}/versions/{version}", v2_metadata, methods=["GET"]),
+              Route("/v2/models/{name}/versions/{version}/ready", v2_model_ready, methods=["GET"]),
+              Route("/v2/models/{name}/versions/{version}/infer", v2_infer, methods=["POST"]),
               Route("/metrics", metrics_endpoint, methods=["GET"]),
               Route("/admin/reload", reload, methods=["POST"]),
               Route("/admin/rollback", rollback, methods=["POST"])]
@@ -478,14 +643,29 @@ def create_app(config: ServerConfig, state: Optional[State] = None) -> Any:
             await app(scope, receive, send_wrapper)
         finally:
             path = scope.get("path", "")
-            metrics.observe(path if path in _KNOWN else "other", status[0], time.perf_counter() - t0)
+            metrics.observe(_metric_path(path), status[0], time.perf_counter() - t0)
 
     timed.state = state  # type: ignore[attr-defined]
     timed.metrics = metrics  # type: ignore[attr-defined]
     return timed
 
 
-_KNOWN = {"/predict", "/health", "/metrics", "/admin/reload", "/admin/rollback"}
+_KNOWN = {"/predict", "/health", "/metrics", "/admin/reload", "/admin/rollback",
+          "/v2", "/v2/health/live", "/v2/health/ready"}
+
+
+def _metric_path(path: str) -> str:
+    """The path a request counts under: model names and versions folded into a template."""
+    if path in _KNOWN:
+        return path
+    parts = path.split("/")
+    if len(parts) >= 4 and parts[1] == "v2" and parts[2] == "models":
+        tail = parts[4:]
+        if len(tail) >= 2 and tail[0] == "versions":
+            tail = tail[2:]
+        if tail in ([], ["ready"], ["infer"]):
+            return "/v2/models/{name}" + "".join("/" + t for t in tail)
+    return "other"
 
 
 def _own_hosts(server: Any, config: ServerConfig) -> set:

@@ -140,6 +140,14 @@ def _same_outputs(a: onnx.ModelProto, b: onnx.ModelProto) -> None:
             raise EdgeloopError("the opset conversion changed the model's outputs")
 
 
+def _detection_head(model: onnx.ModelProto) -> Optional[dict]:
+    """The detector's head (attached with `convert --head`, or an Ultralytics export's), or None."""
+    from edgeloop.detect import head_of, fit_head
+
+    head = head_of(model)
+    return None if head is None else fit_head(model, head, where="head")
+
+
 def _installed(dist: str) -> str:
     from importlib.metadata import PackageNotFoundError, version
 
@@ -200,7 +208,8 @@ def _dockerfile(pack: Packaging, target: Any) -> str:
         "WORKDIR /app",
         "# hadolint ignore=DL3008",
         "RUN apt-get update \\",
-        f"    && apt-get install -y --no-install-recommends {py} {py}-venv {py}-dev ca-certificates \\",
+        f"    && apt-get install -y --no-install-recommends {py} {py}-venv {py}-dev ca-certificates"
+        + "".join(f" {p}" for p in pack.apt_packages) + " \\",
         "    && rm -rf /var/lib/apt/lists/* \\",
         f"    && {py} -m venv /opt/venv",
     ]
@@ -237,7 +246,8 @@ def _compose(pack: Packaging, name: str, version: int, signed: bool = False) -> 
 def _readme(manifest: dict, pack: Packaging) -> str:
     inp = manifest["inputs"][0]
     shape = "x".join("N" if d is None else str(d) for d in inp["shape"])
-    image = manifest["preprocessing"].get("type") == "image"
+    detector = manifest["preprocessing"].get("type") == "detection"
+    image = manifest["preprocessing"].get("type") == "image" or detector
     lines = [
         f"# {manifest['name']} v{manifest['version']} for {manifest['target']['name']}",
         "",
@@ -252,6 +262,11 @@ def _readme(manifest: dict, pack: Packaging) -> str:
         "    curl -s localhost:8080/health",
         "",
         f"onnxruntime: {pack.ort_note}",
+        "",
+        f"Image size: the base image `{pack.base_image}` is {pack.base_image_size or 'listed in its registry'};",
+        "the image adds the packages of requirements.txt and this folder (`docker images` shows the total)."
+        + (" /health lists the onnxruntime execution providers in use (`providers`): TensorRT and CUDA when"
+           " the GPU is visible, else CPU with a note saying so." if pack.gpu else ""),
         "",
         "## Run without Docker",
         "",
@@ -281,11 +296,19 @@ def _readme(manifest: dict, pack: Packaging) -> str:
     ]
     if image:
         lines += ["    curl -s localhost:8080/predict -H 'Content-Type: image/png' --data-binary @photo.png"]
+    if detector:
+        lines += ["    # -> {\"model\", \"version\", \"detections\": [{\"box\": [x1, y1, x2, y2], \"score\", \"label\"}]}",
+                  "    curl -s localhost:8080/predict -F file=@photo.jpg          # multipart works too"]
+    lines += ["    curl -s localhost:8080/v2/models/" + manifest["name"] + "      # Open Inference Protocol (KServe v2)"]
     lines += [
         "    curl -s localhost:8080/metrics          # Prometheus text",
         "",
     ]
-    if image:
+    if detector:
+        size = manifest["head"]["input"]["size"]
+        lines += [f"Images are letterboxed to {size[0]}x{size[1]} as manifest.json's `head` says; boxes come back in",
+                  "the uploaded image's own pixels, decoded by edgeloop_runtime/detect.py (numpy only).", ""]
+    elif image:
         lines += [f"Images are converted, resized to {manifest['preprocessing']['width']}x"
                   f"{manifest['preprocessing']['height']} and scaled as manifest.json's `preprocessing` says.", ""]
     lines += [
@@ -383,8 +406,12 @@ def build_bundle(model: onnx.ModelProto, out: "str | os.PathLike[str]", target: 
     outputs = [_value_spec(v) for v in model.graph.output]
     if len(inputs) != 1:
         raise UsageError(f"the bundle runtime serves single-input models; this model has {len(inputs)} inputs")
-    pre = preprocessing or meta.get("preprocessing") or default_preprocessing(inputs)
-    image = pre.get("type") == "image"
+    head = _detection_head(model)
+    if head is not None:  # the runtime letterboxes and decodes as the head says
+        pre = {"type": "detection"}
+    else:
+        pre = preprocessing or meta.get("preprocessing") or default_preprocessing(inputs)
+    image = pre.get("type") in ("image", "detection")
     src = find_source(source_path, meta)
     name = name or meta.get("name") or (Path(source_path).stem if source_path else "model")
     req_text, pins = requirements(pack, image, signed=private_key is not None)
@@ -401,12 +428,13 @@ def build_bundle(model: onnx.ModelProto, out: "str | os.PathLike[str]", target: 
         "target": {"id": target.id, "name": target.name, "arch": target.arch, "family": pack.family,
                    "python": pack.python, "base_image": pack.base_image, "jetpack": pack.jetpack,
                    "l4t": pack.l4t, "onnxruntime": pack.ort_package},
-        "task": meta.get("task"),
+        "task": "detection" if head is not None else meta.get("task"),
         "inputs": inputs,
         "outputs": outputs,
         "preprocessing": pre,
-        "postprocess": _postprocess(model, meta, outputs),
-        "labels": meta.get("labels"),
+        "postprocess": ({"scores": None, "scores_kind": None, "label": None} if head is not None
+                        else _postprocess(model, meta, outputs)),
+        "labels": head["labels"] if head is not None else meta.get("labels"),
         "kept_features": meta.get("kept_features"),
         "n_features_original": meta.get("n_features_original"),
         "provenance": prov,
@@ -421,6 +449,8 @@ def build_bundle(model: onnx.ModelProto, out: "str | os.PathLike[str]", target: 
         "hash": HASH,
         "files": {},
     }
+    if head is not None:
+        manifest["head"] = head
 
     def fill(tmp: Path) -> None:
         (tmp / MODEL).write_bytes(model.SerializeToString())

@@ -30,12 +30,17 @@ class Packaging:
     gpu: bool = False
     max_opset: Optional[int] = None  # newest ai.onnx opset the board's onnxruntime build runs
     max_ir: Optional[int] = None     # newest ONNX IR version it reads
+    base_image_size: str = ""        # what the base image weighs on the board (NVIDIA's NGC listing)
+    apt_packages: tuple = ()         # extra NVIDIA libraries the base image lacks (TensorRT, cuDNN)
 
 
 RASPBERRY_PI = Packaging(
     family="raspberry-pi", base_image="python:3.11-slim-bookworm", python="3.11",
+    base_image_size="about 0.15 GB (arm64)",
     ort_note="onnxruntime's aarch64 wheel from PyPI (CPU execution provider).")
 
+# Jetson images: the smallest NVIDIA base that runs onnxruntime-gpu's TensorRT and CUDA execution
+# providers, never the full JetPack SDK image (l4t-jetpack, 10+ GB with compilers and samples).
 JETSON_NANO = Packaging(
     family="jetson", base_image="nvcr.io/nvidia/l4t-base:r32.7.1", python="3.8",
     ort_package="onnxruntime-gpu", ort_version="1.11.0", jetpack="4.6.1", l4t="r32.7.1",
@@ -45,6 +50,10 @@ JETSON_NANO = Packaging(
                 "pillow": "10.4.0", "python-multipart": "0.0.20",
                 "cryptography": "45.0.7"},  # the last with a Python 3.8 aarch64 wheel whose cffi installs there
     ort_wheel="onnxruntime_gpu-1.11.0-cp38-cp38-linux_aarch64.whl",
+    # r32 l4t-base carries no CUDA itself: the NVIDIA container runtime mounts the board's CUDA,
+    # cuDNN and TensorRT into it, so the image stays small.
+    base_image_size="about 0.7 GB (CUDA, cuDNN and TensorRT are mounted from the board by the NVIDIA "
+                    "container runtime)",
     max_opset=16, max_ir=8,  # onnxruntime 1.11 (ONNX 1.11)
     ort_note=("JetPack 4.6 (L4T r32.7, CUDA 10.2, TensorRT 8.2): PyPI has no onnxruntime-gpu for it. "
               "Download NVIDIA's onnxruntime-gpu 1.11.0 wheel for JetPack 4.6 / Python 3.8 from the "
@@ -53,18 +62,24 @@ JETSON_NANO = Packaging(
     gpu=True)
 
 JETSON_ORIN_NANO = Packaging(
-    family="jetson", base_image="nvcr.io/nvidia/l4t-jetpack:r36.4.0", python="3.10",
+    family="jetson", base_image="nvcr.io/nvidia/l4t-cuda:12.6.11-runtime", python="3.10",
     ort_package="onnxruntime-gpu", ort_version="1.20.0", jetpack="6.1", l4t="r36.4.0",
     fixed_pins={"numpy": "1.26.4", "starlette": "0.46.2", "uvicorn": "0.34.0",
                 "pillow": "11.1.0", "python-multipart": "0.0.20"},
     extra_index_url="https://pypi.jetson-ai-lab.dev/jp6/cu126",
     max_opset=21, max_ir=10,  # onnxruntime 1.20 (ONNX 1.16)
+    # from r36 the container runtime no longer mounts CUDA libraries: the CUDA runtime image plus
+    # the TensorRT and cuDNN runtime libraries (NVIDIA's Jetson apt repository) instead of l4t-jetpack
+    base_image_size="about 2.5 GB with the TensorRT 10 and cuDNN 9 runtime libraries (the full "
+                    "l4t-jetpack:r36.4.0 SDK image is about 10 GB)",
+    apt_packages=("libnvinfer10", "libnvinfer-plugin10", "libnvonnxparsers10", "libcudnn9-cuda-12"),
     ort_note=("JetPack 6 (L4T r36, CUDA 12.6): onnxruntime-gpu comes from NVIDIA's Jetson AI Lab "
               "package index for JetPack 6 (cu126), built against numpy 1.x; check the index for the "
               "build matching your JetPack 6.x release if 1.20.0 is gone."),
     gpu=True)
 
 GENERIC = Packaging(family="generic", base_image="python:3.11-slim-bookworm", python="3.11",
+                    base_image_size="about 0.15 GB",
                     ort_note="onnxruntime's wheel from PyPI (CPU execution provider).")
 
 BY_TARGET = {
