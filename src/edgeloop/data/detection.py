@@ -40,10 +40,7 @@ import numpy as np
 from edgeloop.data.readers import IMAGE_SUFFIXES, DataError, _import_pil
 from edgeloop.errors import UsageError
 
-FORMAT = "edgeloop-dataset"
-FORMAT_VERSION = 1
-SPLITS = ("train", "validation", "test")
-FRACTIONS = {"train": 0.7, "validation": 0.15, "test": 0.15}
+from edgeloop.data.store import DEFAULT_FRACTIONS as FRACTIONS, FORMAT, FORMAT_VERSION, SPLITS, _sha256, _stratified_split
 # a box may reach this far outside its image (a fraction of the side, at least one pixel) and is
 # clipped to it; beyond, it is an error. Hand labels and float round trips overshoot a little.
 TOLERANCE = 0.01
@@ -369,15 +366,9 @@ def read_voc(root: Path) -> tuple[list[str], list[_Item]]:
 # --------------------------------------------------------------------------- splits
 
 def _carve(pool: np.ndarray, fractions: list[float], rng: np.random.Generator) -> list[np.ndarray]:
-    """A seeded split of image indices by the given fractions; every part gets one when there are enough."""
-    pool = rng.permutation(pool)
-    total = sum(fractions)
-    counts = [int(round(len(pool) * f / total)) for f in fractions[1:]]
-    for i in range(len(counts)):
-        if counts[i] == 0 and len(pool) - sum(counts) > 1:
-            counts[i] = 1
-    bounds = np.cumsum([len(pool) - sum(counts)] + counts)[:-1]
-    return [np.sort(p) for p in np.split(pool, bounds)]
+    """A seeded split of image indices by the given fractions (the one splitter, one stratum)."""
+    pool = np.asarray(pool, dtype=np.int64)
+    return [pool[p] for p in _stratified_split(np.zeros(len(pool), dtype=np.int64), fractions, rng)]
 
 
 def make_detection_splits(items: list[_Item], seed: int) -> tuple[dict[str, list[int]], list[str]]:
@@ -400,14 +391,6 @@ def make_detection_splits(items: list[_Item], seed: int) -> tuple[dict[str, list
 
 
 # --------------------------------------------------------------------------- the card
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
 
 def box_stats(records: list[dict], labels: list[str]) -> dict:
     boxes = [b["box"] for r in records for b in r["boxes"]]
@@ -468,7 +451,7 @@ def make_card(records: list[dict], labels: list[str], splits: dict, *, seed: int
 
 # --------------------------------------------------------------------------- import
 
-def detection_source(source: Path, images: Path | None) -> str | None:
+def detection_source(source: Path) -> str | None:
     """'yolo', 'coco' or 'voc' when ``source`` is a detection source, else None."""
     if source.is_file() and source.suffix.lower() == ".json":
         return "coco"
@@ -486,7 +469,7 @@ def import_detection(source: str | os.PathLike, output: str | os.PathLike, *, im
 
     src = Path(source)
     out = Path(output)
-    kind = detection_source(src, None if images is None else Path(images))
+    kind = detection_source(src)
     info: dict[str, Any] = {}
     if kind == "coco":
         if images is None:

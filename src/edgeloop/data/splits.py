@@ -187,7 +187,7 @@ def is_detection_data(path) -> bool:
             return json.loads((p / "card.json").read_text()).get("kind") == "detection"
         except (OSError, ValueError):
             return False
-    return p.is_dir() and detection_source(p, None) is not None
+    return p.is_dir() and detection_source(p) is not None
 
 
 def detection_splits(model: onnx.ModelProto, ds, metric: str) -> Splits:

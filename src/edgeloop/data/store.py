@@ -235,7 +235,7 @@ def import_data(source: str | os.PathLike, output: str | os.PathLike, *, label_c
     from edgeloop.data.detection import detection_source, import_detection
     from edgeloop.data.readers import read_any
 
-    if images is not None or detection_source(Path(source), None) is not None:
+    if images is not None or detection_source(Path(source)) is not None:
         return import_detection(source, output, images=images, seed=seed)
 
     raw = read_any(source, label_column, image_size=image_size, grayscale=grayscale)
