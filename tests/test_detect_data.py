@@ -269,3 +269,20 @@ def test_bad_coco_and_voc(scenes, tmp_path):
     xml.write_text(xml.read_text().replace("<name>coin</name>", "<name>dog</name>", 1))
     _clean_failure(_cli("data", "import", voc, "-o", tmp_path / "o"), "coins_01.xml", "object 1", "dog")
     assert not (tmp_path / "o").exists()
+
+
+def test_yaml_list_names_and_voc_image_sets(scenes, tmp_path):
+    root = write_yolo(scenes[:6], tmp_path / "y")
+    (root / "data.yaml").write_text("names: [coin, digit]\nnc: 2\n")
+    assert load_dataset(import_data(root, tmp_path / "a")).labels == LABELS
+    voc = write_voc(scenes[:8], tmp_path / "voc")
+    main = voc / "ImageSets" / "Main"
+    main.mkdir(parents=True)
+    stems = [Path(s[0]).stem for s in scenes[:8]]
+    (main / "train.txt").write_text("\n".join(stems[:5]) + "\n")
+    (main / "val.txt").write_text("\n".join(stems[5:7]) + "\n")
+    (main / "test.txt").write_text(stems[7] + "\n")
+    ds = load_dataset(import_data(voc, tmp_path / "b"))
+    assert [Path(ds.records[i]["file"]).stem for i in ds.split("test")] == [stems[7]]
+    assert sorted(Path(ds.records[i]["file"]).stem for i in ds.split("validation")) == sorted(stems[5:7])
+    assert ds.card["split"]["kept_from_source"] == ["train", "validation", "test"]

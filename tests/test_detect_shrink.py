@@ -131,3 +131,17 @@ def test_detection_metric_needs_detection_data(setup, tmp_path):
     np.savez(tmp_path / "t.npz", x=np.zeros((40, 4), np.float32), y=np.arange(40) % 2)
     r = _cli("shrink", d / "face.onnx", "--data", tmp_path / "t.npz", "--metric", "map50", "-o", tmp_path / "o")
     assert r.returncode == 2 and "detection dataset" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_shrink_reads_a_yolo_folder_directly(setup):
+    """issue 11: a YOLO folder given to shrink is imported on the fly, to the same splits."""
+    from edgeloop.commands.shrink import _detection_splits
+
+    d, doc = setup
+    model = onnx.load(d / "face.onnx")
+    direct = _detection_splits(model, str(d / "yolo"), None)
+    assert direct.metric == "map50" and direct.task == "detection"
+    again = _detection_splits(model, str(d / "faces"), "map50")
+    # the folder was imported with --seed 2, the direct read with the default seed: same images, own split
+    assert sum(direct.sizes().values()) == sum(again.sizes().values()) == 30
+    assert doc["splits"]["validation"] == again.sizes()["validation"]
