@@ -114,6 +114,8 @@ def test_int8_drop_reported_head_kept_float_and_carried(setup):
         assert rep["mixed"][0]["map50"] > rep["int8"]
     else:
         assert not rep["mixed_tried"]
+    html = (d / "out" / "report.html").read_text()
+    assert "int8 for this detector" in html and f"{rep['drop']:.4f}" in html
     # every candidate that ran decoded boxes with the original head
     ran = [c for c in doc["candidates"] if c["error"] is None]
     assert len(ran) >= 3 and all("map50" in c["metrics"] for c in ran)
