@@ -29,9 +29,63 @@ def _card_summary(ds) -> dict:
     return card
 
 
+def size_histogram(card: dict, width: int = 30) -> list[str]:
+    """The card's box sizes as text bars, one line per bin."""
+    bins = card["box_sizes"]["bins"]
+    top = max([b["boxes"] for b in bins] + [1])
+    lines = []
+    for b in bins:
+        span = f"{b['from']}-{b['to']} px" if b["to"] is not None else f"{b['from']}+ px"
+        bar = "#" * int(round(width * b["boxes"] / top)) if b["boxes"] else ""
+        lines.append(f"{span:>12} | {bar:<{width}} {b['boxes']:,}")
+    return lines
+
+
+def print_detection_card(ds) -> None:
+    from rich.markup import escape
+    from rich.table import Table
+
+    out = _console()
+    card = ds.card
+    head = Table(title=f"{ds.path}: detection dataset card", title_justify="left", show_header=False)
+    head.add_column("what")
+    head.add_column("value")
+    head.add_row("source", f"{card.get('source')} ({card.get('source_format')})")
+    head.add_row("images", f"{card['n_images']:,} ({card['images_without_boxes']:,} without boxes)")
+    head.add_row("boxes", f"{card['n_boxes']:,}")
+    sz = card["image_sizes"]
+    head.add_row("image sizes", f"{sz['min'][0]}x{sz['min'][1]} to {sz['max'][0]}x{sz['max'][1]}")
+    split = card["split"]
+    kept = split.get("kept_from_source") or []
+    head.add_row("split", ", ".join(f"{k} {v:,}" for k, v in split["sizes"].items())
+                 + f" (seed {split['seed']}" + (f"; {'/'.join(kept)} kept from the source)" if kept else ")"))
+    head.add_row("card checksum", ds.checksum[:23] + "…")
+    out.print(head)
+    per = Table(title="boxes per class", title_justify="left")
+    per.add_column("class")
+    for s in card["counts"]:
+        per.add_column(s, justify="right")
+    per.add_column("total", justify="right")
+    for c in ds.labels:
+        per.add_row(escape(c), *[f"{card['counts'][s]['per_class'].get(c, 0):,}" for s in card["counts"]],
+                    f"{card['boxes_per_class'].get(c, 0):,}")
+    per.add_row("(images without boxes)", *[f"{card['counts'][s]['images_without_boxes']:,}"
+                                            for s in card["counts"]], f"{card['images_without_boxes']:,}")
+    out.print(per)
+    bs = card["box_sizes"]
+    out.print(f"box sizes ({bs['measure']}):")
+    for line in size_histogram(card):
+        out.print(escape(line))
+    area = bs["coco_area"]
+    out.print(f"COCO area classes: small {area['small']:,}, medium {area['medium']:,}, large {area['large']:,}")
+
+
 def print_card(ds) -> None:
     from rich.table import Table
 
+    if getattr(ds, "kind", None) == "detection":
+        print_detection_card(ds)
+        return
     out = _console()
     card = ds.card
     head = Table(title=f"{ds.path}: dataset card", title_justify="left", show_header=False)
@@ -92,21 +146,26 @@ def register(app: typer.Typer) -> None:
         label_column: Optional[str] = typer.Option(None, "--label-column", help="CSV: the label column (default: one named label/target/y/class)."),
         window: Optional[int] = typer.Option(None, "--window", help="Time series: cut each series into windows of this many steps."),
         stride: Optional[int] = typer.Option(None, "--stride", help="Time series: steps between window starts (default: the window length)."),
-        seed: int = typer.Option(0, "--seed", help="Seed of the train/validation/test split (stratified by class)."),
+        seed: int = typer.Option(0, "--seed", help="Seed of the train/validation/test split (stratified by class; by image for boxes)."),
+        images: Optional[Path] = typer.Option(None, "--images", help="COCO JSON annotations: the folder holding their images."),
         as_json: bool = typer.Option(False, "--json", help="Print the card as JSON."),
     ) -> None:
-        """Import a data source as a dataset folder: arrays, a seeded stratified split and a card with checksums."""
+        """Import a data source as a dataset folder: arrays (or images with boxes), a seeded split and a card with checksums.
+
+        Boxes come from a YOLO folder (images/ and labels/, classes.txt or data.yaml), COCO JSON
+        (annotations.json --images DIR) or a Pascal VOC folder (Annotations/ and JPEGImages/)."""
         from edgeloop.data import import_data, load_dataset
 
         err = _console(stderr=True)
         with err.status(f"importing {source}..."):
             out = import_data(source, output, label_column=label_column, image_size=image_size,
-                              grayscale=grayscale, window=window, stride=stride, seed=seed)
+                              grayscale=grayscale, window=window, stride=stride, seed=seed, images=images)
         ds = load_dataset(out)
         if as_json:
             _emit_json(_card_summary(ds))
         else:
-            err.print(f"wrote {out} ({ds.card['n_samples']:,} samples)")
+            what = "images" if getattr(ds, "kind", None) == "detection" else "samples"
+            err.print(f"wrote {out} ({ds.card['n_samples']:,} {what})")
             print_card(ds)
 
     @data_app.command("show")
@@ -114,7 +173,7 @@ def register(app: typer.Typer) -> None:
         dataset: Path = typer.Argument(..., help="A dataset folder written by `edgeloop data import`."),
         as_json: bool = typer.Option(False, "--json", help="Print the card as JSON."),
     ) -> None:
-        """Print a dataset's card (source, shapes, split, checksums) and its class balance per split."""
+        """Print a dataset's card (source, shapes, split, checksums) and its class balance per split (boxes per class and box sizes for detection)."""
         from edgeloop.data import load_dataset
 
         ds = load_dataset(dataset)

@@ -33,7 +33,24 @@ def _find_source(model_path: str, model: Any, source: Optional[str]) -> Optional
     return recorded if recorded and recorded.lower().endswith(sk) else None
 
 
-def shrink_files(model_path: str, data_path: str, out_dir: str, *, metric: str = "accuracy",
+def _detection_splits(model: Any, data_path: str, metric: Optional[str]) -> Any:
+    """A detection dataset folder's splits for the detector; a YOLO or VOC folder is imported first
+    (into a temporary folder, since the splits hold every image they need)."""
+    import tempfile
+
+    from edgeloop.data import load_dataset
+    from edgeloop.data.detection import import_detection
+    from edgeloop.data.splits import detection_splits
+
+    metric = metric or "map50"
+    if (Path(data_path) / "card.json").is_file():
+        return detection_splits(model, load_dataset(data_path), metric)
+    with tempfile.TemporaryDirectory(prefix="edgeloop-detdata-") as tmp:
+        ds = load_dataset(import_detection(data_path, Path(tmp) / "dataset"))
+        return detection_splits(model, ds, metric)
+
+
+def shrink_files(model_path: str, data_path: str, out_dir: str, *, metric: Optional[str] = None,
                  max_drop: float = 0.01, target: Optional[str] = None, max_ram_kb: Optional[float] = None,
                  max_flash_kb: Optional[float] = None, max_latency_ms: Optional[float] = None,
                  source: Optional[str] = None, label_column: Optional[str] = None, quick: bool = False,
@@ -42,6 +59,7 @@ def shrink_files(model_path: str, data_path: str, out_dir: str, *, metric: str =
 
     A pickle model or source (.joblib/.pkl) is refused unless ``trust_pickle``."""
     from edgeloop.data import read_any, split_for_model
+    from edgeloop.data.splits import is_detection_data
     from edgeloop.frontends import load_file
     from edgeloop.search import Limits, NoCandidateError, closest, run_search
     from edgeloop.search.report import recipe_text, render
@@ -55,7 +73,8 @@ def shrink_files(model_path: str, data_path: str, out_dir: str, *, metric: str =
 
     check_finite(model, where=model_path)
     try:
-        splits = split_for_model(model, read_any(data_path, label_column), metric)
+        splits = _detection_splits(model, data_path, metric) if is_detection_data(data_path) else \
+            split_for_model(model, read_any(data_path, label_column), metric or "accuracy")
     except EdgeloopError as e:
         raise e.with_where(data_path)
     src = _find_source(model_path, model, source)
@@ -123,7 +142,9 @@ def register(app: typer.Typer) -> None:
                                  "a CSV with a label column, an image folder (one subfolder per class), a "
                                  "dataset folder (edgeloop data) or a built-in name such as sklearn:digits."),
         output: Path = typer.Option(..., "--output", "-o", help="Output folder: model.onnx, results.json, report.html."),
-        metric: str = typer.Option("accuracy", "--metric", help="accuracy | f1 | auc (classifiers) or mae (regression)."),
+        metric: Optional[str] = typer.Option(None, "--metric", help="accuracy | f1 | auc (classifiers), mae (regression) "
+                                             "or map50 | map (detectors on a detection dataset; COCO mAP). "
+                                             "Default: accuracy, map50 on a detection dataset."),
         max_drop: float = typer.Option(0.01, "--max-drop", help="Largest metric loss accepted, in the metric's units "
                                        "(0.01 = one accuracy point; for mae, the largest increase)."),
         target: Optional[str] = typer.Option(None, "--target", "-t", help="Catalogue target whose RAM, flash and "
@@ -182,14 +203,14 @@ def _print_summary(doc: dict, output: Path) -> None:
     out = Console(highlight=False, width=160)
     metric = doc["metric"]
     t = Table(title=f"{doc['model']}: Pareto front ({len(doc['candidates'])} candidates tried)", title_justify="left")
-    for col in ("id", "passes", metric, "file", "flash", "peak RAM", "precision", "limits"):
+    for col in ("id", "passes", metric, "drop", "file", "flash", "peak RAM", "precision", "limits"):
         t.add_column(col, justify="left" if col in ("id", "passes", "precision", "limits") else "right")
     for c in [doc["baseline"]] + doc["candidates"]:
         if not c["on_front"] and not c["chosen"]:
             continue
         m = c["metrics"]
         t.add_row(c["id"] + (" *" if c["chosen"] else ""), recipe_text(c["passes"]) or "(original)",
-                  f"{m[metric]:.4f}", f"{m['file_bytes'] / 1024:.1f} KB", f"{m['flash_bytes'] / 1024:.1f} KB",
+                  f"{m[metric]:.4f}", f"{m.get('drop', 0.0):+.4f}", f"{m['file_bytes'] / 1024:.1f} KB", f"{m['flash_bytes'] / 1024:.1f} KB",
                   f"{m['peak_ram_bytes'] / 1024:.1f} KB", m["precision"], "meets" if not c["misses"] else "; ".join(c["misses"]))
     out.print(t)
     ch = next(c for c in doc["candidates"] + [doc["baseline"]] if c["chosen"])
@@ -199,6 +220,15 @@ def _print_summary(doc: dict, output: Path) -> None:
     out.print(f"chosen {ch['id']}: {metric} {ch['metrics'][metric]:.4f} (baseline {b[metric]:.4f}), "
               f"{what} {b[key] / max(1, ch['metrics'][key]):.2f}x smaller; wrote {output}/model.onnx, "
               f"results.json, report.html")
+    q = doc.get("int8_drop")
+    if q:  # detectors: what int8 costs, and what keeping the head float wins back
+        line = (f"int8 ({q['int8_candidate']}): {metric} {q['int8']:.4f} on validation, a drop of {q['drop']:.4f} "
+                f"(max-drop {q['max_drop']:g})")
+        if q.get("mixed"):
+            best = max(q["mixed"], key=lambda r: r[metric])
+            line += (f"; mixed {best['id']} ({len(best['float_layers'])} head/last nodes float): "
+                     f"{metric} {best[metric]:.4f}, drop {best['drop']:.4f}")
+        out.print(line)
     test = doc.get("test") or {}
     if test.get("chosen") is not None:
         out.print(f"test {metric} (test split, {test['samples']} samples, used once): {test['chosen']:.4f} "

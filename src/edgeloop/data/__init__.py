@@ -11,6 +11,10 @@ passes) and ``improve`` all read, split, predict and score through it.
   checks and label encoding for arrays in memory.
 - ``import_data(source, output, ...)`` / ``write_dataset(raw, output, seed=0)`` write a
   dataset folder atomically; ``load_dataset(path) -> Dataset`` opens and checks one.
+- detection datasets (images with boxes, :mod:`edgeloop.data.detection`): ``import_data`` of a
+  YOLO folder, COCO JSON (``images=DIR``) or a Pascal VOC folder writes one; ``load_dataset``
+  returns a ``DetectionDataset`` (``labels``, ``records``, ``split(name)``, ``image(i)``,
+  ``truths(i)``); shrink scores detectors on it with ``map50``/``map`` (``detection_splits``).
 - ``make_splits`` / ``holdout_split``: the one seeded, stratified splitter.
 - ``split_for_model(model, raw, metric) -> Splits``: named splits ``train`` (fits),
   ``validation`` (choices) and ``test`` (reported once), checked against a model
@@ -34,7 +38,8 @@ from edgeloop.data.store import (SPLITS, Dataset, holdout_split, import_data, lo
 _LAZY = {
     "scoring": ("METRICS", "HIGHER_IS_BETTER", "Predictor", "predict", "score", "evaluate", "feature_view",
                  "input_info", "model_task"),
-    "splits": ("Splits", "split_for_model", "FIT", "SELECT", "REPORT"),
+    "splits": ("Splits", "split_for_model", "FIT", "SELECT", "REPORT", "detection_splits"),
+    "detection": ("DetectionDataset", "import_detection"),
 }
 
 __all__ = ["DataError", "RawData", "from_arrays", "read_any", "Dataset", "import_data", "load_dataset", "make_splits",

@@ -87,6 +87,10 @@ def read_any(path: str | os.PathLike, label_column: str | None = None, *, image_
             from edgeloop.data.store import load_dataset
 
             return load_dataset(p).raw()
+        if (p / "images").is_dir() and (p / "labels").is_dir() or (p / "Annotations").is_dir():
+            raise DataError("is a folder of images with boxes (YOLO or Pascal VOC): import it with `edgeloop data "
+                            "import` into a detection dataset; this command takes samples with class labels or "
+                            "targets", where=text)
         if _idx_files(p):
             return read_idx_folder(p)
         if _series_pair(p):

@@ -26,8 +26,12 @@ import onnx
 from edgeloop.data.readers import DataError
 from edgeloop.errors import UsageError
 
-METRICS = ("accuracy", "f1", "mae", "auc")
-HIGHER_IS_BETTER = {"accuracy": True, "f1": True, "auc": True, "mae": False}
+DETECTION_METRICS = ("map50", "map")  # COCO mAP at IoU 0.5, and over 0.50:0.95
+METRICS = ("accuracy", "f1", "mae", "auc") + DETECTION_METRICS
+HIGHER_IS_BETTER = {"accuracy": True, "f1": True, "auc": True, "mae": False, "map50": True, "map": True}
+# detections kept for mAP: COCO-style evaluation ranks every box, so the head's own (deployment)
+# threshold would cut the precision-recall curve short
+MAP_MIN_SCORE = 0.01
 
 
 # --------------------------------------------------------------------------- model facts
@@ -169,6 +173,8 @@ def score(metric: str, y: np.ndarray, pred: np.ndarray, scores: np.ndarray | Non
     pred = np.asarray(pred).reshape(-1)
     if metric not in METRICS:
         raise UsageError(f"unknown metric {metric!r}; choose one of {', '.join(METRICS)}")
+    if metric in DETECTION_METRICS:
+        raise UsageError(f"metric {metric} scores boxes: use score_detection")
     if len(y) == 0:
         raise DataError(f"no samples to measure {metric} on")
     if len(pred) != len(y):
@@ -207,9 +213,61 @@ def _softmax_if_logits(s: np.ndarray) -> np.ndarray:
 
 
 def evaluate(model: onnx.ModelProto, x: np.ndarray, y: np.ndarray, metric: str) -> float:
-    """The metric of ``model`` on (x, y); x is shaped for the model by :func:`feature_view`."""
+    """The metric of ``model`` on (x, y); x is shaped for the model by :func:`feature_view`.
+
+    For ``map50``/``map``, ``x`` holds input tensors and ``y`` the images' truths (see
+    :func:`evaluate_detection`)."""
+    if metric in DETECTION_METRICS:
+        return evaluate_detection(model, x, y, metric)
     p = Predictor(model)
     pred, scores = p.predict(feature_view(model, x))
     classes = p.labels if p.labels is not None else (
         None if scores is None else list(range(scores.shape[1])))
     return score(metric, y, pred, scores, classes)
+
+
+# --------------------------------------------------------------------------- detection
+
+class DetectionPredictor(Predictor):
+    """Runs a detector over input tensors and decodes each image's boxes with the model's head."""
+
+    def __init__(self, model: onnx.ModelProto):
+        from edgeloop.detect import require_head
+
+        super().__init__(model)
+        self.head = require_head(model, "model")
+        self.output_names = [o.name for o in self.sess.get_outputs()]
+        self.input_dtype = onnx.helper.tensor_dtype_to_np_dtype(input_info(model)[2])
+
+    def detect(self, x: np.ndarray, letterboxes, min_score: float | None = MAP_MIN_SCORE) -> list[list[dict]]:
+        """Detections per image: ``x`` [N, ...] float input tensors, ``letterboxes`` their boxes back."""
+        from edgeloop.runtime.detect import decode
+
+        x = np.asarray(x)
+        if self.input_dtype.kind in "iu":  # an integer input: the head's [scale, zero_point]
+            scale, zp = self.head["input"].get("quant") or (1.0, 0)
+            info = np.iinfo(self.input_dtype)
+            x = np.clip(np.round(x / scale) + zp, info.min, info.max)
+        outs = self._run(np.ascontiguousarray(x.astype(self.input_dtype, copy=False)))
+        return [decode(self.head, {n: o[i:i + 1] for n, o in zip(self.output_names, outs)}, box, min_score)
+                for i, box in enumerate(letterboxes)]
+
+
+def score_detection(metric: str, predictions: list, truths: list) -> float:
+    """COCO mAP (``map50`` at IoU 0.5, ``map`` over 0.50:0.95) of detections against truths."""
+    from edgeloop.detect.metrics import evaluate as coco_map
+
+    if metric not in DETECTION_METRICS:
+        raise UsageError(f"unknown detection metric {metric!r}; choose one of {', '.join(DETECTION_METRICS)}")
+    if not any(truths):
+        raise DataError(f"no ground-truth boxes to measure {metric} on")
+    r = coco_map(predictions, truths, iou_thresholds=(0.5,)) if metric == "map50" else coco_map(predictions, truths)
+    return 0.0 if r[metric] is None else float(r[metric])
+
+
+def evaluate_detection(model: onnx.ModelProto, x: np.ndarray, y: np.ndarray, metric: str) -> float:
+    """mAP of a detector: ``x`` [N, ...] input tensors, ``y`` per image ``{"truths", "letterbox"}``."""
+    if len(y) == 0:
+        raise DataError(f"no images to measure {metric} on")
+    preds = DetectionPredictor(model).detect(x, [t["letterbox"] for t in y])
+    return score_detection(metric, preds, [t["truths"] for t in y])

@@ -25,7 +25,7 @@ from dataclasses import dataclass
 import numpy as np
 import onnx
 
-from edgeloop.data.scoring import METRICS, feature_view, model_task
+from edgeloop.data.scoring import DETECTION_METRICS, METRICS, feature_view, model_task
 from edgeloop.data.readers import DataError, RawData
 from edgeloop.data.store import SPLITS, make_splits
 from edgeloop.errors import UsageError
@@ -130,6 +130,9 @@ def split_for_model(model: onnx.ModelProto, raw: RawData, metric: str, *, seed: 
     if metric not in METRICS:
         raise UsageError(f"unknown metric {metric!r}; choose one of {', '.join(METRICS)}")
     where = raw.source or "<data>"
+    if metric in DETECTION_METRICS:
+        raise UsageError(f"--metric {metric} scores a detector on a detection dataset (images with boxes: "
+                         "`edgeloop data import` of a YOLO folder, COCO JSON or Pascal VOC)", where=where)
     x = np.asarray(raw.x)
     if x.ndim < 2:
         raise DataError(f"x must hold samples along its first axis, got shape {x.shape}", where=where)
@@ -167,3 +170,62 @@ def split_for_model(model: onnx.ModelProto, raw: RawData, metric: str, *, seed: 
         held = "a seeded validation split of DATA chooses, a test split is reported once"
     parts = {k: (x[idx[k]], y[idx[k]]) for k in SPLITS}
     return Splits(parts, x_calib, task, metric, where, held)
+
+
+# --------------------------------------------------------------------------- detection
+
+def is_detection_data(path) -> bool:
+    """A detection dataset folder, or a YOLO / Pascal VOC folder that imports as one."""
+    import json
+    from pathlib import Path
+
+    from edgeloop.data.detection import detection_source
+
+    p = Path(path)
+    if (p / "card.json").is_file():
+        try:
+            return json.loads((p / "card.json").read_text()).get("kind") == "detection"
+        except (OSError, ValueError):
+            return False
+    return p.is_dir() and detection_source(p) is not None
+
+
+def detection_splits(model: onnx.ModelProto, ds, metric: str) -> Splits:
+    """The dataset's named splits as a detector's input tensors (letterboxed by its head) and truths.
+
+    ``x`` of a split is [N, ...] float input tensors; ``y`` an object array of
+    ``{"truths": [...], "letterbox": Letterbox, "index": i}``, which
+    :func:`edgeloop.data.scoring.evaluate` scores with mAP. Calibration takes train images only.
+    """
+    from edgeloop.detect import require_head
+    from edgeloop.runtime.detect import preprocess
+
+    where = str(ds.path)
+    if metric not in DETECTION_METRICS:
+        raise UsageError(f"a detection dataset is scored with --metric {' or '.join(DETECTION_METRICS)}, "
+                         f"not {metric}", where=where)
+    head = require_head(model, "MODEL")
+    model_labels = [str(lab) for lab in head["labels"]]
+    shared = set(model_labels) & set(ds.labels)
+    if not shared:
+        raise DataError(f"the model detects {model_labels[:8]} but the dataset's boxes are {ds.labels[:8]}: "
+                        "no class in common", where=where)
+    parts = {}
+    for name in SPLITS:
+        idx = ds.split(name)
+        if not idx:
+            raise DataError(f"the {name} split holds no images", where=where)
+        xs, ys = [], np.empty(len(idx), dtype=object)
+        for k, i in enumerate(idx):
+            t, box = preprocess(ds.image(i), head, np.float32)
+            xs.append(t)
+            ys[k] = {"truths": ds.truths(i), "letterbox": box, "index": int(i)}
+        parts[name] = (np.concatenate(xs).astype(np.float32), ys)
+    for name in (SELECT, REPORT):
+        if not any(t["label"] in shared for y in parts[name][1] for t in y["truths"]):
+            raise DataError(f"the {name} split holds no boxes of the model's classes ({', '.join(sorted(shared))})",
+                            where=where)
+    x_train = parts[FIT][0]
+    x_calib = x_train[np.random.default_rng(0).permutation(len(x_train))[:MAX_CALIB]]
+    held = "the dataset's validation split chooses, its test split is reported once"
+    return Splits(parts, x_calib, "detection", metric, where, held)

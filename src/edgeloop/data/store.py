@@ -227,9 +227,16 @@ def _jsonable(obj: Any) -> Any:
 
 def import_data(source: str | os.PathLike, output: str | os.PathLike, *, label_column: str | None = None,
                 image_size: int | None = None, grayscale: bool | None = None, window: int | None = None,
-                stride: int | None = None, seed: int = 0) -> Path:
-    """Read a source (see ``read_any``), optionally cut series into windows, and write a dataset folder."""
+                stride: int | None = None, seed: int = 0, images: str | os.PathLike | None = None) -> Path:
+    """Read a source (see ``read_any``), optionally cut series into windows, and write a dataset folder.
+
+    Detection sources (a YOLO folder, COCO JSON with ``images``, a VOC folder) go to
+    :func:`edgeloop.data.detection.import_detection`."""
+    from edgeloop.data.detection import detection_source, import_detection
     from edgeloop.data.readers import read_any
+
+    if images is not None or detection_source(Path(source)) is not None:
+        return import_detection(source, output, images=images, seed=seed)
 
     raw = read_any(source, label_column, image_size=image_size, grayscale=grayscale)
     if window is not None:
@@ -286,8 +293,11 @@ class Dataset:
                        self.kind, None, dict(self.card.get("info") or {}))
 
 
-def load_dataset(path: str | os.PathLike, *, verify: bool = True) -> Dataset:
-    """Open a dataset folder; with ``verify`` every file must match its checksum in the card."""
+def load_dataset(path: str | os.PathLike, *, verify: bool = True) -> Any:
+    """Open a dataset folder; with ``verify`` every file must match its checksum in the card.
+
+    A :class:`Dataset` (arrays), or a :class:`edgeloop.data.detection.DetectionDataset` for a
+    folder of images with boxes."""
     p = Path(path)
     where = str(p)
     card_path = p / "card.json"
@@ -300,6 +310,10 @@ def load_dataset(path: str | os.PathLike, *, verify: bool = True) -> Dataset:
         raise DataError(f"cannot read card.json ({e})", where=where) from None
     if not isinstance(card, dict) or card.get("format") != FORMAT:
         raise DataError("card.json is not an edgeloop dataset card", where=where)
+    if card.get("kind") == "detection":  # images with boxes (edgeloop.data.detection)
+        from edgeloop.data.detection import load_detection
+
+        return load_detection(p, card, card_bytes, verify)
     checks = card.get("checksums") or {}
     for name in ("x.npy", "y.npy", "splits.json"):
         if not (p / name).is_file():

@@ -36,21 +36,64 @@ def quantizable_layers(model: onnx.ModelProto) -> list[str]:
     return [n.name for n in m.graph.node if n.op_type in QUANTIZABLE]
 
 
+def head_layers(model: onnx.ModelProto) -> list[str]:
+    """The quantizable layers nearest the outputs (no other quantizable layer lies between them and a
+    graph output: a detector's box and score convolutions) and the nodes from them to the outputs."""
+    m = onnx.ModelProto()
+    m.CopyFrom(model)
+    _unique_node_names(m)
+    consumers: dict[str, list] = {}
+    for n in m.graph.node:
+        for i in n.input:
+            consumers.setdefault(i, []).append(n)
+    outputs = {o.name for o in m.graph.output}
+    found: set[str] = set()
+    for n in m.graph.node:
+        if n.op_type not in QUANTIZABLE:
+            continue
+        todo, seen, reaches, path = list(n.output), set(), False, []
+        while todo:
+            t = todo.pop()
+            if t in seen:
+                continue
+            seen.add(t)
+            reaches = reaches or t in outputs
+            for c in consumers.get(t, []):
+                if c.op_type not in QUANTIZABLE:
+                    path.append(c.name)
+                    todo.extend(c.output)
+        if reaches:
+            found.add(n.name)
+            found.update(path)  # the reshapes and concatenations between it and the outputs stay float too
+    return [n.name for n in m.graph.node if n.name in found]
+
+
+def last_layers(model: onnx.ModelProto, n: int, skip: tuple[str, ...] = ()) -> list[str]:
+    """The last ``n`` quantizable layers in graph order, leaving out ``skip``."""
+    return [name for name in quantizable_layers(model) if name not in skip][-n:] if n > 0 else []
+
+
 def rank_sensitivity(model: onnx.ModelProto, data: PassData, calibration: str = "minmax",
-                     max_layers: int = 8) -> list[tuple[str, float]]:
-    """[(layer, metric gain on validation when that layer alone stays float)], best gain first."""
+                     max_layers: int = 8, layers: list[str] | None = None,
+                     keep_float: tuple[str, ...] = ()) -> list[tuple[str, float]]:
+    """[(layer, metric gain on validation when that layer alone stays float)], best gain first.
+
+    ``layers``: the layers to measure (default: the first ``max_layers``); ``keep_float``: layers
+    float in every measurement, including the reference (a detector's head)."""
     from edgeloop.data.scoring import HIGHER_IS_BETTER, evaluate
 
     if data is None:
         raise UsageError("mixed precision needs a validation split to measure layer sensitivity")
     xv, yv = data.split("validation", "measuring layer sensitivity for mixed precision")
     sign = 1.0 if HIGHER_IS_BETTER[data.metric] else -1.0
-    full = run_static(model, Int8Static(calibration=calibration), data)
+    keep = tuple(keep_float)
+    full = run_static(model, Int8Static(calibration=calibration, exclude=keep), data)
     ref = evaluate(full, xv, yv, data.metric)
-    layers = quantizable_layers(model)[:max_layers * 4]
+    if layers is None:
+        layers = quantizable_layers(model)[:max_layers * 4]
     gains = []
     for name in layers[:max_layers] if len(layers) > max_layers else layers:
-        q = run_static(model, Int8Static(calibration=calibration, exclude=(name,)), data)
+        q = run_static(model, Int8Static(calibration=calibration, exclude=keep + (name,)), data)
         gains.append((name, sign * (evaluate(q, xv, yv, data.metric) - ref)))
     gains.sort(key=lambda t: -t[1])
     return gains

@@ -187,8 +187,11 @@ class _Search:
             src = parent.model if parent is not None else self.base_model
             if src is None:
                 return None
-            cand.model = apply_pass(src, config, self.data)
+            cand.model = _keep_metadata(src, apply_pass(src, config, self.data))
             cand.metrics = measure(cand.model, self.splits, self.target)
+            base_val = self.baseline.metrics[self.splits.metric]
+            cand.metrics["drop"] = (base_val - cand.metrics[self.splits.metric]) * \
+                (1 if HIGHER_IS_BETTER[self.splits.metric] else -1)
             cand.misses = _misses(cand.metrics, self.baseline.metrics, self.splits.metric, self.limits)
             if self.target is not None and self.target.kind != "linux" and \
                     any(st["pass"] == "int8_dynamic" for st in recipe):
@@ -206,6 +209,16 @@ class _Search:
         return cand if cand.error is None else None
 
 
+def _keep_metadata(src: onnx.ModelProto, out: onnx.ModelProto) -> onnx.ModelProto:
+    """Metadata the pass did not carry over (a detector's head, the labels) copied from its input, so
+    every candidate decodes and scores like the original."""
+    have = {p.key for p in out.metadata_props}
+    for p in src.metadata_props:
+        if p.key not in have:
+            out.metadata_props.add().CopyFrom(p)
+    return out
+
+
 def run_search(model: onnx.ModelProto, splits: Splits, limits: Limits, *, source: Any = None,
                progress: Callable[[str], None] | None = None, quick: bool = False) -> SearchResult:
     """Try the passes that apply to ``model`` and pick one (see module docstring)."""
@@ -217,6 +230,7 @@ def run_search(model: onnx.ModelProto, splits: Splits, limits: Limits, *, source
     s.progress("baseline")
     base = Candidate("baseline", [], None, model)
     base.metrics = measure(model, splits, s.target)
+    base.metrics["drop"] = 0.0
     s.baseline = base
     base.misses = _misses(base.metrics, base.metrics, splits.metric, limits)
     plan_mod.explore(s, quick=quick)

@@ -38,6 +38,46 @@ def quantize_family(s: Any, parent, quick: bool = False) -> Any:
     return _best(got, s.splits.metric, higher=HIGHER_IS_BETTER[s.splits.metric])
 
 
+def detector_mixed(s: Any, best_q: Any, loss: float, quick: bool = False) -> None:
+    """int8 for detectors: when full int8 loses more than --max-drop (in mAP on validation), keep the head
+    (the layers feeding the box and score outputs) float, then the head and the last layers whose int8
+    costs the most by measurement. The drop of each is in ``info["int8_drop"]``."""
+    from edgeloop.passes.mixed import MixedPrecision, head_layers, last_layers, rank_sensitivity
+
+    metric = s.splits.metric
+    base_val = s.baseline.metrics[metric]
+    calib = best_q.recipe[-1]["config"]["calibration"]
+    head = head_layers(s.base_model)
+    report: dict = {"metric": metric, "split": "validation", "float": base_val, "int8": best_q.metrics[metric],
+                    "drop": loss, "max_drop": s.limits.max_drop, "int8_candidate": best_q.id,
+                    "calibration": calib, "head_layers": head, "mixed": []}
+    s.info["int8_drop"] = report
+    if loss <= s.limits.max_drop or not head:
+        report["mixed_tried"] = False
+        return
+    report["mixed_tried"] = True
+    tried = [s.add(None, MixedPrecision(float_layers=tuple(head), calibration=calib),
+                   label="mixed precision: the head float")]
+    tail = last_layers(s.base_model, 4 if quick else 8, skip=tuple(head))
+    s.progress("measuring the last layers' sensitivity to int8 (mAP)")
+    try:
+        ranking = rank_sensitivity(s.base_model, s.data, calib, max_layers=len(tail), layers=tail,
+                                   keep_float=tuple(head)) if tail else []
+    except Exception as e:  # a failed measurement only removes these candidates
+        s.info["layer_sensitivity_error"] = f"{type(e).__name__}: {e}"
+        ranking = []
+    s.info["layer_sensitivity"] = [{"layer": n, "gain": g} for n, g in ranking]
+    helpful = [n for n, g in ranking if g > 0]
+    for k in range(1, min(2 if quick else 3, len(helpful)) + 1):
+        tried.append(s.add(None, MixedPrecision(float_layers=tuple(head + helpful[:k]), calibration=calib),
+                           label=f"mixed precision: the head and {k} last layer(s) float"))
+    for c in tried:
+        if c is not None:
+            report["mixed"].append({"id": c.id, "float_layers": list(c.recipe[-1]["config"]["float_layers"]),
+                                    metric: c.metrics[metric], "drop": base_val - c.metrics[metric],
+                                    "meets_limits": not c.misses})
+
+
 def explore(s: Any, quick: bool = False) -> None:
     from edgeloop.passes import Float16, Int8Dynamic, pass_names
 
@@ -60,7 +100,9 @@ def explore(s: Any, quick: bool = False) -> None:
             loss = (val_base - best_q.metrics[s.splits.metric]) * (1 if hib else -1)
             from edgeloop.passes.mixed import MixedPrecision, quantizable_layers, rank_sensitivity
 
-            if loss > 0 and len(quantizable_layers(base)) > 1:
+            if s.splits.task == "detection":
+                detector_mixed(s, best_q, loss, quick)
+            elif loss > 0 and len(quantizable_layers(base)) > 1:
                 calib = best_q.recipe[-1]["config"]["calibration"]
                 s.progress("measuring layer sensitivity to int8")
                 try:

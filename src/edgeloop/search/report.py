@@ -34,20 +34,27 @@ flash {{ kb(chosen.metrics.flash_bytes) }}, peak RAM {{ kb(chosen.metrics.peak_r
 {% endif %}
 <div class="plots">{{ plot_size | safe }}{{ plot_latency | safe }}</div>
 <h2>Candidates</h2>
-<table><tr><th class="l">id</th><th class="l">passes</th><th class="l">parent</th><th>{{ metric }}</th><th>file</th><th>flash</th>
+<table><tr><th class="l">id</th><th class="l">passes</th><th class="l">parent</th><th>{{ metric }}</th><th>drop</th><th>file</th><th>flash</th>
 <th>peak RAM</th><th>MACs</th><th class="l">precision</th><th>host ms</th>{% if target %}<th>{{ target }} ms (est.)</th>{% endif %}
 <th class="l">front</th><th class="l">limits</th></tr>
 {% for c in rows %}
 <tr class="{{ 'chosen' if c.chosen else '' }} {{ 'front' if c.on_front else '' }} {{ 'err' if c.error else '' }}">
 <td class="l">{{ c.id }}</td><td class="l">{{ recipe_text(c.passes) or '(original)' }}</td><td class="l">{{ c.parent or '' }}</td>
-{% if c.error %}<td class="l" colspan="{{ 9 if target else 8 }}">failed: {{ c.error }}</td><td></td>
+{% if c.error %}<td class="l" colspan="{{ 10 if target else 9 }}">failed: {{ c.error }}</td><td></td>
 {% else %}
-<td>{{ fmt(c.metrics[metric]) }}</td><td>{{ kb(c.metrics.file_bytes) }}</td><td>{{ kb(c.metrics.flash_bytes) }}</td>
+<td>{{ fmt(c.metrics[metric]) }}</td><td>{{ fmt(c.metrics.drop) }}</td><td>{{ kb(c.metrics.file_bytes) }}</td><td>{{ kb(c.metrics.flash_bytes) }}</td>
 <td>{{ kb(c.metrics.peak_ram_bytes) }}</td><td>{{ '{:,}'.format(c.metrics.macs) }}</td><td class="l">{{ c.metrics.precision }}</td>
 <td>{{ ms(c.metrics.host_latency_ms) }}</td>{% if target %}<td>{{ ms(c.metrics.target_latency_ms) }}</td>{% endif %}
 <td class="l">{{ 'yes' if c.on_front else '' }}</td><td class="l">{{ 'meets' if not c.misses else c.misses | join('; ') }}</td>
 {% endif %}</tr>
 {% endfor %}</table>
+{% if info.int8_drop %}{% set q = info.int8_drop %}<h2>int8 for this detector ({{ q.split }} split)</h2>
+<p>float {{ metric }} {{ fmt(q.float) }}; int8 ({{ q.int8_candidate }}, {{ q.calibration }}) {{ fmt(q.int8) }}: a drop of
+{{ fmt(q.drop) }} against max-drop {{ q.max_drop }}.{% if q.mixed_tried %} The head ({{ q.head_layers | length }} nodes from the
+last convolutions to the outputs) and the last layers that cost the most were kept float:{% else %} Within max-drop: nothing kept float.{% endif %}</p>
+{% if q.mixed %}<table><tr><th class="l">id</th><th class="l">nodes kept float</th><th>{{ metric }}</th><th>drop</th><th class="l">limits</th></tr>
+{% for r in q.mixed %}<tr><td class="l">{{ r.id }}</td><td class="l">{{ r.float_layers | length }}</td><td>{{ fmt(r[metric]) }}</td>
+<td>{{ fmt(r.drop) }}</td><td class="l">{{ 'meets' if r.meets_limits else 'misses' }}</td></tr>{% endfor %}</table>{% endif %}{% endif %}
 {% if info.layer_sensitivity %}<h2>Layer sensitivity to int8 (validation split)</h2>
 <table><tr><th class="l">layer</th><th>{{ metric }} regained when left float</th></tr>
 {% for r in info.layer_sensitivity %}<tr><td class="l">{{ r.layer }}</td><td>{{ fmt(r.gain) }}</td></tr>{% endfor %}</table>{% endif %}
