@@ -148,6 +148,8 @@ def export_cli(model_path, target, output, *, prefix: str = "model", verify: boo
             # feature reduction: which original inputs the model reads (also MODEL_KEPT_FEATURES in the header)
             "kept_features": info.get("kept_features"),
             "n_features_original": info.get("n_features_original"),
+            # the detection head decoded in C (<prefix>_detect), or None
+            "detect": info.get("detect"),
             "verify": None,
         }
         ram = getattr(target, "ram_bytes", None)
