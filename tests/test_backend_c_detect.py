@@ -226,7 +226,7 @@ def test_int8_face_detector_exports_and_verifies_on_cortex_m4(face_int8, face, t
 
 CENTROIDS_HEAD = {"kind": "centroids", "labels": ["a", "b", "c"],
                   "input": {"layout": "NCHW", "size": [48, 32], "range": [0.0, 1.0], "resize": "stretch"},
-                  "heatmap": {"activation": "none", "layout": "NCHW", "background": True},
+                  "heatmap": {"activation": "none", "layout": "NHWC", "background": True},
                   "min_score": 0.4}
 
 
@@ -240,10 +240,11 @@ def centroids_model() -> onnx.ModelProto:
              helper.make_node("Relu", ["h1"], ["r1"]),
              helper.make_node("MaxPool", ["r1"], ["p1"], kernel_shape=[2, 2], strides=[2, 2]),
              helper.make_node("Conv", ["p1", "w2", "b2"], ["logits"]),
-             helper.make_node("Softmax", ["logits"], ["heatmap"], axis=1)]
+             helper.make_node("Transpose", ["logits"], ["nhwc"], perm=[0, 2, 3, 1]),
+             helper.make_node("Softmax", ["nhwc"], ["heatmap"], axis=-1)]
     g = helper.make_graph(nodes, "centroids",
                           [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, 32, 48])],
-                          [helper.make_tensor_value_info("heatmap", TensorProto.FLOAT, [1, 4, 4, 6])],
+                          [helper.make_tensor_value_info("heatmap", TensorProto.FLOAT, [1, 4, 6, 4])],
                           [numpy_helper.from_array(w1, "w1"), numpy_helper.from_array(w2, "w2"),
                            numpy_helper.from_array(b2, "b2")])
     m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 13)])

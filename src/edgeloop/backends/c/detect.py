@@ -19,10 +19,11 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from edgeloop.backends.c.registry import HEADS
 from edgeloop.errors import UsageError
 from edgeloop.runtime import detect as rd
 
-SUPPORTED = ("ssd_anchors", "tflite_ssd", "centroids")
+SUPPORTED = tuple(HEADS)
 
 
 @dataclass
@@ -223,7 +224,7 @@ def _plan_ssd(head, low, prefix, quant_of) -> DetectPlan:
             + (f", greedy NMS at IoU {head['nms_iou']}" if nms == "greedy" else ""))
     h = _common_header(prefix, head, what)
     work = n * (8 + 8 + 4) + max_det * (32 + 8 + 4)
-    return DetectPlan(["detect_ssd"], "\n".join(c), h,
+    return DetectPlan(list(HEADS[head["kind"]].kernels), "\n".join(c), h,
                       {"kind": head["kind"], "anchors": n, "int8_scores": sq is not None,
                        "int8_threshold": q_thr if sq is not None else None,
                        "max_detections": max_det, "work_bytes": work,
@@ -266,7 +267,7 @@ def _plan_centroids(head, low, prefix, quant_of) -> DetectPlan:
     c.append(_wrapper(prefix, low, call))
     h_lines = _common_header(prefix, head, f"cells scoring >= {prefix.upper()}_MIN_SCORE, "
                                            "adjacent cells of one class merged into one object")
-    return DetectPlan(["detect_centroids"], "\n".join(c), h_lines,
+    return DetectPlan(list(HEADS["centroids"].kernels), "\n".join(c), h_lines,
                       {"kind": "centroids", "cells": [h, w], "int8_scores": q is not None,
                        "max_detections": max_det, "work_bytes": cells * 20 + max_det * 52,
                        "table_bytes": int(lut.size * 8)})
