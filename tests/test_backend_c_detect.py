@@ -287,3 +287,73 @@ def test_unsupported_heads_fail_with_one_line(tmp_path):
     assert len(r.stderr.strip().splitlines()) == 1
     assert not (tmp_path / "out").exists()
     assert model is not None
+
+
+def test_centroids_nchw_float_heatmap_in_c_equals_numpy(tmp_path):
+    """The channel-first heatmap layout (softmax over axis 1, no transpose)."""
+    model = centroids_model()
+    nodes = [n for n in model.graph.node if n.op_type != "Transpose"]
+    nodes[-1].input[0] = "logits"
+    nodes[-1].attribute[0].i = 1
+    del model.graph.node[:]
+    model.graph.node.extend(nodes)
+    model.graph.output[0].type.tensor_type.shape.dim[1].dim_value = 4
+    model.graph.output[0].type.tensor_type.shape.dim[2].dim_value = 4
+    model.graph.output[0].type.tensor_type.shape.dim[3].dim_value = 6
+    head = {**CENTROIDS_HEAD, "heatmap": {**CENTROIDS_HEAD["heatmap"], "layout": "NCHW"}}
+    model = attach_head(model, head)
+    head = head_of(model)
+    det = CDetector(model, tmp_path)
+    n = 0
+    for x, box in images(head).values():
+        n += len(assert_same_as_numpy(head, det, x, box, exact=True))
+    assert n >= 3
+
+
+# ---------------------------------------------------------------- a tflite_ssd head (multi-class)
+
+def tflite_ssd_model():
+    """A 16-anchor SSD with a background class and two classes: 1x1 convs over a 4x4 grid,
+    TF's yxhw box coder with exp sizes (the box coder of TFLite's Detection_PostProcess)."""
+    rng = np.random.default_rng(7)
+    wb = rng.normal(0, 0.5, (4, 3, 1, 1)).astype(np.float32)
+    ws = rng.normal(0, 1.5, (3, 3, 1, 1)).astype(np.float32)
+    nodes = [helper.make_node("Conv", ["x", "wb"], ["b"]), helper.make_node("Conv", ["x", "ws"], ["s"]),
+             helper.make_node("Transpose", ["b"], ["bt"], perm=[0, 2, 3, 1]),
+             helper.make_node("Transpose", ["s"], ["st"], perm=[0, 2, 3, 1]),
+             helper.make_node("Reshape", ["bt", "bshape"], ["boxes"]),
+             helper.make_node("Reshape", ["st", "sshape"], ["scores"])]
+    g = helper.make_graph(nodes, "ssd",
+                          [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, 4, 4])],
+                          [helper.make_tensor_value_info("boxes", TensorProto.FLOAT, [1, 16, 4]),
+                           helper.make_tensor_value_info("scores", TensorProto.FLOAT, [1, 16, 3])],
+                          [numpy_helper.from_array(wb, "wb"), numpy_helper.from_array(ws, "ws"),
+                           numpy_helper.from_array(np.array([1, 16, 4], np.int64), "bshape"),
+                           numpy_helper.from_array(np.array([1, 16, 3], np.int64), "sshape")])
+    m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 13)])
+    m.ir_version = 8
+    anchors = [[(i + 0.5) / 4, (j + 0.5) / 4, 0.4, 0.3] for i in range(4) for j in range(4)]
+    head = {"kind": "tflite_ssd", "labels": ["cat", "dog"], "anchors": anchors,
+            "input": {"layout": "NCHW", "size": [4, 4], "range": [-1.0, 1.0], "resize": "stretch"},
+            "boxes": {"output": "boxes"}, "scores": {"output": "scores"}, "min_score": 0.3, "nms_iou": 0.2}
+    return attach_head(m, head)
+
+
+def test_tflite_ssd_multiclass_head_in_c(tmp_path):
+    model = tflite_ssd_model()
+    head = head_of(model)
+    ims = images(head)
+    det = CDetector(model, tmp_path / "f32")
+    compile_strict(tmp_path / "f32")
+    classes = set()
+    for x, box in ims.values():
+        classes |= {d["label"] for d in assert_same_as_numpy(head, det, x, box, exact=False)}
+    q = quantize(model, [x for x, _ in ims.values()], tmp_path / "ssd_int8.onnx")
+    head = head_of(q)
+    det8 = CDetector(q, tmp_path / "i8")
+    n = 0
+    for x, box in ims.values():
+        dets = assert_same_as_numpy(head, det8, x, box, exact=True)
+        n += len(dets)
+        classes |= {d["label"] for d in dets}
+    assert n >= 3 and classes == {"cat", "dog"}
