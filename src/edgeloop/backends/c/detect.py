@@ -162,6 +162,17 @@ def _wrapper(prefix: str, low, call: str) -> str:
         "}", ""])
 
 
+def _call(kernel: str, args: dict) -> str:
+    """``k_<kernel>(...)`` bound by keyword against the kernel file's C signature (a missing
+    or unknown argument fails here, naming it, not in the C compiler)."""
+    from edgeloop.backends.c import kernel_lib
+
+    params = {p.name: p for p in kernel_lib.signature(kernel)}
+    tagged = {k: ("const" if k in params and params[k].is_pointer else "int", v) for k, v in args.items()}
+    bound = kernel_lib.bind(kernel, tagged)
+    return f"    k_{kernel}(" + ", ".join(str(v) for _, v in bound) + ");"
+
+
 def _ptr(out) -> str:
     return f"(const void *)(el_arena.bytes + {out['offset']})"
 
@@ -209,15 +220,18 @@ def _plan_ssd(head, low, prefix, quant_of) -> DetectPlan:
          f"static int el_det_kc[{max_det}];", ""]
     tw, th = head["input"]["size"]
     act = 1 if sspec["activation"] == "sigmoid" else 0
-    args = [_ptr(bout), int(bq is not None), _d(bq[0] if bq else 1.0), _d(bq[1] if bq else 0.0), stride,
-            _ptr(sout), int(sq is not None), _d(sq[0] if sq else 1.0), _d(sq[1] if sq else 0.0), nc, c0,
-            "el_det_lut", q_thr, act, _d(clip or 0.0), _d(raw_thr), _d(thr), "el_det_anchors",
-            n, int(bspec["coords"] == "yxhw"), "el_det_scale", int(bspec["exp_size"]),
-            _d(float(tw)), _d(float(th)), int(nms == "greedy"), _d(head["nms_iou"]),
-            int(not head["class_agnostic"]), max_det,
-            "el_det_cand", "el_det_cand_s", "el_det_cand_c", "el_det_kb", "el_det_ks", "el_det_kc",
-            "&count"]
-    call = "    k_detect_ssd(" + ", ".join(str(a) for a in args) + ");"
+    call = _call("detect_ssd", {
+        "b": _ptr(bout), "b_int8": int(bq is not None), "b_scale": _d(bq[0] if bq else 1.0),
+        "b_zp": _d(bq[1] if bq else 0.0), "stride": stride,
+        "s": _ptr(sout), "s_int8": int(sq is not None), "nc": nc, "c0": c0,
+        "lut": "el_det_lut", "q_thr": q_thr, "act": act, "clip": _d(clip or 0.0),
+        "raw_thr": _d(raw_thr), "thr": _d(thr), "anchors": "el_det_anchors", "n": n,
+        "yx": int(bspec["coords"] == "yxhw"), "scale": "el_det_scale",
+        "exp_size": int(bspec["exp_size"]), "tw": _d(float(tw)), "th": _d(float(th)),
+        "nms": int(nms == "greedy"), "iou": _d(head["nms_iou"]),
+        "by_class": int(not head["class_agnostic"]), "max_det": max_det,
+        "cand": "el_det_cand", "cand_s": "el_det_cand_s", "cand_c": "el_det_cand_c",
+        "kb": "el_det_kb", "ks": "el_det_ks", "kc": "el_det_kc", "count": "&count"})
     c.append(_wrapper(prefix, low, call))
     what = (f"scores >= {prefix.upper()}_MIN_SCORE"
             + (f" (int8 >= {q_thr})" if sq is not None else "")
@@ -260,10 +274,12 @@ def _plan_centroids(head, low, prefix, quant_of) -> DetectPlan:
          f"static long el_det_stack[{cells}];",
          f"static double el_det_kb[{4 * max_det}];", f"static double el_det_ks[{max_det}];",
          f"static int el_det_kc[{max_det}];", f"static long el_det_key[{max_det}];", ""]
-    args = [_ptr(out), int(q is not None), "el_det_lut", h, w, nch, int(nchw), c0, _d(thr),
-            _d(tw / w), _d(th / h), max_det, "el_det_best", "el_det_cls", "el_det_stack",
-            "el_det_kb", "el_det_ks", "el_det_kc", "el_det_key", "&count"]
-    call = "    k_detect_centroids(" + ", ".join(str(a) for a in args) + ");"
+    call = _call("detect_centroids", {
+        "m": _ptr(out), "is_int8": int(q is not None), "lut": "el_det_lut", "h": h, "w": w,
+        "nch": nch, "nchw": int(nchw), "c0": c0, "thr": _d(thr), "cell_w": _d(tw / w),
+        "cell_h": _d(th / h), "max_det": max_det, "best": "el_det_best", "cls": "el_det_cls",
+        "stack": "el_det_stack", "kb": "el_det_kb", "ks": "el_det_ks", "kc": "el_det_kc",
+        "kkey": "el_det_key", "count": "&count"})
     c.append(_wrapper(prefix, low, call))
     h_lines = _common_header(prefix, head, f"cells scoring >= {prefix.upper()}_MIN_SCORE, "
                                            "adjacent cells of one class merged into one object")

@@ -47,7 +47,7 @@ static double el_det_iou(const double *a, const double *b)
 enum { EL_DET_ACT_NONE = 0, EL_DET_ACT_SIGMOID = 1 };
 
 /* the score of anchor i, class column c (float64, as numpy's _activate) */
-static double el_ssd_score(const void *s, int s_int8, long i, double s_scale, double s_zp,
+static double el_ssd_score(const void *s, int s_int8, long i,
                            const double *lut, int act, double clip)
 {
     double x;
@@ -58,7 +58,6 @@ static double el_ssd_score(const void *s, int s_int8, long i, double s_scale, do
         if (x < -clip) x = -clip;
         if (x > clip) x = clip;
     }
-    (void)s_scale; (void)s_zp;
     return act == EL_DET_ACT_SIGMOID ? 1.0 / (1.0 + exp(-x)) : x;
 }
 
@@ -94,7 +93,7 @@ static int el_ssd_box(const void *b, int b_int8, long i, int stride, double b_sc
 }
 
 static void k_detect_ssd(const void *b, int b_int8, double b_scale, double b_zp, int stride,
-                         const void *s, int s_int8, double s_scale, double s_zp, int nc, int c0,
+                         const void *s, int s_int8, int nc, int c0,
                          const double *lut, int q_thr, int act, double clip, double raw_thr,
                          double thr, const double *anchors, long n, int yx, const double *scale,
                          int exp_size, double tw, double th, int nms, double iou, int by_class,
@@ -118,7 +117,7 @@ static void k_detect_ssd(const void *b, int b_int8, double b_scale, double b_zp,
         if (!pass)
             continue;
         for (c = c0; c < nc; ++c) {   /* numpy argmax: the first maximum */
-            double v = el_ssd_score(s, s_int8, i * nc + c, s_scale, s_zp, lut, act, clip);
+            double v = el_ssd_score(s, s_int8, i * nc + c, lut, act, clip);
             if (c == c0 || v > best) { best = v; best_c = c - c0; }
         }
         if (!isfinite(best) || !(best >= thr))
