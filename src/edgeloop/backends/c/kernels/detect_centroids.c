@@ -10,7 +10,7 @@
 #define EL_DETECT_CENTROIDS_C
 
 #include <stdint.h>
-#include "detect_common.h"
+#include "detect_rank.h"
 
 static void k_detect_centroids(const void *m, int is_int8, const double *lut, long h, long w,
                                long nch, int nchw, int c0, double thr, double cell_w,
