@@ -357,3 +357,71 @@ def test_tflite_ssd_multiclass_head_in_c(tmp_path):
         n += len(dets)
         classes |= {d["label"] for d in dets}
     assert n >= 3 and classes == {"cat", "dog"}
+
+
+# ---------------------------------------------------------------- YOLO heads
+
+def yolo_model(kind: str):
+    """A tiny YOLO-style net on an 8 x 8 input, one box per pixel: boxes cx cy w h in input
+    pixels (Relu of a conv around 4), class scores (and objectness) clipped to [0, 1].
+    yolov8: [1, 4+nc, 64] (Ultralytics' layout); yolov5: [1, 64, 5+nc]."""
+    rng = np.random.default_rng(11)
+    parts = [("box", 4, np.array([4.0, 4.0, 2.5, 2.5], np.float32), None)]
+    if kind == "yolov5":
+        parts.append(("obj", 1, np.array([0.6], np.float32), (0.0, 1.0)))
+    parts.append(("cls", 2, np.array([0.2, 0.2] if kind == "yolov8" else [-0.4, 0.5], np.float32),
+                  (0.0, 1.0)))
+    nodes, inits, names = [], [], []
+    for name, ch, bias, clip in parts:
+        std = {"box": 0.8, "obj": 0.6, "cls": 0.6 if kind == "yolov8" else 1.5}[name]
+        w = rng.normal(0, std, (ch, 3, 1, 1)).astype(np.float32)
+        inits += [numpy_helper.from_array(w, f"w_{name}"), numpy_helper.from_array(bias, f"b_{name}")]
+        nodes.append(helper.make_node("Conv", ["x", f"w_{name}", f"b_{name}"], [f"c_{name}"]))
+        if clip is None:
+            nodes.append(helper.make_node("Relu", [f"c_{name}"], [f"a_{name}"]))
+        else:
+            inits += [numpy_helper.from_array(np.array(clip[0], np.float32), f"lo_{name}"),
+                      numpy_helper.from_array(np.array(clip[1], np.float32), f"hi_{name}")]
+            nodes.append(helper.make_node("Clip", [f"c_{name}", f"lo_{name}", f"hi_{name}"], [f"a_{name}"]))
+        inits.append(numpy_helper.from_array(np.array([1, ch, 64], np.int64), f"s_{name}"))
+        nodes.append(helper.make_node("Reshape", [f"a_{name}", f"s_{name}"], [f"r_{name}"]))
+        last = f"r_{name}"
+        if kind == "yolov5":
+            nodes.append(helper.make_node("Transpose", [last], [f"t_{name}"], perm=[0, 2, 1]))
+            last = f"t_{name}"
+        names.append(last)
+    k = sum(p[1] for p in parts)
+    shape = [1, k, 64] if kind == "yolov8" else [1, 64, k]
+    nodes.append(helper.make_node("Concat", names, ["output0"], axis=1 if kind == "yolov8" else 2))
+    g = helper.make_graph(nodes, kind, [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, 8, 8])],
+                          [helper.make_tensor_value_info("output0", TensorProto.FLOAT, shape)], inits)
+    m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 13)])
+    m.ir_version = 8
+    head = {"kind": kind, "labels": ["person", "helmet"], "output": "output0",
+            "input": {"layout": "NCHW", "size": [8, 8], "range": [0.0, 1.0], "resize": "letterbox"},
+            "min_score": 0.3 if kind == "yolov8" else 0.1, "nms_iou": 0.3}
+    return attach_head(m, head)
+
+
+@pytest.mark.parametrize("kind", ["yolov8", "yolov5"])
+def test_yolo_head_in_c(kind, tmp_path):
+    model = yolo_model(kind)
+    head = head_of(model)
+    ims = images(head)
+    det = CDetector(model, tmp_path / "f32")
+    compile_strict(tmp_path / "f32")
+    for x, box in ims.values():
+        assert_same_as_numpy(head, det, x, box, exact=True)     # no exp: exact in float too
+    q = quantize(model, [x for x, _ in ims.values()], tmp_path / "yolo_int8.onnx")
+    head = head_of(q)
+    det8 = CDetector(q, tmp_path / "i8")
+    compile_strict(tmp_path / "i8")
+    n, classes = 0, set()
+    for x, box in ims.values():
+        dets = assert_same_as_numpy(head, det8, x, box, exact=True)
+        n += len(dets)
+        classes |= {d["label"] for d in dets}
+    assert n >= 3 and classes == {"person", "helmet"}
+    raw = rd.decode({**head, "nms": "none", "max_detections": 1000}, det8.raw(ims["astronaut.png"][0]),
+                    ims["astronaut.png"][1])
+    assert len(raw) > len(det8.detect(ims["astronaut.png"][0]))   # NMS removed boxes

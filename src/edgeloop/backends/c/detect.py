@@ -2,8 +2,9 @@
 
 When the exported model carries a head (``edgeloop.head``), :func:`plan` adds, beside
 ``<prefix>_run``, a function that runs the model and turns its raw outputs into boxes with
-the kernels ``kernels/detect_ssd.c`` (``ssd_anchors``, ``tflite_ssd``) or
-``kernels/detect_centroids.c`` (``centroids``). Everything the device needs that does
+the kernels ``kernels/detect_ssd.c`` (``ssd_anchors``, ``tflite_ssd``),
+``kernels/detect_yolo.c`` (``yolov8``, ``yolov5``) or ``kernels/detect_centroids.c``
+(``centroids``); which kinds have C is :data:`edgeloop.backends.c.registry.HEADS`. Everything the device needs that does
 not change per frame is computed here once, with :mod:`edgeloop.runtime.detect` itself:
 the anchors (``static const`` table), the int8 scores' values (a 256-entry table of the
 numpy decoder's own float64 results) and the score threshold in the int8 domain (the
@@ -289,6 +290,54 @@ def _plan_centroids(head, low, prefix, quant_of) -> DetectPlan:
                        "table_bytes": int(lut.size * 8)})
 
 
+def _plan_yolo(head, low, prefix, quant_of) -> DetectPlan:
+    kind = head["kind"]
+    out = _output(low, head, head.get("output"), 0, "output")
+    shape = list(out["shape"])
+    if len(shape) == 3:
+        shape = shape[1:]
+    if len(shape) != 2:
+        _fail(f"output '{out['name']}' has shape {out['shape']}, expected [1, N, k] or [1, k, N]")
+    rows, cols = shape
+    nc = len(head["labels"]) or None
+    transposed = kind == "yolov8" and ((nc is not None and rows == 4 + nc and cols != 4 + nc)
+                                       or (nc is None and rows < cols))
+    n, k = (cols, rows) if transposed else (rows, cols)
+    si, sj = (1, cols) if transposed else (cols, 1)
+    first = 5 if kind == "yolov5" else 4
+    if k < first + (kind == "yolov8"):
+        _fail(f"output '{out['name']}' has {k} values per box, too few for {kind}")
+    q = _quant(head, out, quant_of)
+    thr = float(head["min_score"])
+    lut = _int8_table(head, out["name"], q, "none", None) if q is not None else np.zeros(1)
+    q_thr = _q_threshold(lut, thr) if q is not None else 128
+    nms, max_det = head["nms"], head["max_detections"]
+    if nms == "weighted":
+        _fail("nms 'weighted' is not supported in C (use greedy or none)")
+    c = [f"/* ---- detection head ({kind}): {n} boxes, decoded by k_detect_yolo */",
+         _table("el_det_lut", "double", lut),
+         f"static long el_det_cand[{n}];", f"static double el_det_cand_s[{n}];",
+         f"static int el_det_cand_c[{n}];",
+         f"static double el_det_kb[{4 * max_det}];", f"static double el_det_ks[{max_det}];",
+         f"static int el_det_kc[{max_det}];", ""]
+    call = _call("detect_yolo", {
+        "a": _ptr(out), "is_int8": int(q is not None), "lut": "el_det_lut", "n": n, "k": k,
+        "si": si, "sj": sj, "obj": int(kind == "yolov5"), "q_thr": q_thr, "thr": _d(thr),
+        "nms": int(nms == "greedy"), "iou": _d(head["nms_iou"]),
+        "by_class": int(not head["class_agnostic"]), "max_det": max_det,
+        "cand": "el_det_cand", "cand_s": "el_det_cand_s", "cand_c": "el_det_cand_c",
+        "kb": "el_det_kb", "ks": "el_det_ks", "kc": "el_det_kc", "count": "&count"})
+    c.append(_wrapper(prefix, low, call))
+    what = (f"scores >= {prefix.upper()}_MIN_SCORE"
+            + (f" (int8 >= {q_thr})" if q is not None and kind == "yolov8" else "")
+            + (f", greedy NMS at IoU {head['nms_iou']}" if nms == "greedy" else ""))
+    return DetectPlan(list(HEADS[kind].kernels), "\n".join(c), _common_header(prefix, head, what),
+                      {"kind": kind, "boxes": n, "int8_scores": q is not None,
+                       "int8_threshold": q_thr if q is not None and kind == "yolov8" else None,
+                       "max_detections": max_det, "work_bytes": n * 20 + max_det * 44,
+                       "table_bytes": int(lut.size * 8)})
+
+
 def plan(head: dict, low, prefix: str, quant_of) -> DetectPlan:
     """The C for ``head`` on the lowered model ``low``; ``quant_of(name)`` gives an int8
     output's (scale, zero point) when the head does not record it."""
@@ -299,4 +348,6 @@ def plan(head: dict, low, prefix: str, quant_of) -> DetectPlan:
         _fail(f"a detector takes one input; this model takes {len(low.inputs)}")
     if kind == "centroids":
         return _plan_centroids(head, low, prefix, quant_of)
+    if kind in ("yolov8", "yolov5"):
+        return _plan_yolo(head, low, prefix, quant_of)
     return _plan_ssd(head, low, prefix, quant_of)

@@ -271,6 +271,8 @@ HEADS: dict[str, Head] = {h.kind: h for h in (
     Head("ssd_anchors", ("detect_ssd",)),
     Head("tflite_ssd", ("detect_ssd",)),
     Head("centroids", ("detect_centroids",)),
+    Head("yolov8", ("detect_yolo",)),
+    Head("yolov5", ("detect_yolo",)),
 )}
 
 
