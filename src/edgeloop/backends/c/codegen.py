@@ -70,6 +70,18 @@ def _kept_features(model: onnx.ModelProto) -> tuple[list[int], int | None]:
     return [int(k) for k in kept], n_original
 
 
+def _detect_plan(model, low: Lowered, a, prefix: str):
+    """The C of the model's detection head (edgeloop.backends.c.detect), or None."""
+    from edgeloop.detect import head_of
+
+    head = head_of(model)
+    if head is None:
+        return None
+    from edgeloop.backends.c import detect
+
+    return detect.plan(head, low, prefix, lambda name: _io_quant(a, low, name, False))
+
+
 def render(model: onnx.ModelProto, prefix: str = "model"):
     """(c text, h text, info) for ``model``."""
     from edgeloop.backends.c.lower import Lowerer
@@ -133,6 +145,9 @@ def render(model: onnx.ModelProto, prefix: str = "model"):
         args = resolve(call, handlers)
         body.append(f"    /* {call.name} ({call.op}) */\n    {fname}({', '.join(args)});\n")
 
+    det = _detect_plan(model, low, a, prefix)   # a detection head: <prefix>_detect
+    if det is not None:
+        used += [k for k in det.kernels if k not in used]
     kernels = kernel_lib.closure(used)
     system = [h for h in kernel_lib.system_includes(used) if h not in ("stdint.h", "string.h")]
     primary = _primary_output(low)
@@ -179,7 +194,8 @@ def render(model: onnx.ModelProto, prefix: str = "model"):
               f"#define {P}_N_FEATURES_ORIGINAL {n_original}", f"#define {P}_N_KEPT_FEATURES {len(kept)}",
               f"#define {P}_KEPT_FEATURES {{{', '.join(str(k) for k in kept)}}}"]
     h += ["", f"int {prefix}_run(const void *input, void *output);",
-          f"int {prefix}_run_all(const void *const *inputs, void *const *outputs);", "",
+          f"int {prefix}_run_all(const void *const *inputs, void *const *outputs);",
+          *(det.h if det is not None else []), "",
           "#ifdef __cplusplus", "}", "#endif", "", f"#endif /* {P}_H */", ""]
 
     # ---- source
@@ -213,6 +229,8 @@ def render(model: onnx.ModelProto, prefix: str = "model"):
         off += i["nbytes"]
     c += [f"    for (k = 0; k < {max(len(low.outputs), 1)}; ++k) outs[k] = 0;",
           f"    outs[{primary}] = output;", f"    return {prefix}_run_all(ins, outs);", "}", ""]
+    if det is not None:
+        c.append(det.c)
 
     def qinfo(q):
         return {"scale": q[0], "zero_point": q[1]} if q else None
@@ -241,6 +259,7 @@ def render(model: onnx.ModelProto, prefix: str = "model"):
         "scratch_bytes": int(sum(int(a[2]) * 8 for cl in low.calls for a in cl.args
                                  if a[0] == "scratch")),
         "n_calls": len(low.calls),
+        "detect": det.info if det is not None else None,
     }
     return "\n".join(c), "\n".join(h), info
 

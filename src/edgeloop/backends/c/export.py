@@ -148,6 +148,8 @@ def export_cli(model_path, target, output, *, prefix: str = "model", verify: boo
             # feature reduction: which original inputs the model reads (also MODEL_KEPT_FEATURES in the header)
             "kept_features": info.get("kept_features"),
             "n_features_original": info.get("n_features_original"),
+            # the detection head decoded in C (<prefix>_detect), or None
+            "detect": info.get("detect"),
             "verify": None,
         }
         ram = getattr(target, "ram_bytes", None)
@@ -185,6 +187,10 @@ def _print(report: dict, output: Path, as_json: bool) -> None:
         t.add_row("fits the target", f"RAM {'yes' if report['fits_ram'] else 'NO'}, flash "
                                      f"{'yes' if report.get('fits_flash') else 'NO'}")
     t.add_row("kernels", ", ".join(report["kernels"]))
+    det = report.get("detect")
+    if det:
+        t.add_row("detection head", f"{det['kind']} decoded in C: {report['prefix']}_detect(), "
+                                    f"at most {det['max_detections']} boxes")
     v = report["verify"]
     if v is not None:
         if not v.get("available"):
