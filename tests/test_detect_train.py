@@ -80,7 +80,7 @@ def make_detection_folder(out: Path, n_images: int = 240, size: int = 96, digits
 
 @pytest.fixture(scope="module")
 def det_folder(tmp_path_factory):
-    return make_detection_folder(tmp_path_factory.mktemp("det") / "ds", n_images=200)
+    return make_detection_folder(tmp_path_factory.mktemp("det") / "ds", n_images=200, size=64, scale=(2, 2))
 
 
 @pytest.fixture(scope="module")
@@ -88,8 +88,8 @@ def trained(det_folder, tmp_path_factory):
     from edgeloop.train import train_dataset
 
     out = tmp_path_factory.mktemp("model") / "det.onnx"
-    result = train_dataset(det_folder, out, target="stm32f746", min_score=0.5, epochs=25, seed=0,
-                           candidates=["fomo"], size="96x96")
+    result = train_dataset(det_folder, out, target="stm32f746", min_score=0.3, epochs=20, seed=0,
+                           candidates=["fomo"], size="64x64")
     return out, result
 
 
@@ -116,14 +116,14 @@ def test_fomo_trains_int8_reaches_score_and_carries_its_head(trained):
     out, r = trained
     assert r["chosen"] == "fomo" and r["task"] == "detection"
     row = r["candidates"][0]
-    assert row["reached"] and row["score"] >= 0.5 and row["fits"] is True
+    assert row["reached"] and row["score"] >= 0.3 and row["fits"] is True
     assert row["precision"] == "int8" and row["params"] < 100_000 and row["est_fps"] > 0
-    assert r["test_score"] is not None and r["test_score"] > 0.4
+    assert r["test_score"] is not None and r["test_score"] > 0.2
     m = onnx.load(out)
     assert sum(n.op_type == "QuantizeLinear" for n in m.graph.node) > 5
     head = head_of(m)
     assert head["kind"] == "centroids" and head["labels"] == ["digit0", "digit7"]
-    assert head["input"]["size"] == [96, 96]
+    assert head["input"]["size"] == [64, 64] and 0.3 <= head["min_score"] <= 0.8
     assert out.with_suffix(".pt2").is_file()
 
 
@@ -174,8 +174,16 @@ def test_box_detector_outputs_yolov8_layout_and_learns():
         loss.backward()
         opt.step()
         first = first if first is not None else loss.item()
-    assert float(loss) < first * 0.5
+    assert loss.item() < first * 0.5
     net.eval()
     y = net(x[:1])
     assert tuple(y.shape) == (1, 6, 64)
     assert 0 <= float(y[0, 4:].min()) and float(y[0, 4:].max()) <= 1
+
+
+def test_cli_train_detection_bad_size_is_one_line_error(det_folder, tmp_path):
+    p = subprocess.run([sys.executable, "-m", "edgeloop", "train", str(det_folder), "--size", "64by64",
+                        "-o", str(tmp_path / "m.onnx")], capture_output=True, text=True, timeout=120)
+    assert p.returncode != 0
+    assert "--size" in p.stderr and "Traceback" not in p.stderr and len(p.stderr.strip().splitlines()) == 1
+    assert not (tmp_path / "m.onnx").exists()

@@ -385,6 +385,29 @@ def _predict_torch(kind: str, net, split: _Split, head: dict, min_score: float |
     return [decode(head, {"out": y[k:k + 1]}, split.letterboxes[k], min_score) for k in range(len(split.x))]
 
 
+THRESHOLDS = (0.3, 0.4, 0.5, 0.6, 0.7, 0.8)
+
+
+def _best_threshold(net, split: _Split, head: dict) -> tuple[float, float]:
+    """(threshold, centroid F1) of the heatmap threshold scoring best on this (validation) split;
+    the smallest wins ties. The threshold goes into the head (its ``min_score``)."""
+    import torch
+
+    from edgeloop.detect.metrics import centroid_f1
+    from edgeloop.runtime.detect import decode
+
+    net.eval()
+    with torch.no_grad():
+        y = torch.softmax(net(torch.from_numpy(split.x)), dim=1).numpy()
+    best = (THRESHOLDS[0], -1.0)
+    for t in THRESHOLDS:
+        preds = [decode(head, {"out": y[k:k + 1]}, split.letterboxes[k], t) for k in range(len(y))]
+        f1 = centroid_f1(preds, split.truths)["f1"]
+        if f1 > best[1] + 1e-9:
+            best = (t, f1)
+    return best
+
+
 def _score(metric: str, preds: list[list[dict]], truths: list[list[dict]]) -> float:
     from edgeloop.detect.metrics import centroid_f1, map50
 
@@ -498,21 +521,26 @@ def _train_candidate(name: str, ds, train: _Split, val: _Split, size, tgt, *, ep
     val_min = None if name == "fomo" else 0.01  # mAP ranks every detection; F1 uses the head's threshold
 
     def validate() -> float:
+        if name == "fomo":
+            return _best_threshold(net, val, head)[1]
         return _score(metric, _predict_torch(head_kind, net, val, head, val_min), val.truths)
 
     t0 = time.perf_counter()
     fit = _fit(net, loss_of, validate, train, epochs=epochs, lr=lr, batch_size=16, seed=seed,
-               patience=max(6, epochs // 5), on_epoch=on_epoch)
+               patience=max(10, epochs // 4), on_epoch=on_epoch)
     train_s = time.perf_counter() - t0
+    spec = _head_spec(head_kind, ds.labels, size)
+    if name == "fomo":
+        spec["min_score"] = _best_threshold(net, val, head)[0]
     ship = _with_softmax(_fused(net)) if name == "fomo" else _fused(net)
     model = _export_onnx(ship, size, f"<{name} detector>")
     precision = "float32"
     if name == "fomo":
         model = _int8(model, train)
         precision = "int8"
-    model = attach_head(model, _head_spec(head_kind, ds.labels, size), where=f"{name} head")
+    model = attach_head(model, spec, where=f"{name} head")
     scores = _score_graph(model, metric, ds, val.indices)
-    config.update(epochs=epochs, lr=lr, batch_size=16, seed=seed, precision=precision,
+    config.update(min_score=spec.get("min_score"), epochs=epochs, lr=lr, batch_size=16, seed=seed, precision=precision,
                   augmentation=["hflip", "crop 0.7-1.0", "colour jitter 0.7-1.3"])
     return {"net": net, "ship": ship, "model": model, "score": scores[metric], "metric": metric,
             "float_score": fit["best_validation"], "train_seconds": train_s, "fit": fit, "config": config,
