@@ -186,8 +186,10 @@ def print_train(result: dict) -> None:
         mark = "chosen" if row["name"] == result["chosen"] else ("reached" if row.get("reached") else "")
         if row.get("converged") is False:
             mark = (mark + "; " if mark else "") + "stopped at its iteration cap"
-        t.add_row(row["name"], f"{row['score']:.4f}", f"{row['params']:,}", _fmt_bytes(row["flash_bytes"]),
-                  _fmt_bytes(row["peak_ram_bytes"]), _fmt_ms(row.get("est_latency_ms")), fits,
+        own = f" {row['metric']}" if row.get("metric") not in (None, result["metric"]) else ""  # detectors
+        fps = f" ({row['est_fps']:.3g} fps)" if row.get("est_fps") else ""
+        t.add_row(row["name"], f"{row['score']:.4f}{own}", f"{row['params']:,}", _fmt_bytes(row["flash_bytes"]),
+                  _fmt_bytes(row["peak_ram_bytes"]), _fmt_ms(row.get("est_latency_ms")) + fps, fits,
                   f"{row['train_seconds']:.1f} s", mark)
     out.print(t)
     if tgt:
@@ -195,5 +197,6 @@ def print_train(result: dict) -> None:
     out.print(result["summary"])
     for note in result.get("warnings") or []:
         out.print(f"warning: {note}")
-    out.print(f"test {result['metric']} (test split, used once): {result['test_score']:.4f}")
+    if result.get("test_score") is not None:
+        out.print(f"test {result['metric']} (test split, used once): {result['test_score']:.4f}")
     out.print(f"wrote {result['output']} and its source {result['source']}")

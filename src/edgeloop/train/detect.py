@@ -233,7 +233,7 @@ class _Split:
         head = parse_head(_head_spec("centroids", ds.labels, size))
         index = {name: k for k, name in enumerate(ds.labels)}
         self.indices = list(indices)
-        xs, self.boxes, self.letterboxes, self.images = [], [], [], []
+        xs, self.boxes, self.letterboxes = [], [], []
         for i in self.indices:
             img = ds.image(i)
             x, lb = preprocess(img, head)
