@@ -145,7 +145,7 @@ def test_export_never_replaces_a_users_own_folder(tmp_path):
     mine.mkdir()
     (mine / "notes.txt").write_text("keep me")
     proc = subprocess.run([sys.executable, "-m", "edgeloop", "export", str(model), "--target", "nrf52840",
-                           "-o", str(mine)], capture_output=True, text=True, timeout=300)
+                           "-o", str(mine), "--trust-pickle"], capture_output=True, text=True, timeout=300)
     assert proc.returncode == 2 and "refusing to replace" in proc.stderr, proc.stderr
     assert (mine / "notes.txt").read_text() == "keep me"
     assert sorted(p.name for p in mine.iterdir()) == ["notes.txt"]

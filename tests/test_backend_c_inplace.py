@@ -209,7 +209,8 @@ def test_int8_conv_inplace_bit_exact(case, tmp_path):
 
 
 def test_int8_add_and_relu_run_in_place(tmp_path):
-    # a = pointwise(x) (x still needed), s = a + x (both die: s overwrites a), y = relu(s)
+    # a = pointwise(x) (x still needed), s = a + x (both die: s overwrites a), y = relu(s);
+    # the conv reads x itself, so it cannot run fused with the Add over x
     n1, i1, _ = _qconv("pw", "x", "a", 8, 8, 1)
     f = F
     inits = i1 + [f(np.array(0.08, np.float32), "s_s"), f(np.array(2, np.int8), "s_z"),

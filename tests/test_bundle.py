@@ -21,7 +21,7 @@ def test_export_cli_writes_a_complete_bundle(tmp_path_factory, tmp_path):
     src = digits_joblib(tmp_path_factory)
     out = tmp_path / "bundle"
     r = subprocess.run([PY, "-m", "edgeloop", "export", str(src), "--target", "raspberry-pi-4", "-o", str(out),
-                        "--verify", "--json"], capture_output=True, text=True, timeout=120)
+                        "--verify", "--json", "--trust-pickle"], capture_output=True, text=True, timeout=120)
     assert r.returncode == 0, r.stderr
     report = json.loads(r.stdout)
     assert report["verified"] is True and report["target"] == "raspberry-pi-4"
@@ -80,7 +80,7 @@ def test_dockerfile_passes_hadolint_and_fits_the_board(tmp_path, tmp_path_factor
 
     src = digits_joblib(tmp_path_factory)
     out = tmp_path / target
-    m = build_bundle(load_file(src), out, target, source_path=str(src))
+    m = build_bundle(load_file(src, trust_pickle=True), out, target, source_path=str(src))
     docker = (out / "Dockerfile").read_text()
     r = subprocess.run([str(HADOLINT), "--no-color", str(out / "Dockerfile")], capture_output=True, text=True)
     assert r.returncode == 0, r.stdout + r.stderr
@@ -136,12 +136,12 @@ def test_failed_export_leaves_the_previous_bundle_intact(tmp_path, tmp_path_fact
 
     src = digits_joblib(tmp_path_factory)
     out = tmp_path / "b"
-    build_bundle(load_file(src), out, "raspberry-pi-4", source_path=str(src))
+    build_bundle(load_file(src, trust_pickle=True), out, "raspberry-pi-4", source_path=str(src))
     before = {p.name: p.read_bytes() for p in out.iterdir() if p.is_file()}
     bad = tmp_path / "broken.joblib"
     bad.write_bytes(src.read_bytes()[:100])
-    r = subprocess.run([PY, "-m", "edgeloop", "export", str(bad), "--target", "raspberry-pi-4", "-o", str(out)],
-                       capture_output=True, text=True, timeout=120)
+    r = subprocess.run([PY, "-m", "edgeloop", "export", str(bad), "--target", "raspberry-pi-4", "-o", str(out),
+                        "--trust-pickle"], capture_output=True, text=True, timeout=120)
     assert r.returncode == 2 and r.stderr.count("\n") == 1 and "Traceback" not in r.stderr
     assert {p.name: p.read_bytes() for p in out.iterdir() if p.is_file()} == before
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".b.")]  # no temp leftovers
@@ -149,8 +149,8 @@ def test_failed_export_leaves_the_previous_bundle_intact(tmp_path, tmp_path_fact
     other = tmp_path / "notes"
     other.mkdir()
     (other / "keep.txt").write_text("x")
-    r = subprocess.run([PY, "-m", "edgeloop", "export", str(src), "--target", "raspberry-pi-4", "-o", str(other)],
-                       capture_output=True, text=True, timeout=120)
+    r = subprocess.run([PY, "-m", "edgeloop", "export", str(src), "--target", "raspberry-pi-4", "-o", str(other),
+                        "--trust-pickle"], capture_output=True, text=True, timeout=120)
     assert r.returncode == 2 and (other / "keep.txt").read_text() == "x"
 
 
@@ -160,7 +160,7 @@ def test_microcontroller_target_is_not_a_bundle(tmp_path_factory, tmp_path):
     from edgeloop.frontends import load_file
 
     with pytest.raises(UsageError):
-        build_bundle(load_file(digits_joblib(tmp_path_factory)), tmp_path / "x", "stm32f746")
+        build_bundle(load_file(digits_joblib(tmp_path_factory), trust_pickle=True), tmp_path / "x", "stm32f746")
 
 
 def test_jetson_nano_bundle_is_converted_to_its_onnxruntime_opset(tmp_path, tmp_path_factory):
@@ -172,7 +172,7 @@ def test_jetson_nano_bundle_is_converted_to_its_onnxruntime_opset(tmp_path, tmp_
     from edgeloop.runtime.model import BundleModel
 
     src = digits_joblib(tmp_path_factory)
-    original = load_file(src)
+    original = load_file(src, trust_pickle=True)
     assert max(o.version for o in original.opset_import if o.domain == "") > 16
     m = build_bundle(original, tmp_path / "nano", "jetson-nano", source_path=str(src))
     model = onnx.load(tmp_path / "nano" / "model.onnx")

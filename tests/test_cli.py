@@ -6,8 +6,8 @@ import json
 import subprocess
 import sys
 
-import joblib
 import pytest
+import skops.io
 from sklearn.datasets import load_digits
 from sklearn.neural_network import MLPClassifier
 
@@ -21,8 +21,8 @@ def _cli(*args: str) -> subprocess.CompletedProcess:
 @pytest.fixture(scope="module")
 def digits_model(tmp_path_factory):
     x, y = load_digits(return_X_y=True)
-    path = tmp_path_factory.mktemp("cli") / "digits.joblib"
-    joblib.dump(MLPClassifier((16,), max_iter=50, random_state=0).fit(x / 16, y), path)
+    path = tmp_path_factory.mktemp("cli") / "digits.skops"  # skops: loads without --trust-pickle
+    skops.io.dump(MLPClassifier((16,), max_iter=50, random_state=0).fit(x / 16, y), path)
     return path
 
 

@@ -77,8 +77,9 @@ def _feature_reduced_bundle(tmp_path):
     src = tmp_path / "digits.joblib"
     joblib.dump(LogisticRegression(max_iter=3000).fit(x[:600], y[:600]), src)
     keep = list(range(8, 56))
-    small = apply_pass(edgeloop.load(src), FeatureSelect(keep=tuple(keep)),
-                       PassData(x_fit=x[:450], y_fit=y[:450], x_tune=x[450:600], y_tune=y[450:600], source=str(src)))
+    small = apply_pass(edgeloop.load(src, trust_pickle=True), FeatureSelect(keep=tuple(keep)),
+                       PassData(train=(x[:450], y[:450]), validation=(x[450:600], y[450:600]), source=str(src),
+                                trust_pickle=True))
     save(small, tmp_path / "small.onnx")
     build_bundle(edgeloop.load(tmp_path / "small.onnx"), tmp_path / "v1", "raspberry-pi-4", source_path=str(src))
     return x, y, keep
@@ -99,7 +100,7 @@ def test_improve_compares_old_and_new_on_rows_no_fit_saw(tmp_path, fits, monkeyp
 
     monkeypatch.setattr(improve_mod, "_evaluate", evaluate)
     fits.clear()  # only the fits improve makes
-    comparison = improve_mod.improve(tmp_path / "v1", tmp_path / "new.npz", tmp_path / "v2")
+    comparison = improve_mod.improve(tmp_path / "v1", tmp_path / "new.npz", tmp_path / "v2", trust_pickle=True)
     held = scored[0]
     assert all(np.array_equal(s, held) for s in scored)  # old and new on the same rows
     assert comparison["recipe_applied"] is True
@@ -122,7 +123,7 @@ def test_improve_drops_held_out_rows_that_equal_a_training_row(tmp_path):
     x, y, _ = _feature_reduced_bundle(tmp_path)
     xs, ys = np.concatenate([x[600:900], x[600:900]]), np.concatenate([y[600:900], y[600:900]])
     np.savez(tmp_path / "twice.npz", x=xs, y=ys)
-    comparison = improve(tmp_path / "v1", tmp_path / "twice.npz", tmp_path / "v2")
+    comparison = improve(tmp_path / "v1", tmp_path / "twice.npz", tmp_path / "v2", trust_pickle=True)
     h = comparison["holdout_new"]
     assert h["dropped_as_training_rows"] > 0 and abs(h["n"] + h["dropped_as_training_rows"] - 150) <= 5
     assert f"{h['n']} held-out rows" in comparison["holdout_note"]
@@ -182,7 +183,7 @@ def test_shrink_fits_and_passes_never_see_the_test_split(tmp_path, fits, monkeyp
     monkeypatch.setattr(passes, "apply_pass", apply_pass)
     fits.clear()
     doc = shrink_files(str(tmp_path / "wine.joblib"), str(tmp_path / "wine.npz"), str(tmp_path / "out"),
-                       max_drop=0.05, quick=True)
+                       max_drop=0.05, quick=True, trust_pickle=True)
     test, val = splits.x("test"), splits.x("validation")
     assert doc["test"]["samples"] == len(test) and doc["splits"]["validation"] == len(val)
     assert any(c["passes"][0]["pass"] == "feature_select" and not c["error"] for c in doc["candidates"])

@@ -78,18 +78,26 @@ def test_regressor_agrees_on_whole_test_set(name):
     assert get_metadata(model)["task"] == "regression"
 
 
-@pytest.mark.parametrize("suffix", [".joblib", ".pkl"])
-def test_pickled_file_imports(tmp_path, suffix):
+@pytest.mark.parametrize("suffix", [".joblib", ".pkl", ".skops"])
+def test_saved_file_imports(tmp_path, suffix):
     x_tr, x_te, y_tr, _ = _split(load_digits)
     est = DecisionTreeClassifier(max_depth=8, random_state=0).fit(x_tr, y_tr)
     path = tmp_path / f"model{suffix}"
     if suffix == ".pkl":
         path.write_bytes(pickle.dumps(est))
+    elif suffix == ".skops":
+        import skops.io as sio
+
+        sio.dump(est, path)
     else:
         joblib.dump(est, path)
-    labels, _ = run(edgeloop.load(path), x_te)
+    trust = suffix != ".skops"  # a pickle loads only when trusted; a .skops file needs no trust
+    if trust:
+        with pytest.raises(ModelLoadError, match="--trust-pickle"):
+            edgeloop.load(path)
+    labels, _ = run(edgeloop.load(path, trust_pickle=trust), x_te)
     np.testing.assert_array_equal(labels, est.predict(x_te))
-    assert get_metadata(edgeloop.load(str(path)))["source"] == str(path)
+    assert get_metadata(edgeloop.load(str(path), trust_pickle=trust))["source"] == str(path)
 
 
 def test_unfitted_estimator_is_refused():
@@ -101,4 +109,4 @@ def test_pickle_of_something_else_is_refused(tmp_path):
     path = tmp_path / "notamodel.joblib"
     joblib.dump({"weights": [1, 2, 3]}, path)
     with pytest.raises(ModelLoadError, match="not a scikit-learn estimator"):
-        edgeloop.load(path)
+        edgeloop.load(path, trust_pickle=True)

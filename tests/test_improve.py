@@ -52,7 +52,7 @@ def test_sklearn_refit_from_labelled_captures(tmp_path, tmp_path_factory):
     base = _npz(tmp_path / "base.npz", x_tr[:60], y_tr[:60])
     v2 = tmp_path / "v2"
     r = subprocess.run([PY, "-m", "edgeloop", "improve", "--bundle", str(v1), "--data", str(out), "--base-data",
-                        str(base), "-o", str(v2), "--json"], capture_output=True, text=True, timeout=300)
+                        str(base), "-o", str(v2), "--json", "--trust-pickle"], capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stderr
     comp = json.loads(r.stdout)
     assert comp["method"] == "refit" and comp["new_version"] == 2 and abs(comp["holdout_new"]["n"] - 150) <= 5
@@ -121,7 +121,7 @@ def test_improve_refuses_bad_input(tmp_path, tmp_path_factory):
     ]
     for data, words in cases:
         r = subprocess.run([PY, "-m", "edgeloop", "improve", "-b", str(v1), "--data", str(data), "-o",
-                            str(tmp_path / "v2")], capture_output=True, text=True, timeout=120)
+                            str(tmp_path / "v2"), "--trust-pickle"], capture_output=True, text=True, timeout=120)
         assert r.returncode == 2 and words in r.stderr and "Traceback" not in r.stderr, r.stderr
     (v1 / "source" / "digits.joblib").write_bytes(b"tampered")
     r = subprocess.run([PY, "-m", "edgeloop", "improve", "-b", str(v1), "--data", str(cases[0][0]), "-o",
@@ -150,12 +150,13 @@ def test_feature_reduced_bundle_improves_from_full_vectors(tmp_path):
     src = tmp_path / "digits.joblib"
     joblib.dump(LogisticRegression(max_iter=3000).fit(x[:600], y[:600]), src)
     keep = tuple(range(8, 56))
-    small = apply_pass(edgeloop.load(src), FeatureSelect(keep=keep),
-                       PassData(train=(x[:450], y[:450]), validation=(x[450:600], y[450:600]), source=str(src)))
+    small = apply_pass(edgeloop.load(src, trust_pickle=True), FeatureSelect(keep=keep),
+                       PassData(train=(x[:450], y[:450]), validation=(x[450:600], y[450:600]), source=str(src),
+                                trust_pickle=True))
     save(small, tmp_path / "small.onnx")
     build_bundle(edgeloop.load(tmp_path / "small.onnx"), tmp_path / "v1", "raspberry-pi-4", source_path=str(src))
     np.savez(tmp_path / "new.npz", x=x[600:1200], y=y[600:1200])  # full 64-pixel vectors, as captured
-    comparison = improve(tmp_path / "v1", tmp_path / "new.npz", tmp_path / "v2")
+    comparison = improve(tmp_path / "v1", tmp_path / "new.npz", tmp_path / "v2", trust_pickle=True)
     m2 = json.loads((tmp_path / "v2" / "manifest.json").read_text())
     assert m2["version"] == 2 and m2["kept_features"] == list(keep) and m2["n_features_original"] == 64
     assert comparison["recipe_applied"] is True

@@ -26,7 +26,7 @@ def test_trained_and_shrunk_model_bundles_with_its_source_from_any_folder(tmp_pa
     _cli(elsewhere, "shrink", str(work / "wine.onnx"), "--data", str(work / "data"), "--quick",
          "--max-drop", "0.05", "-o", str(work / "shrunk"))
     results = json.loads((work / "shrunk" / "results.json").read_text())
-    assert results["source"] and results["source"].endswith("wine.joblib")  # found beside the trained model
+    assert results["source"] and results["source"].endswith("wine.skops")  # found beside the trained model
     assert "validation" in results["splits"]["held_out"]
     # the shrunk model is in another folder and is exported from a third: its source must still be found
     _cli(elsewhere, "export", str(work / "shrunk" / "model.onnx"), "--target", "raspberry-pi-4",
@@ -34,3 +34,4 @@ def test_trained_and_shrunk_model_bundles_with_its_source_from_any_folder(tmp_pa
     manifest = json.loads((work / "bundle" / "manifest.json").read_text())
     assert manifest["provenance"]["source_file"], manifest["provenance"]
     assert (work / "bundle" / manifest["provenance"]["source_file"]).is_file()
+    assert manifest["provenance"]["source_needs_trust"] is False  # train writes .skops: no pickle to trust

@@ -320,3 +320,129 @@ def test_qdq_profile_reports_int8(qdq_pair):
     kernels = [l for l in qr["layers"] if l.get("kind") == "kernel"]
     assert {l["op"] for l in kernels} == {"Conv", "GlobalAveragePool", "Gemm"}
     assert all(l["output_bytes"] == np.prod(l["output_shape"]) for l in kernels)  # int8 outputs
+
+
+# --- a convolution and the residual Add after it, written over the skip tensor ------------
+
+def _qdq_residual_block(C=8, H=8, W=8, skip_is_output=False, projection=False):
+    """x int8 -> conv3x3+Relu -> conv3x3 -> Q(c) -> DQ -> Add(., DQ(x)) -> Relu -> Q -> y.
+
+    ``projection``: the skip is a 1x1 convolution of x, computed after the second conv
+    (the order of a Keras ResNet's downsampling block)."""
+    f = numpy_helper.from_array
+    inits = [f(np.array(0.05, np.float32), "s_x"), f(np.array(3, np.int8), "z_x"),
+             f(np.array(0.04, np.float32), "s_a"), f(np.array(-128, np.int8), "z_a"),
+             f(np.array(0.06, np.float32), "s_c"), f(np.array(2, np.int8), "z_c"),
+             f(np.array(0.08, np.float32), "s_y"), f(np.array(-128, np.int8), "z_y")]
+    nodes = [helper.make_node("DequantizeLinear", ["x", "s_x", "z_x"], ["x_f"])]
+    for k, (src, out, s, z, relu) in enumerate((("x", "a", "s_a", "z_a", True),
+                                                ("a", "c", "s_c", "z_c", False))):
+        inits += [f(RNG.integers(-127, 127, (C, C, 3, 3)).astype(np.int8), f"w{k}"),
+                  f(np.full(C, 0.004, np.float32), f"s_w{k}"), f(np.zeros(C, np.int8), f"z_w{k}")]
+        xin = "x_f" if src == "x" else f"{src}_f"
+        if src != "x":
+            nodes.append(helper.make_node("DequantizeLinear", [src, "s_a", "z_a"], [f"{src}_f"]))
+        nodes += [helper.make_node("DequantizeLinear", [f"w{k}", f"s_w{k}", f"z_w{k}"], [f"w{k}_f"], axis=0),
+                  helper.make_node("Conv", [xin, f"w{k}_f"], [f"{out}_c"], pads=[1] * 4, name=f"conv{k}")]
+        last = f"{out}_c"
+        if relu:
+            nodes.append(helper.make_node("Relu", [last], [f"{out}_r"]))
+            last = f"{out}_r"
+        nodes.append(helper.make_node("QuantizeLinear", [last, s, z], [out]))
+    skip = "x_f"
+    if projection:
+        inits += [f(RNG.integers(-127, 127, (C, C, 1, 1)).astype(np.int8), "wp"),
+                  f(np.full(C, 0.01, np.float32), "s_wp"), f(np.zeros(C, np.int8), "z_wp")]
+        nodes += [helper.make_node("DequantizeLinear", ["wp", "s_wp", "z_wp"], ["wp_f"], axis=0),
+                  helper.make_node("Conv", ["x_f", "wp_f"], ["p_c"], name="proj"),
+                  helper.make_node("QuantizeLinear", ["p_c", "s_a", "z_a"], ["p"]),
+                  helper.make_node("DequantizeLinear", ["p", "s_a", "z_a"], ["p_f"])]
+        skip = "p_f"
+    nodes += [helper.make_node("DequantizeLinear", ["c", "s_c", "z_c"], ["c_f"]),
+              helper.make_node("Add", ["c_f", skip], ["sum"], name="add"),
+              helper.make_node("Relu", ["sum"], ["sum_r"]),
+              helper.make_node("QuantizeLinear", ["sum_r", "s_y", "z_y"], ["y"])]
+    outs = [helper.make_tensor_value_info("y", TensorProto.INT8, [1, C, H, W])]
+    if skip_is_output:
+        nodes.append(helper.make_node("Identity", ["x"], ["x_copy"]))
+        outs.append(helper.make_tensor_value_info("x_copy", TensorProto.INT8, [1, C, H, W]))
+    graph = helper.make_graph(nodes, "resblock",
+                              [helper.make_tensor_value_info("x", TensorProto.INT8, [1, C, H, W])],
+                              outs, inits)
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)], ir_version=8)
+
+
+def test_residual_add_is_fused_into_the_conv_and_written_over_the_skip(tmp_path, monkeypatch):
+    from dataclasses import replace
+
+    from edgeloop.backends.c import CModel, compile_shared, generate, reference, registry
+    from edgeloop.backends.c.lower import lower
+    from edgeloop.profile import profile_model
+    from edgeloop.profile.analysis import analyze
+
+    C, H, W = 8, 8, 8
+    act = C * H * W
+    m = _qdq_residual_block(C, H, W)
+    steps = [s for s in analyze(m).steps if s.kind != "alias"]
+    assert [(s.name, s.inplace_scheme) for s in steps] == [("conv0", ""), ("conv1", "residual")]
+    assert steps[1].inplace_input == "x" and steps[1].writes == ["y"]
+    p = plan_model(m)
+    # two activation buffers (x, which becomes y, and conv0's output) and one output plane
+    # of scratch; without the fusion x, conv0's and conv1's outputs are alive at conv1
+    assert p.peak_bytes == 2 * act + H * W
+    assert "c" not in _lifetimes(p)
+    r = profile_model(m, latency=False)
+    assert r["peak_ram_bytes"] == p.peak_bytes
+    assert r["macs"] == 2 * act * C * 9 + act      # the fused Add's element-wise MACs count
+    info = generate(m, tmp_path)
+    assert info["arena_size"] == p.peak_bytes and "conv_s8_res" in info["kernels"]
+    cm = CModel(compile_shared(tmp_path), info)
+    low = lower(m)
+    xs = [np.random.default_rng(seed).integers(-128, 128, (1, C, H, W)).astype(np.int8)
+          for seed in range(3)]
+    fused = [cm.run(x) for x in xs]
+    for x, got in zip(xs, fused):
+        np.testing.assert_array_equal(got, reference.run(low, x)[0])   # bit for bit
+    # the same numbers as the two kernels apart (TFLite's CONV_2D then ADD)
+    conv = registry.OPS["Conv"]
+    monkeypatch.setitem(registry.OPS, "Conv", replace(conv, int8=replace(conv.int8, residual_add=False)))
+    apart = lower(m)
+    assert "conv_s8_res" not in {c.kernel for c in apart.calls} and apart.arena_size == 3 * act
+    for x, got in zip(xs, fused):
+        np.testing.assert_array_equal(got, reference.run(apart, x)[0])
+
+
+def test_residual_skip_still_needed_is_not_overwritten():
+    from edgeloop.profile.analysis import analyze
+
+    C, H, W = 8, 8, 8
+    m = _qdq_residual_block(C, H, W, skip_is_output=True)
+    steps = [s for s in analyze(m).steps if s.kind != "alias"]
+    assert not any(s.residual for s in steps)
+    assert plan_model(m).peak_bytes >= 3 * C * H * W
+
+
+def test_residual_fused_where_the_add_ran_when_the_skip_comes_later(tmp_path):
+    # a projection shortcut computed after the block's second conv: the fused step runs
+    # at the Add, over the projection's output
+    from edgeloop.backends.c import CModel, compile_shared, generate, reference
+    from edgeloop.backends.c.lower import lower
+    from edgeloop.profile.analysis import analyze
+
+    C, H, W = 8, 8, 8
+    act = C * H * W
+    m = _qdq_residual_block(C, H, W, projection=True)
+    steps = [s for s in analyze(m).steps if s.kind != "alias"]
+    assert [(s.name, s.inplace_scheme) for s in steps] == [
+        ("conv0", ""), ("proj", "conv_pixels"), ("conv1", "residual")]
+    assert steps[2].inplace_input == "p"
+    p = plan_model(m)
+    # the projection overwrites x (1x1, in place), conv1 + Add overwrite p: two activation
+    # buffers and conv1's one-plane scratch, never conv1's output on its own
+    assert p.peak_bytes == 2 * act + H * W
+    info = generate(m, tmp_path)
+    assert info["arena_size"] == p.peak_bytes
+    cm = CModel(compile_shared(tmp_path), info)
+    low = lower(m)
+    x = np.random.default_rng(5).integers(-128, 128, (1, C, H, W)).astype(np.int8)
+    np.testing.assert_array_equal(cm.run(x), reference.run(low, x)[0])

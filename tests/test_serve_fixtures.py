@@ -97,8 +97,9 @@ def cnn_pt2(factory, n_train: int = 1257, epochs: int = 8) -> Path:
 
 
 def export_bundle(model: Path, target: str, out: Path) -> Path:
-    """`edgeloop export MODEL --target T -o OUT` through the real CLI entry point."""
-    r = subprocess.run([PY, "-m", "edgeloop", "export", str(model), "--target", target, "-o", str(out)],
+    """`edgeloop export MODEL --target T -o OUT` through the real CLI entry point (the test's own models:
+    --trust-pickle lets the pickled digits source load)."""
+    r = subprocess.run([PY, "-m", "edgeloop", "export", str(model), "--target", target, "-o", str(out), "--trust-pickle"],
                        capture_output=True, text=True, timeout=120)
     assert r.returncode == 0, r.stderr
     return out
@@ -112,7 +113,7 @@ def digits_bundle(factory, target: str = "raspberry-pi-4") -> Path:
 
         src = digits_joblib(factory)
         out = base_dir(factory) / f"digits-{target}"
-        build_bundle(load_file(src), out, target, name="digits", source_path=str(src))
+        build_bundle(load_file(src, trust_pickle=True), out, target, name="digits", source_path=str(src))
         _CACHE[key] = out
     return _CACHE[key]
 

@@ -161,7 +161,7 @@ def test_shrink_a_scikit_learn_source_from_csv(tmp_path):
     (tmp_path / "wine.csv").write_text("\n".join(lines) + "\n")
     out = tmp_path / "out"
     rc = _cli("shrink", str(tmp_path / "wine.joblib"), "--data", str(tmp_path / "wine.csv"), "-o", str(out),
-              "--label-column", "label", "--max-drop", "0.05", "--quick", "--json")
+              "--label-column", "label", "--max-drop", "0.05", "--quick", "--json", "--trust-pickle")
     assert rc == 0
     res = json.loads((out / "results.json").read_text())
     passes = {c["passes"][0]["pass"] for c in res["candidates"] if not c["error"]}

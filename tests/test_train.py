@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 
-import joblib
 import numpy as np
 import onnx
 import pytest
@@ -13,6 +12,7 @@ import edgeloop
 from edgeloop.cli import main
 from edgeloop.data import import_data, load_dataset, read_any, write_dataset
 from edgeloop.errors import EdgeloopError
+from edgeloop.frontends.sklearn import load_estimator
 from edgeloop.graph import get_metadata, run
 from edgeloop.data import score
 from edgeloop.train import train_dataset
@@ -60,9 +60,9 @@ def test_digits_smallest_first_with_target(digits_ds, tmp_path, capsys):
     assert meta["dataset_checksum"] == ds.checksum == r["dataset_checksum"]
     assert meta["trainer"]["name"] == r["chosen"]
     source = out.parent / meta["source"]
-    assert source.suffix == ".joblib" and str(source) == r["source"]
+    assert source.suffix == ".skops" and str(source) == r["source"]
     # the source refits and predicts like the graph, on the whole test split
-    est = joblib.load(source)
+    est = load_estimator(source)  # .skops: safe to load, no trust needed
     xte, yte = ds.test
     onnx_labels = run(model, xte.reshape(len(xte), -1))[0]
     np.testing.assert_array_equal(onnx_labels, est.predict(xte.reshape(len(xte), -1)))
@@ -101,7 +101,7 @@ def test_regression_mae(tmp_path):
     assert r["chosen"] == best["name"]
     ds = load_dataset(ds_path)
     model = onnx.load(tmp_path / "d.onnx")
-    est = joblib.load(tmp_path / "d.joblib")
+    est = load_estimator(tmp_path / "d.skops")
     xte, yte = ds.test
     pred = run(model, xte)[0].reshape(-1)
     np.testing.assert_allclose(pred, est.predict(xte), rtol=1e-4, atol=1e-3)
@@ -117,7 +117,7 @@ def test_basicmotions_series_stats_in_graph(tmp_path):
     ds = load_dataset(ds_path)
     xte, _ = ds.test
     flat = xte.reshape(len(xte), -1)
-    est = joblib.load(tmp_path / "bm.joblib")
+    est = load_estimator(tmp_path / "bm.skops")
     label, proba = run(onnx.load(tmp_path / "bm.onnx"), flat)
     np.testing.assert_array_equal(label, est.predict(flat))
     np.testing.assert_allclose(proba, est.predict_proba(flat), atol=1e-4)

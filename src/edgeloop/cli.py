@@ -35,10 +35,19 @@ if not out.is_terminal:
 err = Console(stderr=True, highlight=False)
 
 
-def _load(path: str):
+TRUST_PICKLE_HELP = ("Allow loading a pickle (.joblib/.pkl) scikit-learn model or source: unpickling runs "
+                     "code from the file, so give this only for files you trust (.skops files need no trust).")
+
+
+def trust_pickle_option() -> Any:
+    """The --trust-pickle flag, the same on every command that may load a pickle."""
+    return typer.Option(False, "--trust-pickle", help=TRUST_PICKLE_HELP)
+
+
+def _load(path: str, trust_pickle: bool = False):
     from edgeloop.frontends import load_file
 
-    return load_file(path)
+    return load_file(path, trust_pickle=trust_pickle)
 
 
 def _emit_json(obj: Any) -> None:
@@ -77,11 +86,12 @@ def _profile(model, path: str, latency: bool) -> dict:
 
 @app.command()
 def profile(
-    model: str = typer.Argument(..., help="Model file: .onnx, .joblib/.pkl (scikit-learn), .pt2 (torch.export) or .tflite."),
+    model: str = typer.Argument(..., help="Model file: .onnx, .skops or .joblib/.pkl (scikit-learn), .pt2 (torch.export) or .tflite."),
     target: Optional[str] = typer.Option(None, "--target", "-t", help="Also show the fit and estimated latency on this catalogue target (see `edgeloop targets`)."),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object instead of tables."),
     latency: bool = typer.Option(True, "--latency/--no-latency", help="Measure host latency with onnxruntime (batch 1, one thread)."),
     input_shape: Optional[list[str]] = input_shape_option(),
+    trust_pickle: bool = trust_pickle_option(),
 ) -> None:
     """Per-layer and total parameters, MACs, weight bytes, activation sizes, flash, planned peak RAM and host latency."""
     tgt = None
@@ -90,17 +100,29 @@ def profile(
 
         tgt = get_target(target)  # fail fast on a typo, before any work
     with using_input_shapes(input_shape):
-        m = _load(model)
+        m = _load(model, trust_pickle)
     prof = _profile(m, model, latency)
     result: dict[str, Any] = {"model": model, **prof}
     if tgt is not None:
         from edgeloop.hardware import recommend
 
         result["target"] = recommend(prof, [tgt])[0]
+    _warn_non_finite(model, prof)
     if as_json:
         _emit_json(result)
         return
     _print_profile(model, result)
+
+
+def _warn_non_finite(path: str, prof: dict) -> None:
+    """One warning line on stderr per model whose weights hold NaN or inf (export refuses them)."""
+    from edgeloop.profile.weights import describe_non_finite
+
+    bad = prof.get("non_finite_weights") or []
+    if bad:
+        more = f" (and {len(bad) - 1} more tensors)" if len(bad) > 1 else ""
+        err.print(f"warning: {path}: {describe_non_finite(bad[0])}{more}; the model answers NaN and export "
+                  "will refuse it", markup=False, soft_wrap=True)
 
 
 def _print_profile(path: str, p: dict) -> None:
@@ -134,6 +156,8 @@ def _print_profile(path: str, p: dict) -> None:
     if lat:
         totals.add_row("host latency, onnxruntime 1 thread",
                        f"median {_fmt_ms(lat['median'])}, p90 {_fmt_ms(lat['p90'])} ({lat.get('runs', '?')} runs)")
+    elif p.get("latency_note"):
+        totals.add_row("host latency", p["latency_note"])
     out.print(totals)
     if "target" in p:
         _print_targets([p["target"]], title="on the requested target")
@@ -172,6 +196,7 @@ def targets(
     max_power_w: Optional[float] = typer.Option(None, "--max-power-w", help="Reject targets that draw more than this (typical, watts)."),
     max_price_usd: Optional[float] = typer.Option(None, "--max-price-usd", help="Reject targets that cost more than this (USD)."),
     as_json: bool = typer.Option(False, "--json", help="Print a JSON list instead of a table."),
+    trust_pickle: bool = trust_pickle_option(),
 ) -> None:
     """The device catalogue; with a model, every target's fit with the reason for each misfit, fits ranked by price."""
     from edgeloop.hardware import recommend
@@ -182,7 +207,8 @@ def targets(
             raise UsageError(f"{flag} must be a positive number, got {value:g}")
     prof = None
     if model is not None:
-        prof = _profile(_load(model), model, latency=False)
+        prof = _profile(_load(model, trust_pickle), model, latency=False)
+        _warn_non_finite(model, prof)
     if max_latency_ms is not None and prof is None:
         raise UsageError("--max-latency-ms needs a MODEL to estimate latency for")
     rows = recommend(prof, max_latency_ms=max_latency_ms, max_power_w=max_power_w, max_price_usd=max_price_usd)
@@ -204,12 +230,13 @@ def convert(
     output: Path = typer.Option(..., "--output", "-o", help="Where to write the imported ONNX graph."),
     input_shape: Optional[list[str]] = input_shape_option(),
     head: Optional[Path] = typer.Option(None, "--head", help="Attach a detection head (JSON: kind, labels, input, and the kind's boxes/scores/anchors keys) so predict, shrink, export and serve decode boxes."),
+    trust_pickle: bool = trust_pickle_option(),
 ) -> None:
     """Import a model (scikit-learn, torch.export, TFLite or ONNX) and save it as one ONNX graph."""
     from edgeloop.graph import save
 
     with using_input_shapes(input_shape):
-        m = _load(model)
+        m = _load(model, trust_pickle)
     if head is not None:
         from edgeloop.detect import attach_head, read_head_file
 

@@ -128,7 +128,7 @@ def register(app: typer.Typer) -> None:
     @app.command("train")
     def train(
         dataset: Path = typer.Argument(..., help="A dataset folder written by `edgeloop data import`."),
-        output: Path = typer.Option(..., "--output", "-o", help="Where to write the chosen model's ONNX graph (.onnx); its source (.joblib or .pt2) goes beside it."),
+        output: Path = typer.Option(..., "--output", "-o", help="Where to write the chosen model's ONNX graph (.onnx); its source (.skops or .pt2) goes beside it."),
         target: Optional[str] = typer.Option(None, "--target", "-t", help="Catalogue target: estimate latency on it, and only accept candidates that fit it."),
         metric: Optional[str] = typer.Option(None, "--metric", help="accuracy, f1 (macro) or mae (default: accuracy for classes, mae for regression)."),
         min_score: Optional[float] = typer.Option(None, "--min-score", help="Stop at the first (smallest) candidate reaching this validation score (for mae: at most this error). Without it every candidate is tried and the best kept."),

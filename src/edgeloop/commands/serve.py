@@ -18,6 +18,7 @@ def _bundle_error(e: Exception) -> EdgeloopError:
 
 def register(app: typer.Typer) -> None:
     """Add serve, samples and improve to the main app."""
+    from edgeloop.cli import trust_pickle_option
 
     @app.command()
     def serve(
@@ -142,6 +143,7 @@ def register(app: typer.Typer) -> None:
         epochs: int = typer.Option(15, "--epochs", help="Fine-tuning epochs (PyTorch sources)."),
         seed: int = typer.Option(0, "--seed"),
         as_json: bool = typer.Option(False, "--json", help="Print the comparison as JSON."),
+        trust_pickle: bool = trust_pickle_option(),
     ) -> None:
         """Refit or fine-tune a bundle's model on labelled captures, re-apply its shrink recipe, write the next version."""
         from rich.console import Console
@@ -155,7 +157,7 @@ def register(app: typer.Typer) -> None:
         err = Console(stderr=True, highlight=False)
         with err.status("improving...") as status:
             comp = run_improve(bundle, data, output, base_data=base_data, holdout=holdout, seed=seed,
-                               epochs=epochs, progress=lambda m: status.update(m))
+                               epochs=epochs, progress=lambda m: status.update(m), trust_pickle=trust_pickle)
         if as_json:
             sys.stdout.write(json.dumps(comp, indent=2) + "\n")
             return

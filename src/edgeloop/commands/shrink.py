@@ -16,9 +16,11 @@ from edgeloop.shapes import cli_option as input_shape_option, using_input_shapes
 
 
 def _find_source(model_path: str, model: Any, source: Optional[str]) -> Optional[str]:
-    """The source file for refits and fine-tunes (scikit-learn .joblib/.pkl or PyTorch .pt2):
+    """The source file for refits and fine-tunes (scikit-learn .skops/.joblib/.pkl or PyTorch .pt2):
     --source, MODEL itself, or the source recorded in the model's metadata."""
-    sk = (".joblib", ".pkl", ".pickle", ".pt2")
+    from edgeloop.frontends.sklearn import SOURCE_SUFFIXES
+
+    sk = SOURCE_SUFFIXES + (".pt2",)
     if source is not None:
         if not Path(source).is_file():
             raise UsageError(f"--source {source}: no such file")
@@ -35,8 +37,10 @@ def shrink_files(model_path: str, data_path: str, out_dir: str, *, metric: str =
                  max_drop: float = 0.01, target: Optional[str] = None, max_ram_kb: Optional[float] = None,
                  max_flash_kb: Optional[float] = None, max_latency_ms: Optional[float] = None,
                  source: Optional[str] = None, label_column: Optional[str] = None, quick: bool = False,
-                 progress: Any = None) -> dict:
-    """The whole command from Python: returns results.json's content; raises NoCandidateError (exit 3)."""
+                 progress: Any = None, trust_pickle: bool = False) -> dict:
+    """The whole command from Python: returns results.json's content; raises NoCandidateError (exit 3).
+
+    A pickle model or source (.joblib/.pkl) is refused unless ``trust_pickle``."""
     from edgeloop.data import read_any, split_for_model
     from edgeloop.frontends import load_file
     from edgeloop.search import Limits, NoCandidateError, closest, run_search
@@ -46,13 +50,26 @@ def shrink_files(model_path: str, data_path: str, out_dir: str, *, metric: str =
                     max_latency_ms=max_latency_ms)
     limits.check()  # fail fast, before loading anything
     check_output_dir(out_dir, kind="shrink")
-    model = load_file(model_path)
+    model = load_file(model_path, trust_pickle=trust_pickle)
+    from edgeloop.profile.weights import check_finite
+
+    check_finite(model, where=model_path)
     try:
         splits = split_for_model(model, read_any(data_path, label_column), metric)
     except EdgeloopError as e:
         raise e.with_where(data_path)
     src = _find_source(model_path, model, source)
-    result = run_search(model, splits, limits, source=src, progress=progress, quick=quick)
+    loaded = None  # the source, read once here so that an untrusted pickle is refused naming its file
+    if src is not None and src.lower().endswith(".pt2"):
+        from edgeloop.frontends.torch import load_program
+
+        loaded = load_program(src, trust_pickle=trust_pickle).module()
+    elif src is not None:
+        from edgeloop.frontends.sklearn import load_estimator
+
+        loaded = load_estimator(src, trust_pickle=trust_pickle)
+    result = run_search(model, splits, limits, source=loaded if loaded is not None else src,
+                        progress=progress, quick=quick)
     doc = result.to_json()
     doc["model"] = model_path
     doc["data"] = data_path
@@ -97,10 +114,11 @@ def _json_default(o: Any) -> Any:
 
 def register(app: typer.Typer) -> None:
     """Add `edgeloop shrink` to the main app."""
+    from edgeloop.cli import trust_pickle_option
 
     @app.command("shrink")
     def shrink(
-        model: str = typer.Argument(..., help="Model file: .onnx, .joblib/.pkl, .pt2 or .tflite."),
+        model: str = typer.Argument(..., help="Model file: .onnx, .skops, .joblib/.pkl, .pt2 or .tflite."),
         data: str = typer.Option(..., "--data", "-d", help="Labelled data: .npz (x, y, optional x_calib), "
                                  "a CSV with a label column, an image folder (one subfolder per class), a "
                                  "dataset folder (edgeloop data) or a built-in name such as sklearn:digits."),
@@ -115,12 +133,13 @@ def register(app: typer.Typer) -> None:
         max_latency_ms: Optional[float] = typer.Option(None, "--max-latency-ms", help="Latency limit: estimated "
                                                        "on --target if given, else measured on this host."),
         source: Optional[str] = typer.Option(None, "--source", help="The source model for refits and fine-tunes: "
-                                             "scikit-learn .joblib (feature reduction, smaller algorithms) or "
+                                             "scikit-learn .skops or .joblib (feature reduction, smaller algorithms) or "
                                              "PyTorch .pt2 (fine-tune after pruning); default: MODEL if it is one."),
         label_column: Optional[str] = typer.Option(None, "--label-column", help="CSV data: the label column."),
         quick: bool = typer.Option(False, "--quick", help="Fewer settings per pass (faster, coarser)."),
         as_json: bool = typer.Option(False, "--json", help="Print results.json to stdout instead of a summary."),
         input_shape: Optional[list[str]] = input_shape_option(),
+        trust_pickle: bool = trust_pickle_option(),
     ) -> None:
         """Quantize, prune, drop features or layers; keep the smallest model within --max-drop and the limits.
 
@@ -146,7 +165,8 @@ def register(app: typer.Typer) -> None:
 
             doc = shrink_files(model, data, str(output), metric=metric, max_drop=max_drop, target=target,
                                max_ram_kb=max_ram_kb, max_flash_kb=max_flash_kb, max_latency_ms=max_latency_ms,
-                               source=source, label_column=label_column, quick=quick, progress=progress)
+                               source=source, label_column=label_column, quick=quick, progress=progress,
+                               trust_pickle=trust_pickle)
         if as_json:
             sys.stdout.write(json.dumps(doc, indent=2, default=_json_default) + "\n")
             return

@@ -8,6 +8,7 @@ one output ``variable`` [N, 1].
 from __future__ import annotations
 
 import functools
+import os
 from pathlib import Path
 from typing import Any
 
@@ -130,22 +131,143 @@ def from_sklearn(est: Any, *, n_features: int | None = None, where: str = "<esti
     return finalize(model, source=where, source_format="sklearn", **meta)
 
 
-def load_pickle(path: Path, **kwargs: Any) -> onnx.ModelProto:
-    """Load a .joblib/.pkl estimator and convert it.
+# ---------------------------------------------------------------------------------------------
+# reading an estimator from a file: the one place edgeloop does it
+# ---------------------------------------------------------------------------------------------
+PICKLE_SUFFIXES = (".joblib", ".pkl", ".pickle")
+SKOPS_SUFFIXES = (".skops",)
+SOURCE_SUFFIXES = PICKLE_SUFFIXES + SKOPS_SUFFIXES
 
-    Unpickling runs code from the file: load only files you trust.
+# skops trusts scikit-learn estimators but not a few of the plain data-holding classes inside
+# them (a fitted tree's arrays, the MLP's optimizer state, a histogram-boosting predictor), nor
+# our own SeriesStats transformer. They are classes skops rebuilds from arrays and attributes,
+# never callables, and every model `edgeloop train` writes holds some of them, so they are
+# trusted here by exact name; any other type skops does not trust still needs trust_pickle.
+TRUSTED_SKOPS_TYPES = frozenset({
+    "sklearn.tree._tree.Tree",
+    "sklearn.neural_network._stochastic_optimizers.AdamOptimizer",
+    "sklearn.neural_network._stochastic_optimizers.SGDOptimizer",
+    "sklearn.ensemble._hist_gradient_boosting.predictor.TreePredictor",
+    "edgeloop.train.features.SeriesStats",
+})
+
+PICKLE_REFUSAL = ("refusing to unpickle: loading a pickle runs code from the file; if you trust it, pass "
+                  "--trust-pickle (trust_pickle=True in Python), or convert it to .skops (skops.io.dump)")
+
+
+class UntrustedSourceError(ModelLoadError):
+    """A source file that would run code (a pickle) or holds types skops does not trust."""
+
+
+def _joblib_magic(head: bytes) -> bool:
+    """A pickle (protocol 2+), or a joblib-compressed pickle (the prefixes of joblib.compressor)."""
+    return (head[:1] == b"\x80" or head[:2] in (b"\x78\x01", b"\x78\x5e", b"\x78\x9c", b"\x78\xda")
+            or head[:2] == b"\x1f\x8b" or head[:3] == b"BZh" or head[:5] == b"\xfd7zXZ"
+            or head[:2] == b"\x5d\x00" or head[:4] == b"\x04\x22\x4d\x18")
+
+
+def is_skops_zip(path: "str | Path") -> bool:
+    """A skops file is a zip whose top level holds ``schema.json``."""
+    import zipfile
+
+    try:
+        with zipfile.ZipFile(path) as z:
+            return "schema.json" in z.namelist()
+    except (OSError, zipfile.BadZipFile):
+        return False
+
+
+def estimator_file_format(path: "str | Path") -> str | None:
+    """'pickle', 'skops' or None (not a scikit-learn source), by suffix, else by the first bytes."""
+    p = Path(path)
+    suffix = p.suffix.lower()
+    if suffix in PICKLE_SUFFIXES:
+        return "pickle"
+    if suffix in SKOPS_SUFFIXES:
+        return "skops"
+    try:
+        with open(p, "rb") as f:
+            head = f.read(8)
+    except OSError:
+        return None
+    if head[:2] == b"PK":
+        return "skops" if is_skops_zip(p) else None
+    return "pickle" if _joblib_magic(head) else None
+
+
+def needs_trust(path: "str | Path") -> bool:
+    """Whether loading ``path`` as a source can run code from it (a pickle)."""
+    return estimator_file_format(path) == "pickle"
+
+
+def load_estimator(path: "str | os.PathLike[str]", *, trust_pickle: bool = False) -> Any:
+    """Read a scikit-learn estimator from a .skops file, or from a pickle when trusted.
+
+    Every read of an estimator file in edgeloop goes through here. A pickle
+    (.joblib/.pkl/.pickle) runs code from the file while it loads, so it is
+    refused unless ``trust_pickle``; a .skops file is read by skops.io, which
+    builds only the types it trusts: any others are named in the refusal.
     """
-    where = str(path)
+    where = os.fspath(path)
+    fmt = estimator_file_format(path)
+    if fmt is None:
+        raise ModelLoadError("not a scikit-learn source (.skops, or a trusted .joblib/.pkl pickle)", where=where)
+    if fmt == "pickle":
+        if not trust_pickle:
+            raise UntrustedSourceError(PICKLE_REFUSAL, where=where)
+        try:
+            import joblib
+        except ImportError:
+            raise MissingDependencyError("joblib", "sklearn", where=where) from None
+        try:
+            return joblib.load(path)
+        except Exception as e:  # truncated pickles raise EOFError, corrupt ones UnpicklingError, ...
+            raise ModelLoadError(f"cannot unpickle ({type(e).__name__}: {_first_line(e)})", where=where) from None
     try:
-        import joblib
+        import skops.io as sio
     except ImportError:
-        raise MissingDependencyError("joblib", "sklearn", where=where) from None
-    _import_skl2onnx()
+        raise MissingDependencyError("skops", "sklearn", where=where) from None
     try:
-        est = joblib.load(path)
-    except Exception as e:  # truncated pickles raise EOFError, corrupt ones UnpicklingError, ...
-        first = (str(e).strip().splitlines() or [""])[0]
-        raise ModelLoadError(f"cannot unpickle ({type(e).__name__}: {first})", where=where) from None
+        untrusted = sio.get_untrusted_types(file=path)
+    except Exception as e:  # not a zip, no schema.json, a schema skops cannot read
+        raise ModelLoadError(f"not a readable .skops file ({type(e).__name__}: {_first_line(e)})", where=where) from None
+    unknown = sorted(set(untrusted) - TRUSTED_SKOPS_TYPES)
+    if unknown and not trust_pickle:
+        raise UntrustedSourceError(
+            f"refusing to load: the .skops file holds types skops does not trust ({', '.join(unknown)}); "
+            "pass --trust-pickle (trust_pickle=True in Python) only if you trust the file", where=where)
+    try:
+        return sio.load(path, trusted=list(untrusted))
+    except Exception as e:
+        raise ModelLoadError(f"cannot load .skops file ({type(e).__name__}: {_first_line(e)})", where=where) from None
+
+
+def dump_estimator(est: Any, fmt: str) -> bytes:
+    """Serialise an estimator as 'skops' (safe to load) or 'pickle' (joblib), for writing atomically."""
+    if fmt == "skops":
+        try:
+            import skops.io as sio
+        except ImportError:
+            raise MissingDependencyError("skops", "sklearn") from None
+        return sio.dumps(est)
+    import io
+
+    import joblib
+
+    buf = io.BytesIO()
+    joblib.dump(est, buf)
+    return buf.getvalue()
+
+
+def _first_line(e: BaseException) -> str:
+    return (str(e).strip().splitlines() or [""])[0]
+
+
+def load_pickle(path: Path, *, trust_pickle: bool = False, **kwargs: Any) -> onnx.ModelProto:
+    """Load a scikit-learn source file (.skops, or a .joblib/.pkl pickle when trusted) and convert it."""
+    where = str(path)
+    _import_skl2onnx()
+    est = load_estimator(path, trust_pickle=trust_pickle)
     if not hasattr(est, "get_params"):
         raise ModelLoadError(f"holds a {type(est).__name__}, not a scikit-learn estimator", where=where)
     kwargs.pop("example_input", None)

@@ -91,13 +91,69 @@ def from_torch(module: Any, example_input: Any = None, *, where: str = "<torch m
     return finalize(model, source=where, source_format="torch")
 
 
-def load_pt2(path: Path, **_: Any) -> onnx.ModelProto:
-    """Import a ``torch.export.save`` archive (.pt2)."""
+@contextlib.contextmanager
+def _weights_only_loads():
+    """Make every ``torch.load`` inside ``torch.export.load`` a weights-only load.
+
+    torch.export.load reads a .pt2's pickled payloads (sample inputs, tensor subclasses) with
+    ``torch.load``, retrying with ``weights_only=False`` when the safe load fails, and that runs
+    code from the file. TORCH_FORCE_WEIGHTS_ONLY_LOAD is torch's own switch that wins over the
+    caller's argument; it is set only for the duration of the load and restored after.
+    """
+    import os
+
+    key = "TORCH_FORCE_WEIGHTS_ONLY_LOAD"
+    before = os.environ.get(key)
+    os.environ[key] = "1"
+    try:
+        yield
+    finally:
+        if before is None:
+            os.environ.pop(key, None)
+        else:
+            os.environ[key] = before
+
+
+def load_program(path: "str | Path", *, trust_pickle: bool = False):
+    """Read a ``torch.export.save`` archive (.pt2): the one place edgeloop does it.
+
+    Without ``trust_pickle`` nothing in the archive may run code: plain tensors and
+    the serialised graph load; Python objects pickled into it (torchbind or opaque
+    constants, or pickles that torch's weights-only loader refuses) are refused.
+    """
+    import pickle
+    import zipfile
+
+    from edgeloop.frontends.sklearn import UntrustedSourceError
+
     torch = _import_torch()
     where = str(path)
+    if not trust_pickle:
+        try:
+            with zipfile.ZipFile(path) as z:
+                names = z.namelist()
+        except (OSError, zipfile.BadZipFile) as e:
+            raise ModelLoadError(f"not a valid torch.export archive: {_first_line(e)}", where=where) from None
+        objects = [n for n in names if "/data/constants/" in f"/{n}"
+                   and n.rsplit("/", 1)[-1].startswith(("custom_obj_", "opaque_obj_"))]
+        if objects:
+            raise UntrustedSourceError(
+                f"the archive holds pickled Python objects ({objects[0].rsplit('/', 1)[-1]}): loading them runs code "
+                "from the file; pass --trust-pickle (trust_pickle=True in Python) only if you trust it", where=where)
     try:
-        with _quiet():
-            program = torch.export.load(str(path))
+        with _quiet(), (contextlib.nullcontext() if trust_pickle else _weights_only_loads()):
+            return torch.export.load(str(path))
+    except pickle.UnpicklingError as e:
+        if not trust_pickle and "weights only" in str(e).lower():
+            raise UntrustedSourceError(
+                "the archive holds pickled data that is not plain tensors: loading it runs code from the file; "
+                "pass --trust-pickle (trust_pickle=True in Python) only if you trust it", where=where) from None
+        raise ModelLoadError(f"not a valid torch.export archive: {_first_line(e)}", where=where) from None
     except Exception as e:  # bad zip, missing entries, version mismatch
         raise ModelLoadError(f"not a valid torch.export archive: {_first_line(e)}", where=where) from None
-    return from_torch(program, where=where)
+
+
+def load_pt2(path: Path, *, trust_pickle: bool = False, **_: Any) -> onnx.ModelProto:
+    """Import a ``torch.export.save`` archive (.pt2)."""
+    program = load_program(path, trust_pickle=trust_pickle)
+    return from_torch(program, where=str(path))

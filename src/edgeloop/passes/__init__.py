@@ -56,7 +56,8 @@ class PassData:
       sensitivity, permutation importance); never fitted on;
     - ``x_calib``: unlabelled samples for int8 calibration;
     - ``metric``: accuracy | f1 | auc | mae;
-    - ``source``: a fitted scikit-learn estimator or its .joblib/.pkl path.
+    - ``source``: a fitted scikit-learn estimator or its .skops path (a .joblib/.pkl
+      pickle path only with ``trust_pickle=True``).
 
     ``x_fit``/``y_fit`` and ``x_tune``/``y_tune`` are accepted as older names of
     ``train`` and ``validation``.
@@ -66,7 +67,8 @@ class PassData:
     validation: Any = None  # (x, y)
     x_calib: np.ndarray | None = None
     metric: str = "accuracy"
-    source: Any = None  # a fitted scikit-learn estimator or a path to its .joblib/.pkl
+    source: Any = None  # a fitted scikit-learn estimator or a path to its .skops (or .joblib/.pkl)
+    trust_pickle: bool = False  # allow ``source`` to be a pickle file (unpickling runs code from it)
     x_fit: dataclasses.InitVar[Any] = None
     y_fit: dataclasses.InitVar[Any] = None
     x_tune: dataclasses.InitVar[Any] = None
@@ -107,12 +109,12 @@ class PassData:
         if isinstance(src, (str, bytes)) or hasattr(src, "__fspath__"):
             import os
 
-            path = os.fspath(src)
-            if not path.lower().endswith((".joblib", ".pkl", ".pickle")):
-                return None
-            import joblib
+            from edgeloop.frontends.sklearn import SOURCE_SUFFIXES, load_estimator
 
-            src = joblib.load(path)
+            path = os.fspath(src)
+            if not path.lower().endswith(SOURCE_SUFFIXES):
+                return None
+            src = load_estimator(path, trust_pickle=self.trust_pickle)  # a pickle only when trusted
             self.source = src
         if src is not None and hasattr(src, "get_params") and hasattr(src, "fit"):
             return src

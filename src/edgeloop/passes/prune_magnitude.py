@@ -102,9 +102,9 @@ def _torch_source(data: PassData | None):
     if isinstance(src, (str, os.PathLike)):
         if not os.fspath(src).lower().endswith(".pt2"):
             return None
-        import torch
+        from edgeloop.frontends.torch import load_program
 
-        return torch.export.load(os.fspath(src)).module()
+        return load_program(os.fspath(src), trust_pickle=data.trust_pickle).module()
     if any(c.__module__.startswith("torch") for c in type(src).__mro__):
         return copy.deepcopy(src)
     return None

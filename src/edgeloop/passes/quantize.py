@@ -23,16 +23,16 @@ from typing import Any
 import numpy as np
 import onnx
 
+from edgeloop.backends.c import registry as _registry
 from edgeloop.errors import EdgeloopError, UsageError
 from edgeloop.passes import PassData, register_pass
 
 CALIBRATIONS = ("minmax", "percentile", "entropy")
 
-# The operators our integer backends run as int8 kernels (edgeloop.backends.c lowers exactly
-# these QDQ patterns). Anything else (e.g. a scaler's Mul) stays float rather than producing a
-# graph no device backend can run.
-INT8_OPS = ("Conv", "Gemm", "MatMul", "MaxPool", "AveragePool", "GlobalAveragePool", "GlobalMaxPool",
-            "ReduceMean", "Add", "Relu", "Clip", "Transpose", "Pad", "Concat", "Sigmoid", "Tanh", "Softmax")
+# The operators our integer backends run as int8 kernels: the C backend's operator registry
+# (edgeloop.backends.c.registry lowers exactly these QDQ patterns). Anything else (e.g. a
+# scaler's Mul) stays float rather than producing a graph no device backend can run.
+INT8_OPS = _registry.quantizable_ops()
 
 
 @dataclass(frozen=True)

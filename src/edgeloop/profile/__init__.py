@@ -20,7 +20,8 @@ from edgeloop.profile.analysis import (GraphAnalysis, analyze, constant_bytes, d
 from edgeloop.profile.latency import measure_latency
 from edgeloop.profile.macs import count_macs
 from edgeloop.profile.memory import GreedyPlanner, MemoryPlan, plan, plan_model
-from edgeloop.profile.weights import constant_roots, ml_attribute_weights, param_tensors, weight_totals
+from edgeloop.profile.weights import (constant_roots, ml_attribute_weights, non_finite_weights, param_tensors,
+                                      weight_totals)
 
 __all__ = ["profile_model", "plan_model", "plan", "GreedyPlanner", "MemoryPlan", "count_macs",
            "LAYER_OVERHEAD_BYTES"]
@@ -28,6 +29,23 @@ __all__ = ["profile_model", "plan_model", "plan", "GreedyPlanner", "MemoryPlan",
 LAYER_OVERHEAD_BYTES = 32
 """Flash per executing layer besides its weights: the generated code's layer
 record (operator, arena offsets, shapes, parameter pointers). A rough figure."""
+
+LATENCY_MEMORY_LIMIT = 1 << 30
+"""Host latency is not measured when one inference needs more than this (inputs plus
+the planned activation arena plus the weights): the run itself could exhaust the host."""
+
+
+def _latency(model: onnx.ModelProto, need_bytes: int, min_runs: int, min_seconds: float) -> tuple[Any, Any]:
+    """(latency dict or None, the reason it was not measured or None)."""
+    from edgeloop.hardware import format_bytes
+
+    if need_bytes > LATENCY_MEMORY_LIMIT:
+        return None, (f"not measured: one inference needs {format_bytes(need_bytes)} of memory "
+                      f"(more than {format_bytes(LATENCY_MEMORY_LIMIT)})")
+    try:
+        return measure_latency(model, min_runs=min_runs, min_seconds=min_seconds), None
+    except MemoryError:
+        return None, "not measured: the host ran out of memory running the model"
 
 
 def _io(values) -> list[dict[str, Any]]:
@@ -72,7 +90,10 @@ def profile_model(model: onnx.ModelProto, *, latency: bool = True, min_runs: int
     - ``precision``: "int8" if every computing layer is an int8 QDQ kernel (8-bit
       activations, uint8 included), else the float type they use ("float32",
       "float16"), or "mixed".
-    - ``latency_ms``: {median, p90, runs} with onnxruntime on one thread, or None.
+    - ``latency_ms``: {median, p90, runs} with onnxruntime on one thread, or None
+      (``latency_note`` then says why, e.g. a model too large to run on the host).
+    - ``non_finite_weights``: [{tensor, node, nan, inf}], weights holding NaN or inf
+      (such a model answers NaN; export refuses it).
     - ``inputs``, ``outputs``: [{name, dtype, shape}] as declared by the model.
     - ``layers``: one entry per device step (an int8 kernel covers its Q/DQ nodes),
       aliases (Reshape, ...) included with 0 MACs.
@@ -88,7 +109,8 @@ def profile_model(model: onnx.ModelProto, *, latency: bool = True, min_runs: int
     total_macs = 0
     for s in a.steps:
         node = a.nodes[s.main]
-        macs = 0 if s.kind == "alias" else count_macs(node, a.shapes)
+        macs = 0 if s.kind == "alias" else count_macs(node, a.shapes) + sum(
+            count_macs(a.nodes[m], a.shapes) for m in s.fused_mains)
         total_macs += macs
         roots = constant_roots(a, s.nodes)
         l_params = sum(math.prod(a.constants[r].dims) for r in roots if r in pnames)
@@ -108,6 +130,10 @@ def profile_model(model: onnx.ModelProto, *, latency: bool = True, min_runs: int
             "output_bytes": int(out_bytes),
         })
     n_exec = sum(1 for s in a.steps if s.kind != "alias")
+    lat, lat_note = None, None
+    if latency:
+        input_bytes = sum(a.tensor_bytes(i) for i in a.graph_inputs if i in a.shapes)
+        lat, lat_note = _latency(model, int(input_bytes + mem.peak_bytes + weight_bytes), min_runs, min_seconds)
     result = {
         "params": int(params),
         "macs": int(total_macs),
@@ -116,8 +142,9 @@ def profile_model(model: onnx.ModelProto, *, latency: bool = True, min_runs: int
         "flash_bytes": int(weight_bytes + LAYER_OVERHEAD_BYTES * n_exec),
         "peak_ram_bytes": int(mem.peak_bytes),
         "precision": _overall_precision(a),
-        "latency_ms": (measure_latency(model, min_runs=min_runs, min_seconds=min_seconds)
-                       if latency else None),
+        "latency_ms": lat,
+        "latency_note": lat_note,
+        "non_finite_weights": non_finite_weights(model),
         "inputs": _io([i for i in model.graph.input if i.name not in a.constants]),
         "outputs": _io(model.graph.output),
         "layers": layers,

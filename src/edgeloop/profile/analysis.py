@@ -8,7 +8,11 @@ groups nodes into the *steps* a device really executes:
 
 - an int8 QDQ kernel: ``DequantizeLinear(x_q) -> op -> [bias Add] -> [Relu|Clip]
   -> QuantizeLinear`` is one step that reads the integer tensors and writes
-  the QuantizeLinear output; the float tensors inside never exist on the device;
+  the QuantizeLinear output; the float tensors inside never exist on the device.
+  Which main ops and epilogues form a kernel is the C backend's operator registry
+  (:mod:`edgeloop.backends.c.registry`): a chain no kernel implements stays float steps;
+  an int8 convolution and the residual int8 Add after it can be one step writing over
+  the skip tensor (:func:`_fuse_residual`);
 - an alias (Reshape, Flatten, Squeeze, Unsqueeze, Identity, ZipMap, and a
   ``DequantizeLinear -> Reshape -> QuantizeLinear`` with unchanged quantization):
   no step, the output shares its input's buffer;
@@ -29,11 +33,12 @@ import numpy as np
 import onnx
 from onnx import helper, numpy_helper
 
+from edgeloop.backends.c import registry
 from edgeloop.errors import EdgeloopError, UnsupportedOperatorError
 
 ALIAS_OPS = {"Reshape", "Flatten", "Squeeze", "Unsqueeze", "Identity"}
-# Ops that a TFLite-style int8 kernel folds into its requantization step.
-EPILOGUE_OPS = {"Relu", "Clip", "LeakyRelu", "Add", "Sub", "Mul", "Div"}
+# Ops that a TFLite-style int8 kernel folds into its requantization step (the registry's).
+EPILOGUE_OPS = registry.epilogue_ops()
 QUANT_DOMAINS = {"", "ai.onnx", "com.microsoft"}
 CONTROL_FLOW = {"If", "Loop", "Scan"}
 RANDOM_OPS = {"RandomNormal", "RandomUniform", "RandomNormalLike", "RandomUniformLike",
@@ -115,9 +120,26 @@ class Step:
     # lowering alike): the read tensor whose buffer the output overwrites, how, and the
     # per-step work area the kernel needs for it (planned in the arena, alive this step only)
     inplace_input: str | None = None
-    inplace_scheme: str = ""      # "elementwise", "conv_pixels" or "conv_groups"
+    inplace_scheme: str = ""      # "elementwise", "conv_pixels", "conv_groups" or "residual"
     scratch_bytes: int = 0
     scratch_dtype: str = ""
+    # a convolution kernel that also runs the residual Add after it (see _fuse_residual)
+    residual: "Residual | None" = None
+
+    @property
+    def fused_mains(self) -> list[int]:
+        """Main nodes of the steps fused into this one (their MACs are this step's too)."""
+        return [self.residual.add.main] if self.residual is not None else []
+
+
+@dataclass
+class Residual:
+    """``y = Add(conv(x), skip)`` as one step: the conv step and the Add step it absorbed."""
+
+    conv: Step                # the convolution kernel as it was (writes ``c``)
+    add: Step                 # the int8 Add kernel (reads ``c`` and ``skip``, writes ``y``)
+    skip: str                 # the other operand of the Add, overwritten by ``y``
+    c: str                    # the convolution's int8 output, which no longer exists
 
 
 @dataclass
@@ -406,6 +428,7 @@ def analyze(model: onnx.ModelProto) -> GraphAnalysis:
                       consumers=consumers, graph_inputs=graph_inputs, graph_outputs=graph_outputs,
                       assumptions=assumptions)
     _build_steps(a)
+    _fuse_residual(a)
     _mark_inplace(a)
     return a
 
@@ -435,10 +458,12 @@ def _find_kernel(a: GraphAnalysis, q_idx: int):
     """The int8 kernel ending in QuantizeLinear node ``q_idx``: (chain, dq_inputs) or None.
 
     Walk back from the QuantizeLinear through single-consumer float tensors:
-    epilogue ops (Relu, Clip, bias Add, ...) with one non-constant input keep the
+    epilogue ops (Relu, Clip, bias Add) with one non-constant input keep the
     walk going, the first other op is the kernel's main op. Every non-constant
     input of the chain must come from a DequantizeLinear, otherwise the float
     tensors are real (a float op whose output is quantized) and there is no kernel.
+    The main op must have an int8 kernel in the registry that fuses exactly these
+    epilogues (:func:`_kernel_accepts`), else the chain stays float steps.
     """
     nodes = a.nodes
     outputs = set(a.graph_outputs)
@@ -474,9 +499,53 @@ def _find_kernel(a: GraphAnalysis, q_idx: int):
                 return None
             if t not in dq_inputs:
                 dq_inputs.append(t)
-    if not dq_inputs:
+    if not dq_inputs or not _kernel_accepts(a, chain):
         return None
     return chain, dq_inputs
+
+
+def _kernel_accepts(a: GraphAnalysis, chain: list[int]) -> bool:
+    """Does the registry's int8 kernel of the chain's main op fuse its epilogues?
+
+    ``chain`` is [QuantizeLinear, epilogue..., main] (walked back). A bias Add must come
+    right after a main op without a bias of its own, its constant one value per output
+    channel (or one value); Relu and Clip (constant bounds) after that.
+    """
+    nodes = a.nodes
+    main = nodes[chain[-1]]
+    if len(chain) == 1:   # DequantizeLinear -> QuantizeLinear: a requantization
+        return registry.int8_impl("QuantizeLinear") is not None
+    impl = registry.int8_impl(main.op_type, main.domain)
+    if impl is None:
+        return False
+    cur = main.output[0]
+    for k, i in enumerate(reversed(chain[1:-1])):
+        n = nodes[i]
+        if n.op_type == "Add" and k == 0 and impl.bias_add:
+            if len(main.input) > 2 and main.input[2]:
+                return False   # the main op already has a bias
+            other = [t for t in n.input if t != cur]
+            if len(other) != 1 or other[0] not in a.static or not _is_channel_bias(a, main, other[0]):
+                return False
+        elif n.op_type not in impl.epilogues:
+            return False
+        elif n.op_type == "Clip" and any(t and t not in a.static for t in n.input[1:]):
+            return False
+        cur = n.output[0]
+    return True
+
+
+def _is_channel_bias(a: GraphAnalysis, main: onnx.NodeProto, t: str) -> bool:
+    shape = list(a.shapes.get(t, ()))
+    y = a.shapes.get(main.output[0])
+    if y is None or len(shape) > len(y):
+        return False
+    n = math.prod(shape)
+    if n == 1:
+        return True
+    axis = 1 if main.op_type == "Conv" else len(y) - 1   # the output-channel axis
+    full = [1] * (len(y) - len(shape)) + shape
+    return full[axis] == y[axis] and n == y[axis]
 
 
 def _precision_of(a: GraphAnalysis, node: onnx.NodeProto) -> str | None:
@@ -610,14 +679,8 @@ def _build_steps(a: GraphAnalysis) -> None:
 # in-place kernel for exactly these steps, so the arena the C declares stays the
 # profiler's peak.
 
-# float ops lowered to a kernel that reads element i (or a softmax row) before writing it
-INPLACE_UNARY_F32 = {"Relu", "Clip", "Sigmoid", "Tanh", "LeakyRelu", "Abs", "Neg", "Exp", "Sqrt",
-                     "HardSigmoid", "Elu", "Reciprocal", "Floor", "Ceil", "BatchNormalization",
-                     "Softmax", "LogSoftmax"}
-INPLACE_BINARY_F32 = {"Add", "Sub", "Mul", "Div", "Max", "Min"}
-# int8 kernels (main op of a QDQ step) that are element-wise or row-wise
-INPLACE_UNARY_S8 = {"Relu", "Clip", "Softmax", "Reshape", "Flatten", "Squeeze", "Unsqueeze",
-                    "Identity"}
+# which kernels may write over their input: the ``inplace`` of each registry record
+# (elementwise, binary, conv), for the float step or the int8 kernel of a main op
 
 _NEVER = 1 << 62
 
@@ -648,7 +711,8 @@ def decide_inplace(a: GraphAnalysis, s: Step, last: dict[str, int]):
     """(input tensor, scheme, scratch elements, scratch dtype) when step ``s`` can write its
     output over an input's buffer, else None. ``last`` is :func:`last_reads`.
 
-    Schemes (the C kernels in ``backends/c/kernels.py`` implement them):
+    Schemes (the C kernels in ``backends/c/kernels/`` implement them; the registry says
+    which operator may use which):
 
     - ``elementwise``: output element i is computed from input element i only (or a
       softmax row is read in full before any of it is written), so writing y[i] over x[i]
@@ -694,16 +758,18 @@ def decide_inplace(a: GraphAnalysis, s: Step, last: dict[str, int]):
                 and a.elem_types.get(r) == yt and a.tensor_bytes(r) >= a.tensor_bytes(y))
 
     numel_y = a.numel(y)
-    if op == "Conv":
+    impl = (registry.int8_impl if s.kind == "kernel" else registry.float_impl)(op, node.domain)
+    scheme = impl.inplace if impl is not None else ""
+    if scheme == registry.CONV:
         return _conv_inplace(a, s, node, srcs[0] if srcs else None, y, dies)
-    if (s.kind == "op" and op in INPLACE_UNARY_F32) or (s.kind == "kernel" and op in INPLACE_UNARY_S8):
+    if scheme == registry.ELEMENTWISE:
         if op == "BatchNormalization" and len([o for o in node.output if o]) != 1:
             return None
         x = srcs[0] if srcs else None
         if dies(x) and a.numel(x) == numel_y:
             return x, "elementwise", 0, ""
         return None
-    if op in INPLACE_BINARY_F32 and s.kind == "op" or op == "Add" and s.kind == "kernel":
+    if scheme == registry.BINARY:
         if len(node.input) != 2:
             return None
         for k in (0, 1):
@@ -751,9 +817,109 @@ def _conv_inplace(a, s, node, x, y, dies):
     return x, "conv_groups", mg * ohw, "int8" if int8 else "float32"
 
 
+def _fuse_residual(a: GraphAnalysis) -> None:
+    """Fuse ``c = Conv(...)`` (an int8 kernel) into the int8 ``y = Add(c, skip)`` after it,
+    writing ``y`` over ``skip``, when that is exact and saves memory.
+
+    The fused step computes each output channel of the convolution (rounded to int8 with
+    ``c``'s quantization, as the two kernels would) into a one-plane scratch, then adds
+    the skip tensor's plane and stores the result over that plane: output element i
+    depends on ``skip`` only at i. Conditions: the registry's Conv kernel fuses a residual
+    Add; ``c`` is read by that Add only; ``c``, ``skip`` and ``y`` have one shape (no
+    broadcasting), batch 1, int8; ``skip``'s buffer is last read by the Add. The fused step
+    runs where the convolution ran when ``skip`` exists by then and nothing reads it in
+    between; otherwise (e.g. a 1x1 projection of the skip computed after the
+    convolution) where the Add ran. It reads the conv's inputs and ``skip`` and writes
+    ``y``; the other step disappears, and so does ``c``'s buffer, so a residual block
+    needs two activation buffers, not three.
+    """
+    conv_impl = registry.int8_impl("Conv")
+    if conv_impl is None or not conv_impl.residual_add:
+        return
+    for _ in range(len(a.steps)):
+        last = last_reads(a)
+        writer = {t: s for s in a.steps if s.kind != "alias" for t in s.writes}
+        readers: dict[str, list[int]] = defaultdict(list)
+        for s in a.steps:
+            if s.kind != "alias":
+                for t in s.reads:
+                    readers[a.root(t)].append(s.index)
+        found = None
+        for add in a.steps:
+            if add.kind != "kernel" or add.op != "Add" or len(add.reads) != 2 or add.residual:
+                continue
+            for k in (0, 1):
+                c, skip = add.reads[k], add.reads[1 - k]
+                conv = writer.get(c)
+                place = conv is not None and _residual_ok(a, conv, add, c, skip, last, readers, writer)
+                if place:
+                    found = (conv, add, c, skip, place)
+                    break
+            if found:
+                break
+        if found is None:
+            break
+        conv, add, c, skip, place = found
+        before = Step(conv.kind, conv.name, conv.op, list(conv.nodes), conv.main, list(conv.reads),
+                      list(conv.writes), conv.precision, conv.index)
+        conv.residual = Residual(before, add, skip, c)
+        conv.nodes = sorted(conv.nodes + add.nodes)
+        conv.reads = conv.reads + [skip]
+        conv.writes = list(add.writes)
+        ys = a.shapes[add.writes[0]]
+        conv.inplace_input, conv.inplace_scheme = skip, "residual"
+        conv.scratch_bytes, conv.scratch_dtype = math.prod(ys[2:]), "int8"
+        if place == "late":   # the fused step takes the Add's place
+            a.steps.remove(conv)
+            a.steps[a.steps.index(add)] = conv
+        else:
+            a.steps.remove(add)
+        index = 0
+        for s in a.steps:
+            if s.kind != "alias":
+                s.index = index
+                index += 1
+
+
+def _residual_ok(a, conv, add, c, skip, last, readers, writer) -> str:
+    """"early" (fuse at the convolution), "late" (at the Add) or "" (do not fuse)."""
+    if conv.kind != "kernel" or conv.op != "Conv" or conv.residual or conv.writes != [c]:
+        return ""
+    if c in a.graph_outputs or c == skip or a.root(skip) == a.root(c):
+        return ""
+    # c feeds only the Add (through its virtual DequantizeLinear)
+    users = a.consumers.get(c, [])
+    if len(users) != 1 or not is_dq(a.nodes[users[0][0]]):
+        return ""
+    dq_out = a.nodes[users[0][0]].output[0]
+    if dq_out in a.graph_outputs or any(i not in add.nodes for i, _ in a.consumers.get(dq_out, [])):
+        return ""
+    y = add.writes[0]
+    shapes = [a.shapes.get(t) for t in (c, skip, y)]
+    if None in shapes or not (shapes[0] == shapes[1] == shapes[2]) or len(shapes[0]) < 3 \
+            or shapes[0][0] != 1:
+        return ""
+    if any(a.elem_types.get(t) != onnx.TensorProto.INT8 for t in (c, skip, y)):
+        return ""
+    r = a.root(skip)
+    if r in a.static or r not in a.shapes or a.elem_types.get(r) != onnx.TensorProto.INT8:
+        return ""
+    if last.get(r, _NEVER) != add.index or a.tensor_bytes(r) < a.tensor_bytes(y):
+        return ""
+    if any(a.root(t) == r for t in conv.reads):
+        return ""   # the convolution reads the skip itself: writing over it would corrupt it
+    w = writer.get(r)
+    if (w is not None and w.index >= conv.index) or any(
+            conv.index <= i < add.index for i in readers.get(r, [])):
+        return "late"   # skip computed or read after the convolution: fuse at the Add
+    return "early"
+
+
 def _mark_inplace(a: GraphAnalysis) -> None:
     last = last_reads(a)
     for s in a.steps:
+        if s.inplace_scheme:
+            continue   # decided with its fusion
         d = decide_inplace(a, s, last)
         if d is None:
             continue

@@ -31,7 +31,9 @@ def random_inputs(sess, seed: int = 0) -> dict[str, np.ndarray]:
             raise EdgeloopError(f"cannot time a model whose input '{i.name}' has type {i.type}")
         shape = [d if isinstance(d, int) and d > 0 else 1 for d in i.shape]
         if np.issubdtype(dtype, np.floating):
-            x = rng.standard_normal(shape).astype(dtype)
+            # drawn in float32/float64 directly: no float64 copy of a large float32 input
+            x = rng.standard_normal(shape, dtype=dtype if dtype in (np.float32, np.float64) else np.float32).astype(
+                dtype, copy=False)
         elif dtype in (np.int8, np.uint8):
             info = np.iinfo(dtype)
             x = rng.integers(info.min, info.max, size=shape, endpoint=True).astype(dtype)

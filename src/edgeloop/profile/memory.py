@@ -167,7 +167,9 @@ def plan_model(model: onnx.ModelProto, *, alignment: int = 1, inplace: bool = Tr
     one buffer (living from the input's first use to the output's last; its
     name is the first tensor of such a chain and ``tensors`` maps the others to
     it), and the scratch the in-place kernel needs is a buffer of its own,
-    named ``<step>#scratch``, alive at that step only.
+    named ``<step>#scratch``, alive at that step only. A convolution followed by a
+    residual Add is one such step (the analysis fuses them): its output is written over
+    the skip tensor and the convolution's own int8 output takes no RAM.
     """
     from edgeloop.profile.analysis import analyze, dtype_name
 

@@ -142,3 +142,74 @@ def weight_totals(a: GraphAnalysis) -> tuple[int, int, dict[str, int]]:
             by_dtype[k] = by_dtype.get(k, 0) + v
     by_dtype = {k: v for k, v in sorted(by_dtype.items()) if v}
     return params, sum(by_dtype.values()), by_dtype
+
+
+_FLOAT_TYPES = {onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16, onnx.TensorProto.DOUBLE,
+                onnx.TensorProto.BFLOAT16}
+
+
+def _count_non_finite(values) -> tuple[int, int]:
+    import numpy as np
+
+    arr = np.asarray(values, dtype=np.float64).reshape(-1)
+    return int(np.isnan(arr).sum()), int(np.isinf(arr).sum())
+
+
+def non_finite_weights(model: onnx.ModelProto) -> list[dict]:
+    """Weights holding NaN or +-inf: [{tensor, node, nan, inf}] in graph order.
+
+    Checked: float initializers and Constant-node tensors of rank >= 1 that feed
+    a node input which is not a control slot (the same rule as ``params``), and
+    the float arrays of ONNX-ML operators (coefficients, thresholds, leaf values).
+    Such a model answers NaN for every input, so export refuses it.
+    """
+    from edgeloop.profile.analysis import constant_array, constant_node_tensor
+
+    g = model.graph
+    tensors: dict[str, onnx.TensorProto] = {t.name: t for t in g.initializer}
+    for n in g.node:
+        if n.op_type == "Constant" and n.domain in ("", "ai.onnx") and n.output:
+            try:
+                tensors[n.output[0]] = constant_node_tensor(n)
+            except Exception:  # a Constant without a value: the loader reports it
+                continue
+    feeds_weight_slot: set[str] = set()
+    for n in g.node:
+        control = CONTROL_SLOTS.get(n.op_type, ())
+        feeds_weight_slot.update(t for slot, t in enumerate(n.input) if t and slot not in control)
+    found = []
+    for name, t in tensors.items():
+        if t.data_type not in _FLOAT_TYPES or len(t.dims) == 0 or name not in feeds_weight_slot:
+            continue
+        arr = constant_array(t)
+        if arr is None:
+            continue
+        nan, inf = _count_non_finite(arr)
+        if nan or inf:
+            found.append({"tensor": name, "node": None, "nan": nan, "inf": inf})
+    for n in g.node:
+        if n.domain != "ai.onnx.ml":
+            continue
+        for attr in n.attribute:
+            if attr.type == onnx.AttributeProto.FLOATS and attr.name not in _ML_NOT_PARAMS and attr.floats:
+                nan, inf = _count_non_finite(list(attr.floats))
+                if nan or inf:
+                    found.append({"tensor": f"{n.name or n.op_type}.{attr.name}", "node": n.name, "nan": nan,
+                                  "inf": inf})
+    return found
+
+
+def describe_non_finite(entry: dict) -> str:
+    parts = [f"{entry['nan']} NaN" if entry["nan"] else "", f"{entry['inf']} inf" if entry["inf"] else ""]
+    return f"weight tensor '{entry['tensor']}' holds " + " and ".join(p for p in parts if p)
+
+
+def check_finite(model: onnx.ModelProto, *, where: str | None = None) -> None:
+    """Raise a one-line EdgeloopError naming the first weight tensor with NaN or inf values."""
+    from edgeloop.errors import EdgeloopError
+
+    bad = non_finite_weights(model)
+    if bad:
+        more = f" (and {len(bad) - 1} more tensors)" if len(bad) > 1 else ""
+        raise EdgeloopError(f"{describe_non_finite(bad[0])}{more}; the model would answer NaN, so it is "
+                            "refused (retrain it, or fix the weights)", where=where)

@@ -9,7 +9,8 @@ profiles its ONNX graph (params, flash, peak RAM; estimated latency and fit on
 ``target``), and stops at the first that reaches ``min_score`` (and fits the
 target, when one is given). Without ``min_score`` every candidate is tried and
 the best kept. The chosen model is written as ``output`` (.onnx) with its source
-beside it (``<stem>.joblib`` for scikit-learn, ``<stem>.pt2`` for the CNN), and
+beside it (``<stem>.skops`` for scikit-learn, which loads without running code from
+the file, unlike a pickle; ``<stem>.pt2`` for the CNN), and
 scored once on the test split through the ONNX graph that ships.
 
 Splits by name (:mod:`edgeloop.data.splits`): candidates fit on ``train``, are
@@ -222,7 +223,7 @@ def train_dataset(dataset: str | os.PathLike, output: str | os.PathLike, *, targ
                     converged = not any(w.category.__name__ == "ConvergenceWarning" for w in caught)
                     pred = est.predict(_flat(xva))
                     train_s = time.perf_counter() - t0
-                    src = work / f"{cand.name}.joblib"
+                    src = work / f"{cand.name}.skops"
                     model = edgeloop.load(est)
                     config = {k: _plain(v) for k, v in est.get_params(deep=True).items()
                               if not hasattr(v, "get_params") and not isinstance(v, list)}
@@ -301,17 +302,13 @@ def _write(out: Path, est, model, src: Path, cand: Candidate, ds, metric: str, c
     from edgeloop.graph import save, set_metadata
 
     out.parent.mkdir(parents=True, exist_ok=True)
-    source = out.with_suffix(".pt2" if cand.family == "torch" else ".joblib")
+    source = out.with_suffix(".pt2" if cand.family == "torch" else ".skops")
     if cand.family == "torch":
         data = Path(src).read_bytes()
     else:
-        import io
+        from edgeloop.frontends.sklearn import dump_estimator
 
-        import joblib
-
-        buf = io.BytesIO()
-        joblib.dump(est, buf)
-        data = buf.getvalue()
+        data = dump_estimator(est, "skops")  # safe to load: no --trust-pickle needed downstream
     write_bytes_atomic(source, data)
     card = ds.card
     info = card.get("info") or {}

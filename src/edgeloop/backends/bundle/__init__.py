@@ -17,7 +17,10 @@
   requirements, so ``python -m edgeloop_runtime .`` serves the bundle without edgeloop installed
   (chosen over ``pip install edgeloop`` on the device: edgeloop pulls onnx, typer and rich, and on a
   Jetson each extra wheel is a fight);
-- ``source/<file>``: the trainable source model (.joblib/.pkl/.pt2) when known, for ``improve``.
+- ``source/<file>``: the trainable source model (.skops/.joblib/.pkl/.pt2) when known, for ``improve``;
+  ``provenance.source_needs_trust`` says whether it is a pickle (loading it runs code from the file,
+  so ``improve`` asks for ``--trust-pickle`` again) and ``provenance.source_file_format`` its format.
+
 
 The folder is owned through edgeloop's output marker (:mod:`edgeloop.fsutil`): exporting again
 over it replaces the files the previous export wrote and keeps the rest (``captures/`` above all).
@@ -40,7 +43,7 @@ from edgeloop.errors import EdgeloopError, UsageError
 
 from .targets import Packaging, packaging_for
 
-SOURCE_SUFFIXES = (".joblib", ".pkl", ".pickle", ".pt2")
+SOURCE_SUFFIXES = (".skops", ".joblib", ".pkl", ".pickle", ".pt2")
 RUNTIME_DIR = "edgeloop_runtime"
 
 
@@ -321,6 +324,16 @@ def find_source(model_path: Optional[str], meta: dict) -> Optional[Path]:
     return Path(recorded) if recorded and recorded.lower().endswith(SOURCE_SUFFIXES) else None
 
 
+def _source_trust(src: Optional[Path]) -> dict:
+    """``source_file_format`` (skops | pickle | pt2) and ``source_needs_trust`` for the manifest."""
+    if src is None:
+        return {"source_file_format": None, "source_needs_trust": None}
+    from edgeloop.frontends.sklearn import estimator_file_format
+
+    fmt = "pt2" if src.suffix.lower() == ".pt2" else estimator_file_format(src)
+    return {"source_file_format": fmt, "source_needs_trust": fmt == "pickle"}
+
+
 # --------------------------------------------------------------------------------------------
 # writing
 # --------------------------------------------------------------------------------------------
@@ -376,7 +389,7 @@ def build_bundle(model: onnx.ModelProto, out: "str | os.PathLike[str]", target: 
     name = name or meta.get("name") or (Path(source_path).stem if source_path else "model")
     req_text, pins = requirements(pack, image, signed=private_key is not None)
     prov = {"source": meta.get("source", source_path), "source_format": meta.get("source_format"),
-            "source_file": f"source/{src.name}" if src else None,
+            "source_file": f"source/{src.name}" if src else None, **_source_trust(src),
             "recipe": meta.get("recipe"), "estimator": meta.get("estimator")}
     prov.update(provenance or {})
     manifest: dict[str, Any] = {
@@ -465,17 +478,19 @@ def verify_loads(bundle: Path, model: onnx.ModelProto, public_key: Any = None) -
 
 
 def export_cli(model_path: str, target: Any, output: Path, *, prefix: str = "model", verify: bool = False,
-               as_json: bool = False, sign: Optional[Path] = None) -> None:
+               as_json: bool = False, sign: Optional[Path] = None, trust_pickle: bool = False) -> None:
     """`edgeloop export MODEL --target <linux board> -o OUT [--sign KEY]`."""
     from edgeloop.frontends import load_file
     from edgeloop.fsutil import check_output_dir
+    from edgeloop.profile.weights import check_finite
 
     check_output_dir(output, kind="bundle")  # a user's folder is refused before any work
     if sign is not None:
         from .signing import load_private_key
 
         load_private_key(sign)  # so is a key that cannot sign
-    model = load_file(model_path)
+    model = load_file(model_path, trust_pickle=trust_pickle)
+    check_finite(model, where=model_path)
     name = prefix if prefix and prefix != "model" else Path(model_path).stem
     kept: list[str] = []
     try:
@@ -507,7 +522,7 @@ def export_cli(model_path: str, target: Any, output: Path, *, prefix: str = "mod
                   "the runtime refuses files the manifest does not list, so move them out before serving",
                   markup=False)
     if manifest["provenance"]["source_file"] is None:
-        err.print("note: no trainable source (.joblib/.pt2) found, so `edgeloop improve` cannot refit this bundle",
+        err.print("note: no trainable source (.skops/.joblib/.pt2) found, so `edgeloop improve` cannot refit this bundle",
                   markup=False)
 
 

@@ -1,6 +1,6 @@
 """`edgeloop improve`: retrain a bundle's model on newly labelled data and write the next version.
 
-The source kept in the bundle (``source/*.joblib`` or ``source/*.pt2``) is refitted
+The source kept in the bundle (``source/*.skops``, a trusted ``source/*.joblib``, or ``source/*.pt2``) is refitted
 (scikit-learn: ``clone`` and ``fit`` on base + new data) or fine-tuned (PyTorch:
 ``ExportedProgram.module()`` trained a few epochs, then exported again); the shrink
 recipe recorded in the provenance is replayed with ``edgeloop.passes.apply_recipe``;
@@ -126,14 +126,15 @@ def _evaluate(bundle_model: Any, x: np.ndarray, y: np.ndarray, task: Optional[st
     return score("mae" if task == "regression" else "accuracy", np.asarray(y), np.asarray(preds))
 
 
-def _refit_sklearn(src: Path, x: np.ndarray, y: np.ndarray, work: Path):
+def _refit_sklearn(src: Path, x: np.ndarray, y: np.ndarray, work: Path, trust_pickle: bool = False):
     try:
-        import joblib
         from sklearn.base import clone
     except ImportError:
         raise MissingDependencyError("scikit-learn", "sklearn") from None
+    from edgeloop.frontends.sklearn import dump_estimator, estimator_file_format, load_estimator
 
-    est = joblib.load(src)  # the bundle's own file, hash-verified above
+    fmt = estimator_file_format(src)
+    est = load_estimator(src, trust_pickle=trust_pickle)  # hash-verified above; a pickle only when trusted
     n = getattr(est, "n_features_in_", None)
     if n is not None and x.reshape(len(x), -1).shape[1] != n:
         raise UsageError(f"the source estimator takes {n} features, the data has "
@@ -141,22 +142,23 @@ def _refit_sklearn(src: Path, x: np.ndarray, y: np.ndarray, work: Path):
                          "give it data with all the source's features")
     new = clone(est).fit(x.reshape(len(x), -1), y)
     out = work / src.name
-    joblib.dump(new, out)
+    out.write_bytes(dump_estimator(new, fmt or "pickle"))  # the refit keeps the source's format
     from edgeloop.frontends.sklearn import from_sklearn
 
     return from_sklearn(new, where=str(src)), new, out
 
 
 def _finetune_torch(src: Path, x: np.ndarray, y: np.ndarray, work: Path, sample_shape: list, *,
-                    labels: Optional[list], epochs: int, lr: float, seed: int):
+                    labels: Optional[list], epochs: int, lr: float, seed: int, trust_pickle: bool = False):
     try:
         import torch
     except ImportError:
         raise MissingDependencyError("torch", "torch") from None
 
     torch.manual_seed(seed)
-    program = torch.export.load(str(src))
-    module = program.module()
+    from edgeloop.frontends.torch import load_program
+
+    module = load_program(src, trust_pickle=trust_pickle).module()  # refuses pickled objects unless trusted
     params = [p for p in module.parameters()]
     for p in params:
         p.requires_grad_(True)
@@ -197,8 +199,11 @@ def _finetune_torch(src: Path, x: np.ndarray, y: np.ndarray, work: Path, sample_
 
 def improve(bundle: "str | Path", data: "str | Path", output: "str | Path", *,
             base_data: "str | Path | None" = None, holdout: float = 0.25, seed: int = 0,
-            epochs: int = 15, lr: float = 1e-3, progress: Any = None) -> dict:
-    """Retrain from the bundle's source, replay the recipe, write version+1 to ``output``."""
+            epochs: int = 15, lr: float = 1e-3, progress: Any = None, trust_pickle: bool = False) -> dict:
+    """Retrain from the bundle's source, replay the recipe, write version+1 to ``output``.
+
+    A pickle source (``provenance.source_needs_trust``, or a .joblib/.pkl file) is refused
+    unless ``trust_pickle``: unpickling runs code from the bundle's file."""
     from edgeloop.graph import set_metadata
     from edgeloop.runtime.bundle import BundleError, verify_bundle
     from edgeloop.runtime.model import BundleModel
@@ -217,9 +222,13 @@ def improve(bundle: "str | Path", data: "str | Path", output: "str | Path", *,
     prov = manifest.get("provenance") or {}
     src_rel = prov.get("source_file")
     if not src_rel:
-        raise UsageError(f"{bundle}: the bundle carries no trainable source (.joblib/.pt2); export it "
+        raise UsageError(f"{bundle}: the bundle carries no trainable source (.skops/.joblib/.pt2); export it "
                          "from the source model file to use improve")
     src = bundle / src_rel
+    from edgeloop.frontends.sklearn import PICKLE_REFUSAL, UntrustedSourceError, needs_trust
+
+    if not trust_pickle and (prov.get("source_needs_trust") or (src.suffix.lower() != ".pt2" and needs_trust(src))):
+        raise UntrustedSourceError(f"the bundle's source {src_rel} is a pickle: {PICKLE_REFUSAL}", where=str(bundle))
     labels = manifest.get("labels")
     task = manifest.get("task") or ("classification" if labels or (manifest.get("postprocess") or {}).get("scores") else None)
     step("loading labelled data")
@@ -247,15 +256,15 @@ def improve(bundle: "str | Path", data: "str | Path", output: "str | Path", *,
     fmt = src.suffix.lower()
     with tempfile.TemporaryDirectory(prefix=".edgeloop-improve-", dir=Path(output).resolve().parent) as tmp:
         work = Path(tmp)
-        if fmt in (".joblib", ".pkl", ".pickle"):
+        if fmt in (".skops", ".joblib", ".pkl", ".pickle"):
             step(f"refitting {src.name} on {len(x_tr)} samples")
             method = "refit"
-            model, est, new_src = _refit_sklearn(src, x_tr, y_tr, work)
+            model, est, new_src = _refit_sklearn(src, x_tr, y_tr, work, trust_pickle)
         elif fmt == ".pt2":
             step(f"fine-tuning {src.name} on {len(x_tr)} samples")
             method = "fine-tune"
             model, est, new_src = _finetune_torch(src, x_tr, y_tr, work, sample_shape, labels=labels,
-                                                  epochs=epochs, lr=lr, seed=seed)
+                                                  epochs=epochs, lr=lr, seed=seed, trust_pickle=trust_pickle)
         else:
             raise UsageError(f"{src}: cannot retrain a '{fmt}' source")
         recipe = prov.get("recipe")

@@ -19,13 +19,21 @@ from pathlib import Path
 
 import numpy as np
 
-from edgeloop.backends.c.codegen import generate, render
 from edgeloop.errors import EdgeloopError, MissingDependencyError, UnsupportedOperatorError
 
 __all__ = ["generate", "render", "compile_shared", "CModel", "export_cli",
            "UnsupportedOperatorError", "CFLAGS"]
 
 CFLAGS = ["-std=c99", "-Wall", "-Wextra", "-Werror"]
+
+
+def __getattr__(name):
+    # the generator (onnx, the lowering) loads on first use: the profiler imports
+    # edgeloop.backends.c.registry without it
+    if name in ("generate", "render"):
+        from edgeloop.backends.c import codegen
+        return getattr(codegen, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def _cc() -> str:

@@ -10,46 +10,10 @@ from pathlib import Path
 import numpy as np
 import onnx
 
-from edgeloop.backends.c.kernels import FLOAT_MATH, KERNELS, closure
+from edgeloop.backends.c import kernel_lib
+from edgeloop.backends.c.callargs import NP_C, array_text, float_lit, int_lit, resolve
 from edgeloop.backends.c.lower import CTYPES, Lowered
 from edgeloop.errors import UsageError
-
-_NP_C = {np.dtype(np.float32): "float", np.dtype(np.int8): "int8_t", np.dtype(np.uint8): "uint8_t",
-         np.dtype(np.int32): "int32_t", np.dtype(np.int64): "int64_t", np.dtype(np.int16): "int16_t",
-         np.dtype(np.bool_): "uint8_t", np.dtype(np.float64): "double"}
-
-
-def _float_lit(v: float) -> str:
-    v = float(np.float32(v))
-    if np.isnan(v):
-        return "NAN"
-    if np.isinf(v):
-        return "INFINITY" if v > 0 else "(-INFINITY)"
-    # numpy's shortest repr that reads back as the same float32 (C rounds correctly)
-    text = str(np.float32(v))
-    if not any(ch in text for ch in ".e"):
-        text += ".0"
-    return text + "f"
-
-
-def _array_text(a: np.ndarray) -> str:
-    flat = a.ravel()
-    if flat.dtype == np.float32 or flat.dtype == np.float64:
-        items = [_float_lit(v) for v in flat.astype(np.float32)]
-    elif flat.dtype == np.int64:
-        items = [f"INT64_C({int(v)})" if abs(int(v)) >= 2 ** 31 - 1 else str(int(v)) for v in flat]
-    elif flat.dtype == np.int32:
-        items = [("(-2147483647 - 1)" if int(v) == -2 ** 31 else str(int(v))) for v in flat]
-    else:
-        items = [str(int(v)) for v in flat]
-    if not items:
-        items = ["0"]
-    lines = []
-    per = 12 if flat.dtype.kind == "f" else 24
-    for i in range(0, len(items), per):
-        lines.append("    " + ", ".join(items[i:i + per]))
-    return ",\n".join(lines)
-
 
 def _cast_kernel(src: str, dst: str) -> str:
     s, d = CTYPES[src], CTYPES[dst]
@@ -133,14 +97,28 @@ def render(model: onnx.ModelProto, prefix: str = "model"):
         if key not in const_names:
             arr = np.ascontiguousarray(arr)
             nm = f"el_c{len(consts)}"
-            ct = _NP_C[arr.dtype]
-            consts.append(f"static const {ct} {nm}[{max(arr.size, 1)}] = {{\n{_array_text(arr)}\n}};\n")
+            ct = NP_C[arr.dtype]
+            consts.append(f"static const {ct} {nm}[{max(arr.size, 1)}] = {{\n{array_text(arr)}\n}};\n")
             const_names[key] = nm
             keep.append(arr)
         return const_names[key]
 
     keep: list = []
     scratch: list[str] = []
+
+    def scratch_array(ctype, n):   # a small static work array (not in the arena: no lifetime)
+        nm = f"el_s{len(scratch)}"
+        scratch.append(f"static {ctype} {nm}[{int(n)}];\n")
+        return nm
+
+    handlers = {
+        "in": lambda t, off=0: tensor_ptr(t, off, False),
+        "out": lambda t, off=0: tensor_ptr(t, off, True),
+        # a planned work buffer (an in-place kernel's scratch)
+        "arena": lambda buf, dt: f"(({CTYPES[dt]} *)(el_arena.bytes + {low.plan.buffer(buf).offset}))",
+        "const": const_ptr, "null": lambda: "0", "scratch": scratch_array,
+        "int": int_lit, "float": float_lit,
+    }
     for call in low.calls:
         kname = call.kernel
         if kname.startswith("cast:"):
@@ -152,31 +130,11 @@ def render(model: onnx.ModelProto, prefix: str = "model"):
             if kname not in used:
                 used.append(kname)
             fname = "k_" + kname
-        args = []
-        for arg in call.args:
-            kind = arg[0]
-            if kind in ("in", "out"):
-                args.append(tensor_ptr(arg[1], arg[2] if len(arg) > 2 else 0, kind == "out"))
-            elif kind == "arena":   # a planned work buffer (an in-place kernel's scratch)
-                args.append(f"(({CTYPES[arg[2]]} *)(el_arena.bytes + "
-                            f"{low.plan.buffer(arg[1]).offset}))")
-            elif kind == "const":
-                args.append(const_ptr(arg[1]))
-            elif kind == "null":
-                args.append("0")
-            elif kind == "scratch":   # a small static work array (not in the arena: no lifetime)
-                nm = f"el_s{len(scratch)}"
-                scratch.append(f"static {arg[1]} {nm}[{int(arg[2])}];\n")
-                args.append(nm)
-            elif kind == "int":
-                v = int(arg[1])
-                args.append(str(v) if v != -2 ** 31 else "(-2147483647 - 1)")
-            elif kind == "float":
-                args.append(_float_lit(arg[1]))
+        args = resolve(call, handlers)
         body.append(f"    /* {call.name} ({call.op}) */\n    {fname}({', '.join(args)});\n")
 
-    kernels = closure(used)
-    needs_math = any(k in FLOAT_MATH for k in kernels) or any(k == "pool_f32" for k in kernels)
+    kernels = kernel_lib.closure(used)
+    system = [h for h in kernel_lib.system_includes(used) if h not in ("stdint.h", "string.h")]
     primary = _primary_output(low)
     in_size = sum(i["nbytes"] for i in low.inputs)
     out = low.outputs[primary]
@@ -210,9 +168,9 @@ def render(model: onnx.ModelProto, prefix: str = "model"):
     qin = _io_quant(a, low, low.inputs[0]["name"], True) if low.inputs and low.inputs[0]["dtype"] == "int8" else None
     qout = _io_quant(a, low, out["name"], False) if out["dtype"] == "int8" else None
     if qin:
-        h += [f"#define {P}_INPUT_SCALE {_float_lit(qin[0])}", f"#define {P}_INPUT_ZERO_POINT {qin[1]}"]
+        h += [f"#define {P}_INPUT_SCALE {float_lit(qin[0])}", f"#define {P}_INPUT_ZERO_POINT {qin[1]}"]
     if qout:
-        h += [f"#define {P}_OUTPUT_SCALE {_float_lit(qout[0])}", f"#define {P}_OUTPUT_ZERO_POINT {qout[1]}"]
+        h += [f"#define {P}_OUTPUT_SCALE {float_lit(qout[0])}", f"#define {P}_OUTPUT_ZERO_POINT {qout[1]}"]
     kept, n_original = _kept_features(model)
     if kept:
         h += ["", f"/* Feature reduction: the input holds {len(kept)} of the {n_original} original features,",
@@ -227,13 +185,12 @@ def render(model: onnx.ModelProto, prefix: str = "model"):
     # ---- source
     c = [f"/* {prefix}.c: generated by edgeloop from an ONNX graph; do not edit. */",
          f'#include "{prefix}.h"', "", "#include <stdint.h>", "#include <string.h>"]
-    if needs_math or casts:
-        c.append("#include <math.h>")
+    c += [f"#include <{h}>" for h in system]
     c += ["", f"/* the activation arena: {int(low.arena_size)} bytes, laid out by edgeloop's memory "
           f"planner (alignment {low.alignment}) */",
           f"static union {{ uint64_t align; unsigned char bytes[{arena}]; }} el_arena;", ""]
     for k in kernels:
-        c.append(KERNELS[k][1])
+        c.append(kernel_lib.source(k))
     for s, d in casts:
         c.append(_cast_kernel(s, d))
     c += consts

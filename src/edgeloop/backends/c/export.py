@@ -108,14 +108,16 @@ def _verify(tmp: Path, prefix: str, info: dict) -> dict:
 
 
 def export_cli(model_path, target, output, *, prefix: str = "model", verify: bool = False,
-               as_json: bool = False) -> None:
+               as_json: bool = False, trust_pickle: bool = False) -> None:
     from edgeloop.backends.c.codegen import _c_ident, generate
     from edgeloop.frontends import load_file
 
     _c_ident(prefix)
     output = Path(output)
     check_output_dir(output, kind="c-export")  # before loading the model: a user's folder is refused at once
-    model = load_file(model_path)
+    model = load_file(model_path, trust_pickle=trust_pickle)
+    from edgeloop.profile.weights import check_finite
+    check_finite(model, where=str(model_path))
     # OUT is replaced only when everything (generation, compile check, verify) succeeded,
     # and never if it is a non-empty folder that is not an earlier C export.
     with staged_dir(output, kind="c-export") as tmp:

@@ -14,6 +14,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from edgeloop.backends.c import kernel_lib, registry
+from edgeloop.backends.c.callargs import resolve
 from edgeloop.backends.c.lower import Lowered, lower
 
 I32_MIN, I32_MAX = -(1 << 31), (1 << 31) - 1
@@ -142,7 +144,7 @@ def conv_s8(x, y, w, b, mult, shift, C, H, W, M, OH, OW, KH, KW, SH, SW, PT, PL,
     y[:M * OH * OW] = np.clip(out, lo, hi).ravel()
 
 
-def conv_s8_pw_ip(x, y, w, b, mult, shift, C, hw, M, x_zp, y_zp, lo, hi, scratch):
+def conv_s8_pw_ip(x, y, w, b, mult, shift, C, hw, M, x_zp, y_zp, lo, hi, s):
     """The in-place 1x1 convolution: conv_s8's numbers (``x`` and ``y`` are views of one
     buffer here; conv_s8 reads all of ``x`` before it writes ``y``)."""
     conv_s8(x, y, w, b, mult, shift, C, 1, hw, M, 1, hw, 1, 1, 1, 1, 0, 0, 1, 1, 1,
@@ -150,10 +152,21 @@ def conv_s8_pw_ip(x, y, w, b, mult, shift, C, hw, M, x_zp, y_zp, lo, hi, scratch
 
 
 def conv_s8_grp_ip(x, y, w, b, mult, shift, C, H, W, M, OH, OW, KH, KW, SH, SW, PT, PL, DH, DW,
-                   G, x_zp, y_zp, lo, hi, scratch):
+                   G, x_zp, y_zp, lo, hi, s):
     """The in-place grouped convolution: conv_s8's numbers."""
     conv_s8(x, y, w, b, mult, shift, C, H, W, M, OH, OW, KH, KW, SH, SW, PT, PL, DH, DW, G,
             x_zp, y_zp, lo, hi)
+
+
+def conv_s8_res(x, y, w, b, mult, shift, C, H, W, M, OH, OW, KH, KW, SH, SW, PT, PL, DH, DW, G,
+                x_zp, c_zp, lo, hi, r, q, s):
+    """A convolution (conv_s8, rounded to int8) then the int8 Add with ``r`` (add_s8);
+    ``y`` may be ``r``."""
+    c = np.empty(M * OH * OW, np.int8)
+    conv_s8(x, c, w, b, mult, shift, C, H, W, M, OH, OW, KH, KW, SH, SW, PT, PL, DH, DW, G,
+            x_zp, c_zp, lo, hi)
+    n = M * OH * OW
+    add_s8(c, r[:n].copy(), y, n, 1, [n], [1], [1], q)
 
 
 def fc_s8(x, y, w, b, mult, shift, per_channel, M, K, N, y_zp, lo, hi):
@@ -193,10 +206,10 @@ def _nd_gather(src, n, shape, strides, x0=0):
     return src[off[:n]]
 
 
-def add_s8(a, b, y, n, ndim, shape, as_, bs, q):
+def add_s8(a, b, y, n, ndim, shape, a_strides, b_strides, q):
     a_zp, b_zp, y_zp, am, ash, bm, bsh, ym, ysh, lo, hi = (int(v) for v in q)
-    u = (_nd_gather(a, n, shape, as_).astype(np.int64) - a_zp) * (1 << 20)
-    v = (_nd_gather(b, n, shape, bs).astype(np.int64) - b_zp) * (1 << 20)
+    u = (_nd_gather(a, n, shape, a_strides).astype(np.int64) - a_zp) * (1 << 20)
+    v = (_nd_gather(b, n, shape, b_strides).astype(np.int64) - b_zp) * (1 << 20)
     s = mbqm(u, am, ash) + mbqm(v, bm, bsh)
     y[:n] = np.clip(mbqm(s, ym, ysh) + y_zp, lo, hi)
 
@@ -291,8 +304,10 @@ def reduce_f32(x, y, outer, R, inner, op):
     y[:outer * inner] = acc.ravel()
 
 
-KERNELS = {f.__name__: f for f in (reduce_f32, logistic_s8, conv_s8, conv_s8_pw_ip, conv_s8_grp_ip, fc_s8, pool_s8, add_s8, requant_s8, softmax_s8,
-                                   quantize_s8, dequantize_s8, copy_nd, pad_nd, concat)}
+# the numpy definition of every kernel the registry says has one (a name without a function
+# here is an error at import, so the registry and this file cannot drift apart)
+KERNELS = {name: globals()[name] for op in registry.OPS.values() for impl in (op.float, op.int8)
+           if impl is not None for name in impl.reference}
 
 
 def run(low: Lowered | object, *inputs: np.ndarray) -> list[np.ndarray]:
@@ -318,20 +333,15 @@ def run(low: Lowered | object, *inputs: np.ndarray) -> list[np.ndarray]:
 
 
 def execute(call, buf) -> None:
-    """Run one kernel call; ``buf(tensor)`` gives the flat array holding a tensor."""
+    """Run one kernel call; ``buf(tensor)`` gives the flat array holding a tensor. The
+    arguments are passed by the names the C kernel declares (the reference functions
+    use the same names; tests/test_backend_c_registry.py checks it)."""
     fn = KERNELS.get(call.kernel)
     if fn is None:
         raise NotImplementedError(f"the numpy reference has no kernel {call.kernel}")
-    args = []
-    for arg in call.args:
-        kind = arg[0]
-        if kind in ("in", "out"):
-            off = arg[2] if len(arg) > 2 else 0
-            args.append(buf(arg[1])[off:])
-        elif kind == "const":
-            args.append(np.asarray(arg[1]).ravel())
-        elif kind in ("null", "arena"):
-            args.append(None)
-        else:
-            args.append(arg[1])
-    fn(*args)
+    values = resolve(call, {
+        "in": lambda t, off=0: buf(t)[off:], "out": lambda t, off=0: buf(t)[off:],
+        "const": lambda v: np.asarray(v).ravel(), "null": lambda: None,
+        "arena": lambda *_: None, "scratch": lambda *_: None,
+        "int": lambda v: v, "float": lambda v: v})
+    fn(**{p.name: v for p, v in zip(kernel_lib.signature(call.kernel), values)})
