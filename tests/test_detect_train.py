@@ -192,3 +192,23 @@ def test_cli_train_detection_bad_size_is_one_line_error(det_folder, tmp_path):
     assert p.returncode != 0
     assert "--size" in p.stderr and "Traceback" not in p.stderr and len(p.stderr.strip().splitlines()) == 1
     assert not (tmp_path / "m.onnx").exists()
+
+
+def test_shipped_net_folds_batchnorm_and_computes_the_same():
+    import torch
+
+    from edgeloop.train.detect import _fused, build_fomo
+
+    torch.manual_seed(0)
+    net = build_fomo(2, 0.25)
+    net.train()
+    with torch.no_grad():
+        for _ in range(3):  # move the running statistics away from the identity
+            net(torch.rand(8, 3, 32, 32) * 3)
+    net.eval()
+    fused = _fused(net)
+    assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in fused.modules())
+    assert any(isinstance(m, torch.nn.BatchNorm2d) for m in net.modules())  # the trained net is untouched
+    x = torch.rand(2, 3, 32, 32)
+    with torch.no_grad():
+        assert torch.allclose(net(x), fused(x), atol=1e-4)

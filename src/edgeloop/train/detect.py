@@ -148,27 +148,22 @@ def _fused(module):
     import torch.nn as nn
     from torch.nn.utils.fusion import fuse_conv_bn_eval
 
-    m = copy.deepcopy(module).eval()
+    def fuse(mod):
+        if isinstance(mod, nn.Sequential):
+            items, out, i = list(mod), [], 0
+            while i < len(items):
+                if isinstance(items[i], nn.Conv2d) and i + 1 < len(items) and isinstance(items[i + 1], nn.BatchNorm2d):
+                    out.append(fuse_conv_bn_eval(items[i], items[i + 1]))
+                    i += 2
+                else:
+                    out.append(fuse(items[i]))
+                    i += 1
+            return nn.Sequential(*out)
+        for name, child in list(mod.named_children()):
+            setattr(mod, name, fuse(child))
+        return mod
 
-    def walk(parent):
-        for name, child in list(parent.named_children()):
-            if isinstance(child, nn.Sequential):
-                items = list(child)
-                out, i = [], 0
-                while i < len(items):
-                    if isinstance(items[i], nn.Conv2d) and i + 1 < len(items) and isinstance(items[i + 1], nn.BatchNorm2d):
-                        out.append(fuse_conv_bn_eval(items[i], items[i + 1]))
-                        i += 2
-                    else:
-                        walk(items[i])
-                        out.append(items[i])
-                        i += 1
-                setattr(parent, name, nn.Sequential(*out))
-            else:
-                walk(child)
-
-    walk(m)
-    return m
+    return fuse(copy.deepcopy(module).eval())
 
 
 def _with_softmax(net):
