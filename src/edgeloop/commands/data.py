@@ -193,7 +193,8 @@ def register(app: typer.Typer) -> None:
         min_score: Optional[float] = typer.Option(None, "--min-score", help="Stop at the first (smallest) candidate reaching this validation score (for mae: at most this error). Without it every candidate is tried and the best kept."),
         candidates: Optional[str] = typer.Option(None, "--candidates", help="Comma-separated subset of candidate names to try (see the table), in size order."),
         seed: int = typer.Option(0, "--seed", help="Seed for every candidate's training."),
-        epochs: int = typer.Option(4, "--epochs", help="Epochs for the CNN candidate (images only)."),
+        epochs: Optional[int] = typer.Option(None, "--epochs", help="Epochs for the CNN candidate (images; default 4); for detectors the most epochs, with early stopping (default 60)."),
+        size: Optional[str] = typer.Option(None, "--size", help="Detection datasets: the detector's input size WIDTHxHEIGHT in pixels, multiples of 8 (default 96x96)."),
         as_json: bool = typer.Option(False, "--json", help="Print the result as one JSON object."),
     ) -> None:
         """Train candidates smallest first and keep the first that reaches --min-score on validation."""
@@ -203,7 +204,7 @@ def register(app: typer.Typer) -> None:
             raise UsageError(f"--output must be an .onnx path, got '{output}'")
         names = [c.strip() for c in candidates.split(",") if c.strip()] if candidates else None
         result = train_dataset(dataset, output, target=target, metric=metric, min_score=min_score,
-                               candidates=names, seed=seed, epochs=epochs, progress=True)
+                               candidates=names, seed=seed, epochs=epochs, progress=True, size=size)
         if as_json:
             _emit_json(result)
             return
@@ -244,8 +245,10 @@ def print_train(result: dict) -> None:
         mark = "chosen" if row["name"] == result["chosen"] else ("reached" if row.get("reached") else "")
         if row.get("converged") is False:
             mark = (mark + "; " if mark else "") + "stopped at its iteration cap"
-        t.add_row(row["name"], f"{row['score']:.4f}", f"{row['params']:,}", _fmt_bytes(row["flash_bytes"]),
-                  _fmt_bytes(row["peak_ram_bytes"]), _fmt_ms(row.get("est_latency_ms")), fits,
+        own = f" {row['metric']}" if row.get("metric") not in (None, result["metric"]) else ""  # detectors
+        fps = f" ({row['est_fps']:.3g} fps)" if row.get("est_fps") else ""
+        t.add_row(row["name"], f"{row['score']:.4f}{own}", f"{row['params']:,}", _fmt_bytes(row["flash_bytes"]),
+                  _fmt_bytes(row["peak_ram_bytes"]), _fmt_ms(row.get("est_latency_ms")) + fps, fits,
                   f"{row['train_seconds']:.1f} s", mark)
     out.print(t)
     if tgt:
@@ -253,5 +256,6 @@ def print_train(result: dict) -> None:
     out.print(result["summary"])
     for note in result.get("warnings") or []:
         out.print(f"warning: {note}")
-    out.print(f"test {result['metric']} (test split, used once): {result['test_score']:.4f}")
+    if result.get("test_score") is not None:
+        out.print(f"test {result['metric']} (test split, used once): {result['test_score']:.4f}")
     out.print(f"wrote {result['output']} and its source {result['source']}")

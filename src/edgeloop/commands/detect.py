@@ -163,6 +163,10 @@ def draw_targets(images: List[str], folder: Path) -> List[Path]:
     return targets
 
 
+CENTROID_NOTE = ("a centroid (FOMO-style) model finds object centres: each box is the heatmap cells "
+                 "around a centre (one cell for a single-cell hit), not the object's extent")
+
+
 def register(app: typer.Typer) -> None:
     @app.command()
     def predict(
@@ -198,6 +202,8 @@ def register(app: typer.Typer) -> None:
                 img = _open_image(path)
                 found = det.detect(img, min_score)
                 results.append({"input": path, "detections": found})
+                if head["kind"] == "centroids":
+                    results[-1]["note"] = CENTROID_NOTE
                 if targets is not None:
                     draw(img, found, targets[i])
         if as_json:
@@ -220,5 +226,7 @@ def register(app: typer.Typer) -> None:
                     t.add_row(r["input"], str(d["label"]), f"{d['score']:.3f}",
                               ", ".join(f"{v:.0f}" for v in d["box"]))
         out.print(t)
+        if head is not None and head["kind"] == "centroids":
+            out.print(f"note: {CENTROID_NOTE}")
         if targets is not None:
             Console(stderr=True).print(f"drew {len(targets)} image(s) into {draw_dir}")

@@ -111,3 +111,42 @@ def evaluate(predictions: Sequence[Sequence[Dict[str, Any]]], truths: Sequence[S
 def map50(predictions, truths) -> float:
     r = evaluate(predictions, truths, iou_thresholds=(0.5,))
     return 0.0 if r["map50"] is None else r["map50"]
+
+
+def centroid_f1(predictions: Sequence[Sequence[Dict[str, Any]]],
+                truths: Sequence[Sequence[Dict[str, Any]]]) -> Dict[str, Any]:
+    """F1 of centroid detections (the FOMO score): per image, detections best score first,
+    each counts as a true positive when its box centre falls inside a still unmatched true
+    box of its class (the one whose centre is nearest, when several hold it); every other
+    detection is a false positive and every unmatched true box a false negative.
+
+    Returns ``f1``, ``precision``, ``recall`` and the counts ``tp``, ``fp``, ``fn``. With no
+    detections and no true boxes at all the score is 1.0 (nothing to find, nothing found).
+    """
+    if len(predictions) != len(truths):
+        raise ValueError(f"{len(predictions)} prediction lists for {len(truths)} images")
+    tp = fp = fn = 0
+    for dets, gts in zip(predictions, truths):
+        g = _as_boxes(gts)
+        g_labels = [str(d["label"]) for d in gts]
+        taken = np.zeros(len(g), dtype=bool)
+        order = sorted(range(len(dets)), key=lambda i: -float(dets[i].get("score", 1.0)))
+        for i in order:
+            x1, y1, x2, y2 = (float(v) for v in dets[i]["box"])
+            cx, cy = (x1 + x2) / 2, (y1 + y2) / 2
+            label = str(dets[i]["label"])
+            inside = [j for j in range(len(g)) if not taken[j] and g_labels[j] == label
+                      and g[j, 0] <= cx <= g[j, 2] and g[j, 1] <= cy <= g[j, 3]]
+            if inside:
+                j = min(inside, key=lambda k: (cx - (g[k, 0] + g[k, 2]) / 2) ** 2
+                        + (cy - (g[k, 1] + g[k, 3]) / 2) ** 2)
+                taken[j] = True
+                tp += 1
+            else:
+                fp += 1
+        fn += int((~taken).sum())
+    precision = tp / (tp + fp) if tp + fp else (1.0 if fn == 0 else 0.0)
+    recall = tp / (tp + fn) if tp + fn else 1.0
+    f1 = 2 * tp / (2 * tp + fp + fn) if tp + fp + fn else 1.0
+    return {"f1": float(f1), "precision": float(precision), "recall": float(recall),
+            "tp": tp, "fp": fp, "fn": fn}

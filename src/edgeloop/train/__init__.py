@@ -115,10 +115,27 @@ def _progress(enabled: bool):
 
 def train_dataset(dataset: str | os.PathLike, output: str | os.PathLike, *, target: str | None = None,
                   metric: str | None = None, min_score: float | None = None, candidates: list[str] | None = None,
-                  seed: int = 0, epochs: int = 4, progress: bool = False,
-                  cnn_threads: int | None = None) -> dict[str, Any]:
-    """Train smallest first; write the chosen model; return the report (see the module docstring)."""
+                  seed: int = 0, epochs: int | None = 4, progress: bool = False,
+                  cnn_threads: int | None = None, size: str | tuple[int, int] | None = None) -> dict[str, Any]:
+    """Train smallest first; write the chosen model; return the report (see the module docstring).
+
+    A detection dataset (card kind "detection") goes to :func:`edgeloop.train.detect.train_detector`
+    (``size``: the input WxH; ``epochs`` None = its own default, with early stopping)."""
     from edgeloop.data import load_dataset
+    from edgeloop.train.detect_data import card_kind
+
+    if card_kind(dataset) == "detection":
+        from edgeloop.train.detect import train_detector
+
+        if metric is not None:
+            raise UsageError("--metric does not apply to a detection dataset (detectors are scored by "
+                             "centroid F1 or mAP@0.5)")
+        return train_detector(dataset, output, target=target, min_score=min_score, size=size,
+                              candidates=candidates, seed=seed, epochs=epochs, progress=progress,
+                              threads=cnn_threads)
+    if size is not None:
+        raise UsageError("--size applies to detection datasets only")
+    epochs = 4 if epochs is None else epochs
 
     out = Path(output)
     if out.suffix.lower() != ".onnx":

@@ -1,0 +1,688 @@
+"""Smallest-first training for detection datasets (images with labelled boxes).
+
+``train_detector(dataset, output, target=None, min_score=None, size=(96, 96), ...)``
+tries, smallest first:
+
+1. ``fomo``: a centroid detector in the FOMO style. A truncated MobileNet-like
+   backbone (depthwise-separable convolutions; the width multiplier is the
+   largest of 0.25/0.35/0.5 whose int8 weights and activations fit the target
+   with room to spare) ends at 1/8 of the input resolution in a per-cell softmax
+   over background + classes. Trained with a weighted cross-entropy on cell
+   targets (the cell holding a box's centre gets the box's class), then
+   quantized to int8 (QDQ, per-channel weights, calibrated on train images, the
+   project's :mod:`edgeloop.passes.quantize`). Scored by centroid F1
+   (:func:`edgeloop.detect.metrics.centroid_f1`). Head kind ``centroids``.
+2. ``yolo``: a small anchor-free box detector (a few hundred thousand
+   parameters; for Linux boards). One stride-8 level; each cell predicts a
+   centre offset, a width and height and sigmoid class scores, decoded in the
+   graph to ``[1, 4 + nc, N]`` (cx, cy, w, h in input pixels), the ``yolov8``
+   head kind. Kept float32. Scored by mAP@0.5.
+
+Both train with PyTorch on the CPU with augmentation (horizontal flips, random
+crops, colour jitter), a progress bar per epoch (loss and validation score) and
+early stopping on the validation score (the best epoch's weights are kept).
+Each candidate is scored on ``validation`` through the ONNX graph that would
+ship (the same preprocessing and decoding as ``edgeloop predict``); ``test``
+is touched once, by the chosen model. The model carries its head
+(:func:`edgeloop.detect.attach_head`), so ``predict`` needs no head file; a
+centroid model reports the box of the cells it found around each centre.
+"""
+
+from __future__ import annotations
+
+import copy
+import os
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+
+from edgeloop.data.readers import DataError
+from edgeloop.errors import UsageError
+
+CANDIDATE_NAMES = ("fomo", "yolo")
+METRIC_OF = {"fomo": "centroid_f1", "yolo": "map50"}
+ALPHAS = (0.25, 0.35, 0.5)
+DEFAULT_SIZE = (96, 96)
+DEFAULT_EPOCHS = 60
+STRIDE = 8
+
+
+def parse_size(text: str | None) -> tuple[int, int] | None:
+    """'96x96' -> (96, 96); a one-line UsageError for anything else."""
+    if text is None:
+        return None
+    parts = str(text).lower().replace("×", "x").split("x")
+    try:
+        w, h = (int(p) for p in parts)
+    except ValueError:
+        raise UsageError(f"--size must be WIDTHxHEIGHT in pixels (e.g. 96x96), got '{text}'") from None
+    if w <= 0 or h <= 0 or w % STRIDE or h % STRIDE:
+        raise UsageError(f"--size: width and height must be positive multiples of {STRIDE}, got '{text}'")
+    return w, h
+
+
+# ------------------------------------------------------------------ networks
+
+def _ch(c: int, alpha: float) -> int:
+    return max(4, int(round(c * alpha / 4)) * 4)
+
+
+def _dw(cin: int, cout: int, stride: int):
+    import torch.nn as nn
+
+    return nn.Sequential(
+        nn.Conv2d(cin, cin, 3, stride, 1, groups=cin, bias=False), nn.BatchNorm2d(cin), nn.ReLU(),
+        nn.Conv2d(cin, cout, 1, bias=False), nn.BatchNorm2d(cout), nn.ReLU())
+
+
+def _backbone(widths: tuple[int, ...]):
+    """MobileNetV1's first blocks, truncated at stride 8: a strided 3x3 stem, then depthwise-separable
+    blocks (the full-resolution block after the stem is left out: it costs the most MACs)."""
+    import torch.nn as nn
+
+    c0, c1, c2, c3 = widths
+    return nn.Sequential(
+        nn.Sequential(nn.Conv2d(3, c0, 3, 2, 1, bias=False), nn.BatchNorm2d(c0), nn.ReLU()),
+        _dw(c0, c1, 2), _dw(c1, c2, 1), _dw(c2, c3, 2), _dw(c3, c3, 1))
+
+
+def build_fomo(n_classes: int, alpha: float, head_width: int = 32):
+    """Backbone at width ``alpha`` -> 1x1 conv -> 1x1 conv to background + classes (logits)."""
+    import torch.nn as nn
+
+    widths = tuple(_ch(c, alpha) for c in (32, 64, 128, 256))
+    return nn.Sequential(_backbone(widths), nn.Conv2d(widths[-1], head_width, 1), nn.ReLU(),
+                         nn.Conv2d(head_width, n_classes + 1, 1))
+
+
+def _box_net_class():
+    import torch
+    import torch.nn as nn
+
+    class BoxNet(nn.Module):
+        """Anchor-free, one stride-8 level. ``raw`` gives boxes (xyxy, input pixels) and class
+        logits per cell for the loss; ``forward`` the [B, 4 + nc, N] the ``yolov8`` head reads."""
+
+        def __init__(self, n_classes: int, width: int, height: int, widths=(24, 48, 96, 192), head=96):
+            super().__init__()
+            self.n_classes, self.width, self.height = n_classes, width, height
+            self.backbone = _backbone(widths)
+            c = widths[-1]
+            self.neck = nn.Sequential(_dw(c, c, 1), nn.Conv2d(c, head, 3, 1, 1), nn.ReLU())
+            self.box = nn.Conv2d(head, 4, 1)
+            self.cls = nn.Conv2d(head, n_classes, 1)
+            nn.init.constant_(self.cls.bias, -4.0)  # rare positives: start near "nothing here"
+            gh, gw = height // STRIDE, width // STRIDE
+            gy, gx = torch.meshgrid(torch.arange(gh, dtype=torch.float32), torch.arange(gw, dtype=torch.float32),
+                                    indexing="ij")
+            self.register_buffer("gx", gx.reshape(1, 1, gh, gw), persistent=False)
+            self.register_buffer("gy", gy.reshape(1, 1, gh, gw), persistent=False)
+
+        def _parts(self, x):
+            f = self.neck(self.backbone(x))
+            r = torch.sigmoid(self.box(f))
+            cx = (self.gx + r[:, 0:1] * 2 - 0.5) * STRIDE
+            cy = (self.gy + r[:, 1:2] * 2 - 0.5) * STRIDE
+            w = r[:, 2:3] * self.width
+            h = r[:, 3:4] * self.height
+            return torch.cat([cx, cy, w, h], 1), self.cls(f)
+
+        def raw(self, x):
+            cxcywh, logits = self._parts(x)
+            b = cxcywh.flatten(2).transpose(1, 2)                         # [B, N, 4]
+            xyxy = torch.cat([b[..., :2] - b[..., 2:] / 2, b[..., :2] + b[..., 2:] / 2], -1)
+            return xyxy, logits.flatten(2).transpose(1, 2)                # [B, N, nc]
+
+        def forward(self, x):
+            cxcywh, logits = self._parts(x)
+            return torch.cat([cxcywh, torch.sigmoid(logits)], 1).flatten(2)
+
+    return BoxNet
+
+
+def _fused(module):
+    """A copy with every Conv2d + BatchNorm2d pair folded into one Conv2d (torch's own folding),
+    so the graph holds only the convolutions the int8 backends run."""
+    import torch.nn as nn
+    from torch.nn.utils.fusion import fuse_conv_bn_eval
+
+    def fuse(mod):
+        if isinstance(mod, nn.Sequential):
+            items, out, i = list(mod), [], 0
+            while i < len(items):
+                if isinstance(items[i], nn.Conv2d) and i + 1 < len(items) and isinstance(items[i + 1], nn.BatchNorm2d):
+                    out.append(fuse_conv_bn_eval(items[i], items[i + 1]))
+                    i += 2
+                else:
+                    out.append(fuse(items[i]))
+                    i += 1
+            return nn.Sequential(*out)
+        for name, child in list(mod.named_children()):
+            setattr(mod, name, fuse(child))
+        return mod
+
+    return fuse(copy.deepcopy(module).eval())
+
+
+def _with_softmax(net):
+    import torch.nn as nn
+
+    return nn.Sequential(net, nn.Softmax(dim=1))
+
+
+def arch_estimate(net, size: tuple[int, int]) -> tuple[int, int]:
+    """(parameters, peak int8 activation bytes) of a sequential net at batch 1: the largest
+    input + output of any leaf layer, one byte per value (what the int8 arena holds)."""
+    import torch
+
+    w, h = size
+    peak = [0]
+
+    def hook(mod, inp, out):
+        peak[0] = max(peak[0], int(inp[0].numel() + out.numel()))
+
+    leaves = [m for m in net.modules() if not list(m.children())]
+    handles = [m.register_forward_hook(hook) for m in leaves]
+    try:
+        with torch.no_grad():
+            net.eval()(torch.zeros(1, 3, h, w))
+    finally:
+        for hd in handles:
+            hd.remove()
+    return sum(p.numel() for p in net.parameters()), peak[0]
+
+
+def choose_alpha(tgt, n_classes: int, size: tuple[int, int]) -> float:
+    """The widest FOMO backbone whose int8 arena takes at most half the target's usable RAM and
+    whose int8 weights at most half its flash (room for the runtime, the image and the app);
+    0.35 (FOMO's usual width) without a target."""
+    if tgt is None:
+        return 0.35
+    for alpha in reversed(ALPHAS):
+        params, peak = arch_estimate(build_fomo(n_classes, alpha), size)
+        flash_ok = tgt.flash_bytes == 0 or params <= tgt.flash_bytes / 2
+        if peak <= tgt.usable_ram_bytes / 2 and flash_ok:
+            return alpha
+    return ALPHAS[0]
+
+
+# ------------------------------------------------------------------ data
+
+def _head_spec(kind: str, labels: list[str], size: tuple[int, int]) -> dict[str, Any]:
+    spec: dict[str, Any] = {"kind": kind, "labels": list(labels),
+                            "input": {"size": list(size), "layout": "NCHW", "range": [0.0, 1.0],
+                                      "resize": "letterbox"}}
+    if kind == "centroids":
+        spec["heatmap"] = {"activation": "none", "layout": "NCHW", "background": True}
+    return spec
+
+
+class _Split:
+    """One split as input tensors (the runtime's own preprocessing) and boxes in input pixels."""
+
+    def __init__(self, ds, indices: list[int], size: tuple[int, int]):
+        from edgeloop.runtime.detect import parse_head, preprocess
+
+        head = parse_head(_head_spec("centroids", ds.labels, size))
+        index = {name: k for k, name in enumerate(ds.labels)}
+        self.indices = list(indices)
+        xs, self.boxes, self.letterboxes = [], [], []
+        for i in self.indices:
+            img = ds.image(i)
+            x, lb = preprocess(img, head)
+            xs.append(x[0])
+            rows = [[b["box"][0] * lb.sx + lb.pad_x, b["box"][1] * lb.sy + lb.pad_y,
+                     b["box"][2] * lb.sx + lb.pad_x, b["box"][3] * lb.sy + lb.pad_y, index[b["label"]]]
+                    for b in ds.truths(i)]
+            self.boxes.append(np.asarray(rows, np.float32).reshape(-1, 5))
+            self.letterboxes.append(lb)
+        w, h = size
+        self.x = np.stack(xs).astype(np.float32) if xs else np.zeros((0, 3, h, w), np.float32)
+        self.truths = [ds.truths(i) for i in self.indices]
+
+
+def _augment(x, boxes: list[np.ndarray], gen: np.random.Generator):
+    """Horizontal flip, a random crop (70-100 % of each side) resized back, colour jitter
+    (brightness, contrast, saturation); boxes follow, those whose centre leaves the crop go."""
+    import torch
+    import torch.nn.functional as F
+
+    n, _, h, w = x.shape
+    out = torch.empty_like(x)
+    new_boxes = []
+    for k in range(n):
+        img = x[k]
+        b = boxes[k].copy()
+        if gen.random() < 0.5:
+            img = torch.flip(img, dims=[2])
+            b[:, [0, 2]] = w - b[:, [2, 0]]
+        s = gen.uniform(0.7, 1.0)
+        cw, chh = max(STRIDE, int(round(w * s))), max(STRIDE, int(round(h * s)))
+        ox, oy = int(gen.integers(0, w - cw + 1)), int(gen.integers(0, h - chh + 1))
+        img = F.interpolate(img[None, :, oy:oy + chh, ox:ox + cw], size=(h, w), mode="bilinear",
+                            align_corners=False)[0]
+        if len(b):
+            cx, cy = (b[:, 0] + b[:, 2]) / 2, (b[:, 1] + b[:, 3]) / 2
+            keep = (cx >= ox) & (cx < ox + cw) & (cy >= oy) & (cy < oy + chh)
+            b = b[keep]
+            b[:, [0, 2]] = np.clip((b[:, [0, 2]] - ox) * (w / cw), 0, w)
+            b[:, [1, 3]] = np.clip((b[:, [1, 3]] - oy) * (h / chh), 0, h)
+        bright, contrast, sat = gen.uniform(0.7, 1.3, 3)
+        grey = img.mean(0, keepdim=True)
+        img = grey + (img - grey) * float(sat)
+        img = (img - img.mean()) * float(contrast) + img.mean()
+        out[k] = (img * float(bright)).clamp(0, 1)
+        new_boxes.append(b)
+    return out, new_boxes
+
+
+def _cell_targets(boxes: list[np.ndarray], gh: int, gw: int):
+    """[B, gh, gw] int64: 0 background, class + 1 in the cell holding each box's centre."""
+    import torch
+
+    t = torch.zeros(len(boxes), gh, gw, dtype=torch.int64)
+    for k, b in enumerate(boxes):
+        for x1, y1, x2, y2, c in b:
+            cx = min(gw - 1, max(0, int((x1 + x2) / 2 // STRIDE)))
+            cy = min(gh - 1, max(0, int((y1 + y2) / 2 // STRIDE)))
+            t[k, cy, cx] = int(c) + 1
+    return t
+
+
+def _object_weight(train: _Split, gh: int, gw: int) -> float:
+    """Weight of an object cell in the cross-entropy: the background-to-object cell ratio,
+    held between 1 and 25 so rare objects are not drowned out nor overcounted."""
+    n_obj = sum(len(b) for b in train.boxes)
+    n_cells = len(train.boxes) * gh * gw
+    return float(np.clip((n_cells - n_obj) / max(1, n_obj), 1.0, 25.0))
+
+
+def _giou(a, b):
+    """Generalised IoU of paired xyxy boxes [K, 4] (hand-written: torchvision is not a
+    dependency of the project, and this is six lines)."""
+    import torch
+
+    lt = torch.maximum(a[:, :2], b[:, :2])
+    rb = torch.minimum(a[:, 2:], b[:, 2:])
+    inter = (rb - lt).clamp(min=0).prod(1)
+    area_a = (a[:, 2:] - a[:, :2]).clamp(min=0).prod(1)
+    area_b = (b[:, 2:] - b[:, :2]).clamp(min=0).prod(1)
+    union = area_a + area_b - inter + 1e-7
+    hull = (torch.maximum(a[:, 2:], b[:, 2:]) - torch.minimum(a[:, :2], b[:, :2])).clamp(min=0).prod(1) + 1e-7
+    iou = inter / union
+    return iou - (hull - union) / hull
+
+
+def _box_loss(net, x, boxes: list[np.ndarray], radius: float = 1.5):
+    """Centre sampling (cells within ``radius`` cells of a box centre and inside the box are its
+    positives; the smallest box wins a shared cell): BCE on every cell's class scores (target 1
+    for a positive's class), 1 - GIoU on the positives' boxes."""
+    import torch
+    import torch.nn.functional as F
+
+    pred_xyxy, logits = net.raw(x)
+    n, cells, nc = logits.shape
+    gh, gw = net.height // STRIDE, net.width // STRIDE
+    cx = (np.arange(gw) + 0.5) * STRIDE
+    cy = (np.arange(gh) + 0.5) * STRIDE
+    px, py = np.meshgrid(cx, cy)
+    px, py = px.reshape(-1), py.reshape(-1)
+    cls_t = torch.zeros(n, cells, nc)
+    pos_img, pos_cell, pos_box = [], [], []
+    for k, b in enumerate(boxes):
+        if not len(b):
+            continue
+        bx, by = (b[:, 0] + b[:, 2]) / 2, (b[:, 1] + b[:, 3]) / 2
+        inside = (px[:, None] >= b[None, :, 0]) & (px[:, None] <= b[None, :, 2]) \
+            & (py[:, None] >= b[None, :, 1]) & (py[:, None] <= b[None, :, 3])
+        near = (np.abs(px[:, None] - bx[None]) <= radius * STRIDE) & (np.abs(py[:, None] - by[None]) <= radius * STRIDE)
+        ok = inside & near
+        centre = np.clip((by // STRIDE).astype(int), 0, gh - 1) * gw + np.clip((bx // STRIDE).astype(int), 0, gw - 1)
+        ok[centre, np.arange(len(b))] = True  # a box always owns the cell holding its centre
+        area = (b[:, 2] - b[:, 0]) * (b[:, 3] - b[:, 1])
+        cost = np.where(ok, area[None], np.inf)
+        owner = cost.argmin(1)
+        has = np.isfinite(cost.min(1))
+        for cell in np.nonzero(has)[0]:
+            j = owner[cell]
+            cls_t[k, cell, int(b[j, 4])] = 1.0
+            pos_img.append(k)
+            pos_cell.append(int(cell))
+            pos_box.append(b[j, :4])
+    n_pos = max(1, len(pos_img))
+    loss = F.binary_cross_entropy_with_logits(logits, cls_t, reduction="sum") / n_pos
+    if pos_img:
+        pb = pred_xyxy[torch.tensor(pos_img), torch.tensor(pos_cell)]
+        tb = torch.from_numpy(np.asarray(pos_box, np.float32))
+        loss = loss + 2.0 * (1 - _giou(pb, tb)).mean()
+    return loss
+
+
+# ------------------------------------------------------------------ training
+
+def _predict_torch(kind: str, net, split: _Split, head: dict, min_score: float | None) -> list[list[dict]]:
+    """Detections of the float net on a split, decoded by the runtime's own decoder."""
+    import torch
+
+    from edgeloop.runtime.detect import decode
+
+    outs = []
+    net.eval()
+    with torch.no_grad():
+        for s in range(0, len(split.x), 64):
+            y = net(torch.from_numpy(split.x[s:s + 64]))
+            if kind == "centroids":
+                y = torch.softmax(y, dim=1)
+            outs.append(y.numpy())
+    y = np.concatenate(outs) if outs else np.zeros((0,))
+    return [decode(head, {"out": y[k:k + 1]}, split.letterboxes[k], min_score) for k in range(len(split.x))]
+
+
+THRESHOLDS = (0.3, 0.4, 0.5, 0.6, 0.7, 0.8)
+
+
+def _best_threshold(net, split: _Split, head: dict) -> tuple[float, float]:
+    """(threshold, centroid F1) of the heatmap threshold scoring best on this (validation) split;
+    the smallest wins ties. The threshold goes into the head (its ``min_score``)."""
+    import torch
+
+    from edgeloop.detect.metrics import centroid_f1
+    from edgeloop.runtime.detect import decode
+
+    net.eval()
+    with torch.no_grad():
+        y = torch.softmax(net(torch.from_numpy(split.x)), dim=1).numpy()
+    best = (THRESHOLDS[0], -1.0)
+    for t in THRESHOLDS:
+        preds = [decode(head, {"out": y[k:k + 1]}, split.letterboxes[k], t) for k in range(len(y))]
+        f1 = centroid_f1(preds, split.truths)["f1"]
+        if f1 > best[1] + 1e-9:
+            best = (t, f1)
+    return best
+
+
+def _score(metric: str, preds: list[list[dict]], truths: list[list[dict]]) -> float:
+    from edgeloop.detect.metrics import centroid_f1, map50
+
+    return centroid_f1(preds, truths)["f1"] if metric == "centroid_f1" else map50(preds, truths)
+
+
+def _fit(net, loss_of: Callable, validate: Callable[[], float], train: _Split, *, epochs: int, lr: float,
+         batch_size: int, seed: int, patience: int, on_epoch: Callable[[int, float, float], None]) -> dict:
+    """Adam with a cosine schedule; after each epoch the validation score; stops when it has not
+    improved for ``patience`` epochs and restores the best epoch's weights."""
+    import torch
+
+    gen = np.random.default_rng(seed)
+    opt = torch.optim.AdamW(net.parameters(), lr=lr, weight_decay=1e-4)
+    steps = max(1, epochs * -(-len(train.x) // batch_size))
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=steps, pct_start=0.15)
+    xt = torch.from_numpy(train.x)
+    best, best_state, best_epoch, since = -1.0, None, 0, 0
+    history = []
+    for epoch in range(1, epochs + 1):
+        net.train()
+        order = gen.permutation(len(xt))
+        total = 0.0
+        for s in range(0, len(order), batch_size):
+            idx = order[s:s + batch_size]
+            xb, bb = _augment(xt[idx], [train.boxes[i] for i in idx], gen)
+            opt.zero_grad()
+            loss = loss_of(net, xb, bb)
+            loss.backward()
+            opt.step()
+            sched.step()
+            total += float(loss.item()) * len(idx)
+        val = float(validate())
+        history.append({"epoch": epoch, "loss": total / len(xt), "validation": val})
+        on_epoch(epoch, total / len(xt), val)
+        if val > best + 1e-6:
+            best, best_state, best_epoch, since = val, copy.deepcopy(net.state_dict()), epoch, 0
+        elif best > 0:  # patience runs from the first epoch that finds anything
+            since += 1
+            if since >= patience:
+                break
+    if best_state is not None:
+        net.load_state_dict(best_state)
+    net.eval()
+    return {"epochs_run": len(history), "best_epoch": best_epoch, "best_validation": best, "history": history,
+            "early_stopped": len(history) < epochs}
+
+
+def _export_onnx(module, size: tuple[int, int], where: str):
+    import torch
+
+    from edgeloop.frontends.torch import from_torch
+
+    w, h = size
+    return from_torch(module.eval(), torch.zeros(1, 3, h, w), where=where)
+
+
+def _int8(model, train: _Split):
+    from edgeloop.passes import PassData
+    from edgeloop.passes.quantize import Int8Static, run_static
+
+    return run_static(model, Int8Static(calibration="minmax", per_channel=True, max_calib_samples=128),
+                      PassData(x_calib=train.x))
+
+
+def _score_graph(model, kind_metric: str, ds, indices: list[int], min_score: float | None = None) -> dict:
+    """Run the shipped graph as ``predict`` does (Detector: preprocess, run, decode) on a split."""
+    from edgeloop.detect import Detector
+    from edgeloop.detect.metrics import centroid_f1, map50
+
+    det = Detector(model)
+    preds = [det.detect(ds.image(i), min_score) for i in indices]
+    truths = [ds.truths(i) for i in indices]
+    out = {"centroid_f1": centroid_f1(preds, truths)["f1"]}
+    if kind_metric == "map50":
+        low = [det.detect(ds.image(i), 0.01) for i in indices] if min_score is None else preds
+        out["map50"] = map50(low, truths)
+    return out
+
+
+def _train_candidate(name: str, ds, train: _Split, val: _Split, size, tgt, *, epochs: int, seed: int,
+                     on_epoch) -> dict:
+    import torch
+
+    from edgeloop.detect import attach_head
+    from edgeloop.runtime.detect import parse_head
+
+    torch.manual_seed(seed)
+    nc = len(ds.labels)
+    w, h = size
+    gh, gw = h // STRIDE, w // STRIDE
+    if name == "fomo":
+        alpha = choose_alpha(tgt, nc, size)
+        net = build_fomo(nc, alpha)
+        weight = torch.ones(nc + 1)
+        weight[1:] = _object_weight(train, gh, gw)
+        ce = torch.nn.CrossEntropyLoss(weight=weight)
+        head_kind, lr = "centroids", 1e-2
+        config = {"builder": "edgeloop.train.detect.build_fomo", "arch": {"n_classes": nc, "alpha": alpha},
+                  "object_weight": float(weight[1])}
+
+        def loss_of(m, xb, bb):
+            return ce(m(xb), _cell_targets(bb, gh, gw))
+    else:
+        net = _box_net_class()(nc, w, h)
+        head_kind, lr = "yolov8", 5e-3
+        config = {"builder": "edgeloop.train.detect.BoxNet", "arch": {"n_classes": nc, "width": w, "height": h}}
+        loss_of = _box_loss
+    head = parse_head(_head_spec(head_kind, ds.labels, size))
+    metric = METRIC_OF[name]
+    val_min = None if name == "fomo" else 0.01  # mAP ranks every detection; F1 uses the head's threshold
+
+    def validate() -> float:
+        if name == "fomo":
+            return _best_threshold(net, val, head)[1]
+        return _score(metric, _predict_torch(head_kind, net, val, head, val_min), val.truths)
+
+    t0 = time.perf_counter()
+    fit = _fit(net, loss_of, validate, train, epochs=epochs, lr=lr, batch_size=16, seed=seed,
+               patience=max(10, epochs // 4), on_epoch=on_epoch)
+    train_s = time.perf_counter() - t0
+    spec = _head_spec(head_kind, ds.labels, size)
+    if name == "fomo":
+        spec["min_score"] = _best_threshold(net, val, head)[0]
+    ship = _with_softmax(_fused(net)) if name == "fomo" else _fused(net)
+    model = _export_onnx(ship, size, f"<{name} detector>")
+    precision = "float32"
+    if name == "fomo":
+        model = _int8(model, train)
+        precision = "int8"
+    model = attach_head(model, spec, where=f"{name} head")
+    scores = _score_graph(model, metric, ds, val.indices)
+    config.update(min_score=spec.get("min_score"), epochs=epochs, lr=lr, batch_size=16, seed=seed, precision=precision,
+                  augmentation=["hflip", "crop 0.7-1.0", "colour jitter 0.7-1.3"])
+    return {"net": net, "ship": ship, "model": model, "score": scores[metric], "metric": metric,
+            "float_score": fit["best_validation"], "train_seconds": train_s, "fit": fit, "config": config,
+            "description": (f"FOMO centroids, MobileNet-like alpha {config['arch']['alpha']}, int8"
+                            if name == "fomo" else "anchor-free boxes (YOLO-style head), float32")}
+
+
+def train_detector(dataset: str | os.PathLike, output: str | os.PathLike, *, target: str | None = None,
+                   min_score: float | None = None, size: tuple[int, int] | str | None = None,
+                   candidates: list[str] | None = None, seed: int = 0, epochs: int | None = None,
+                   progress: bool = False, threads: int | None = None) -> dict[str, Any]:
+    """Train detectors smallest first; write the chosen one; return the report (module docstring)."""
+    import torch
+
+    from edgeloop.train.detect_data import load_detection
+
+    out = Path(output)
+    if out.suffix.lower() != ".onnx":
+        raise UsageError(f"the output must be an .onnx path, got '{out}'")
+    size = parse_size(size) if isinstance(size, str) else (tuple(size) if size else DEFAULT_SIZE)
+    if size[0] % STRIDE or size[1] % STRIDE:
+        raise UsageError(f"--size: width and height must be positive multiples of {STRIDE}, got {size}")
+    if min_score is not None and not 0 <= min_score <= 1:
+        raise UsageError(f"--min-score for a detector (centroid F1, mAP@0.5) is between 0 and 1, got {min_score:g}")
+    epochs = DEFAULT_EPOCHS if epochs is None else int(epochs)
+    if epochs <= 0:
+        raise UsageError("--epochs must be positive")
+    pool = list(CANDIDATE_NAMES)
+    if candidates:
+        unknown = [c for c in candidates if c not in CANDIDATE_NAMES]
+        if unknown:
+            raise UsageError(f"unknown detection candidate '{unknown[0]}'; choose from {', '.join(CANDIDATE_NAMES)}")
+        pool = [c for c in CANDIDATE_NAMES if c in candidates]
+    tgt = None
+    if target is not None:
+        from edgeloop.hardware import get_target
+
+        tgt = get_target(target)
+    ds = load_detection(dataset)
+    tr_idx, va_idx, te_idx = ds.split("train"), ds.split("validation"), ds.split("test")
+    if not tr_idx or not va_idx:
+        raise DataError("the dataset has an empty train or validation split", where=str(dataset))
+    if not any(ds.truths(i) for i in tr_idx):
+        raise DataError("no boxes in the train split: a detector needs labelled objects to learn", where=str(dataset))
+    # one intra-op thread unless told: these nets are small, and on a shared or busy CPU torch's
+    # thread pool spins against other processes (measured 30x slower per step with 2 threads
+    # under load on 2 cores)
+    previous_threads = torch.get_num_threads()
+    torch.set_num_threads(threads or 1)
+    try:
+        return _train_detector(dataset, ds, out, tgt, min_score, size, pool, seed, epochs, progress)
+    finally:
+        torch.set_num_threads(previous_threads)
+
+
+def _train_detector(dataset, ds, out: Path, tgt, min_score, size, pool, seed: int, epochs: int,
+                    progress: bool) -> dict[str, Any]:
+    from edgeloop.train import _profile_row, _progress
+
+    tr_idx, va_idx, te_idx = ds.split("train"), ds.split("validation"), ds.split("test")
+    train = _Split(ds, tr_idx, size)
+    val = _Split(ds, va_idx, size)
+
+    rows: list[dict[str, Any]] = []
+    fitted: dict[str, dict] = {}
+    chosen = None
+    with _progress(progress) as bar:
+        for i, name in enumerate(pool):
+            job = bar.add_task(f"training {name}", total=epochs) if bar is not None else None
+
+            def on_epoch(e: int, loss: float, score: float, _n=name, _job=job) -> None:
+                if bar is not None:
+                    bar.update(_job, completed=e, description=f"training {_n} ({i + 1}/{len(pool)}): epoch {e}/"
+                               f"{epochs}, loss {loss:.3f}, val {METRIC_OF[_n]} {score:.3f}")
+
+            res = _train_candidate(name, ds, train, val, size, tgt, epochs=epochs, seed=seed, on_epoch=on_epoch)
+            if bar is not None:
+                bar.update(job, completed=epochs)
+            prof = _profile_row(res["model"], tgt)
+            lat = prof.get("est_latency_ms")
+            row = {"name": name, "description": res["description"], "metric": res["metric"], "score": res["score"],
+                   "float_score": res["float_score"], "train_seconds": res["train_seconds"], "converged": True,
+                   "epochs_run": res["fit"]["epochs_run"], "best_epoch": res["fit"]["best_epoch"],
+                   "early_stopped": res["fit"]["early_stopped"], **prof,
+                   "est_fps": (1000.0 / lat) if lat else None}
+            row["reached"] = min_score is not None and res["score"] >= min_score and row["fits"] is not False
+            rows.append(row)
+            fitted[name] = res
+            if row["reached"]:
+                chosen = name
+                break
+    for name in pool[len(rows):]:
+        rows.append({"name": name, "description": "", "skipped": f"not tried: {chosen} already reached {min_score:g}"})
+    if chosen is not None:
+        summary = (f"chose {chosen}: the smallest detector reaching {METRIC_OF[chosen]} >= {min_score:g} on "
+                   "validation" + (f" that fits {tgt.id}" if tgt else ""))
+    else:
+        tried = [r for r in rows if "skipped" not in r]
+        pool_rows = [r for r in tried if r["fits"] is not False] or tried
+        best = max(pool_rows, key=lambda r: r["score"])  # first (smallest) wins ties
+        chosen = best["name"]
+        if min_score is not None:
+            summary = (f"no detector reached {min_score:g}" + (f" while fitting {tgt.id}" if tgt else "")
+                       + f"; kept the best, {chosen} ({best['metric']} {best['score']:.4f})")
+        else:
+            summary = f"no --min-score: tried every detector and kept the best on validation, {chosen}"
+        if tgt is not None and best["fits"] is False:
+            summary += f" (it does not fit {tgt.id}: {'; '.join(best['reasons'])})"
+    res = fitted[chosen]
+    metric = METRIC_OF[chosen]
+    # the test split, touched once: the chosen graph as predict runs it
+    test = _score_graph(res["model"], metric, ds, te_idx) if te_idx else {}
+    val_score = next(r for r in rows if r["name"] == chosen)["score"]
+    source = _write(out, res, chosen, ds, metric, val_score, test, size)
+    notes = []
+    if chosen == "fomo":
+        notes.append("a centroid model finds object centres: predict reports the box of the heatmap cells "
+                     f"({STRIDE}x{STRIDE} input pixels each) around each centre, not the object's extent")
+    return {"dataset": str(dataset), "dataset_checksum": ds.checksum, "task": "detection", "metric": metric,
+            "min_score": min_score, "target": tgt.id if tgt else None, "size": list(size), "candidates": rows,
+            "chosen": chosen, "summary": summary, "warnings": notes,
+            "test_score": test.get(metric), "test_metrics": test, "test_samples": len(te_idx),
+            "output": str(out), "source": str(source)}
+
+
+def _write(out: Path, res: dict, chosen: str, ds, metric: str, val: float, test: dict, size) -> Path:
+    """The source (.pt2 of the float net as exported) beside the graph, each written atomically."""
+    import tempfile
+
+    import torch
+
+    from edgeloop.fsutil import write_bytes_atomic
+    from edgeloop.graph import save, set_metadata
+
+    out.parent.mkdir(parents=True, exist_ok=True)
+    source = out.with_suffix(".pt2")
+    w, h = size
+    program = torch.export.export(res["ship"].eval(), (torch.zeros(1, 3, h, w),))
+    with tempfile.TemporaryDirectory(prefix=".edgeloop-det-") as d:
+        tmp = Path(d) / "m.pt2"
+        torch.export.save(program, str(tmp))
+        write_bytes_atomic(source, tmp.read_bytes())
+    model = res["model"]
+    set_metadata(model, task="detection", class_names=list(ds.labels), source=source.name, source_format="torch",
+                 dataset=str(ds.path), dataset_checksum=ds.checksum,
+                 trainer={"name": chosen, "family": "torch", "description": res["description"],
+                          "config": res["config"], "training": {k: v for k, v in res["fit"].items()}},
+                 metrics={"metric": metric, "validation": val, "test": test.get(metric), "test_all": test})
+    save(model, out)
+    return source
