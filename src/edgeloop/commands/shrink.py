@@ -47,8 +47,15 @@ def shrink_files(model_path: str, data_path: str, out_dir: str, *, metric: str =
     limits.check()  # fail fast, before loading anything
     check_output_dir(out_dir, kind="shrink")
     model = load_file(model_path)
+    from edgeloop.search.unlabelled import UNLABELLED_METRICS, image_spec, unlabelled_splits
+
     try:
-        splits = split_for_model(model, read_any(data_path, label_column), metric)
+        if metric in UNLABELLED_METRICS:  # no labels needed: the float model is the reference
+            from edgeloop.data.readers import read_unlabelled
+
+            splits = unlabelled_splits(model, read_unlabelled(data_path, image_spec(model)), metric)
+        else:
+            splits = split_for_model(model, read_any(data_path, label_column), metric)
     except EdgeloopError as e:
         raise e.with_where(data_path)
     src = _find_source(model_path, model, source)
@@ -103,11 +110,18 @@ def register(app: typer.Typer) -> None:
         model: str = typer.Argument(..., help="Model file: .onnx, .joblib/.pkl, .pt2 or .tflite."),
         data: str = typer.Option(..., "--data", "-d", help="Labelled data: .npz (x, y, optional x_calib), "
                                  "a CSV with a label column, an image folder (one subfolder per class), a "
-                                 "dataset folder (edgeloop data) or a built-in name such as sklearn:digits."),
+                                 "dataset folder (edgeloop data) or a built-in name such as sklearn:digits. "
+                                 "With --metric agreement|fidelity no labels are needed: a folder of images "
+                                 "(preprocessed as the model's input says), a .npy/.npz of inputs or a CSV "
+                                 "of features."),
         output: Path = typer.Option(..., "--output", "-o", help="Output folder: model.onnx, results.json, report.html."),
-        metric: str = typer.Option("accuracy", "--metric", help="accuracy | f1 | auc (classifiers) or mae (regression)."),
+        metric: str = typer.Option("accuracy", "--metric", help="accuracy | f1 | auc (classifiers) or mae (regression), "
+                                "or, without labels, agreement (top-1 agreement with the float model) | fidelity "
+                                "(relative output error against the float model)."),
         max_drop: float = typer.Option(0.01, "--max-drop", help="Largest metric loss accepted, in the metric's units "
-                                       "(0.01 = one accuracy point; for mae, the largest increase)."),
+                                       "(0.01 = one accuracy point; for mae, the largest increase; for "
+                                       "agreement, the largest loss of agreement; for fidelity, the largest "
+                                       "relative error)."),
         target: Optional[str] = typer.Option(None, "--target", "-t", help="Catalogue target whose RAM, flash and "
                                              "precisions the model must fit (see `edgeloop targets`)."),
         max_ram_kb: Optional[float] = typer.Option(None, "--max-ram-kb", help="Peak activation RAM limit, KB."),

@@ -26,8 +26,10 @@ import onnx
 from edgeloop.data.readers import DataError
 from edgeloop.errors import UsageError
 
-METRICS = ("accuracy", "f1", "mae", "auc")
-HIGHER_IS_BETTER = {"accuracy": True, "f1": True, "auc": True, "mae": False}
+METRICS = ("accuracy", "f1", "mae", "auc", "agreement", "fidelity")
+# agreement / fidelity need no labels: y holds the float model's own top-1 (agreement) or its
+# flattened outputs (fidelity), see edgeloop.search.unlabelled
+HIGHER_IS_BETTER = {"accuracy": True, "f1": True, "auc": True, "mae": False, "agreement": True, "fidelity": False}
 
 
 # --------------------------------------------------------------------------- model facts
@@ -208,6 +210,10 @@ def _softmax_if_logits(s: np.ndarray) -> np.ndarray:
 
 def evaluate(model: onnx.ModelProto, x: np.ndarray, y: np.ndarray, metric: str) -> float:
     """The metric of ``model`` on (x, y); x is shaped for the model by :func:`feature_view`."""
+    if metric in ("agreement", "fidelity"):
+        from edgeloop.search.unlabelled import evaluate_unlabelled
+
+        return evaluate_unlabelled(model, x, y, metric)
     p = Predictor(model)
     pred, scores = p.predict(feature_view(model, x))
     classes = p.labels if p.labels is not None else (
