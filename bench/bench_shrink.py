@@ -1,6 +1,14 @@
 """Benchmark for `edgeloop shrink` against onnxruntime's own quantizers, on real data.
 
-    .venv/bin/python bench/bench_shrink.py [--skip-fashion] [--skip-search]
+    .venv/bin/python bench/bench_shrink.py [--skip-fashion] [--skip-search] [--peers-only]
+
+The first table (``peers``) puts edgeloop's whole search (``shrink_files`` with --max-drop 0.01)
+beside onnxruntime's ``quantize_static`` (QDQ, per-channel, MinMax) on the digits CNN, the
+Fashion-MNIST CNN (accuracy, labels), MLPerf Tiny's AD autoencoder (fidelity: relative output
+error vs float; inputs: the 40 real log-mel windows shipped with it, with small noise to make 200)
+and KWS (agreement with the float model; inputs: the one shipped MFCC sample, perturbed): file size
+ratio, the metric on the held-out test split, onnxruntime latency (batch 1, 1 thread, median) and
+quantization time.
 
 Models (trained here, fixed seeds; sparse storage is for onnxruntime hosts, not microcontrollers):
 - digits CNN (scikit-learn's 8x8 digits, torch, imported with edgeloop.load);
@@ -162,6 +170,88 @@ def cnn_rows(name, model, x, y, net):
     return rows, base_size, base_acc
 
 
+MLPERF = Path(__file__).resolve().parents[1].parent / "shared" / "mlperf-tiny"
+
+
+def _mlperf_inputs():
+    """(AD inputs [200, 640], KWS inputs [200, 49, 10, 1]) from the real samples shipped with MLPerf Tiny."""
+    import re
+
+    rng = np.random.default_rng(0)
+    ad = np.fromfile(MLPERF / "normal_id_01_00000000_hist_librosa.bin", dtype=np.float32).reshape(-1, 640)
+    ad = ad[rng.integers(0, len(ad), 200)] + rng.normal(0, 0.05 * ad.std(), (200, 640)).astype(np.float32)
+    text = (MLPERF / "kws_input_data.cc").read_text()
+    body = text[text.index("{", text.index("=")) + 1:text.rindex("}")]
+    vals = np.array([int(v) for v in re.findall(r"-?\d+", body)], dtype=np.float32)[:490]
+    from edgeloop.frontends import load_file
+    from edgeloop.graph import get_metadata
+
+    q = get_metadata(load_file(str(MLPERF / "kws_ref_model.tflite")))["input_quant"][0]  # the int8 sample's scale
+    vals = (vals - q["zero_point"]) * q["scale"]
+    kws = vals.reshape(1, 49, 10, 1) + rng.normal(0, 0.2 * vals.std(), (200, 49, 10, 1)).astype(np.float32)
+    return ad.astype(np.float32), kws.astype(np.float32)
+
+
+def _latency_ms(model) -> float:
+    from edgeloop.profile import profile_model
+
+    return float((profile_model(model, latency=True, min_runs=20, min_seconds=0.2).get("latency_ms") or {})
+                 .get("median") or float("nan"))
+
+
+def peer_rows(cases):
+    """One row per (model, method): size ratio, metric on the test split, latency, quantization time."""
+    from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
+
+    from edgeloop.commands.shrink import shrink_files
+    from edgeloop.data import evaluate, from_arrays, split_for_model
+    from edgeloop.graph import save
+    from edgeloop.passes.quantize import _quiet, _Reader
+    from edgeloop.search.unlabelled import unlabelled_splits
+
+    out = []
+    for name, model, x, y, metric in cases:
+        raw = from_arrays(x, y) if y is not None else None
+        if raw is not None:
+            sp = split_for_model(model, raw, metric)
+        else:
+            from edgeloop.data.readers import _unlabelled_arrays
+
+            sp = unlabelled_splits(model, _unlabelled_arrays(x, None, name), metric)
+        base = len(model.SerializeToString())
+        with tempfile.TemporaryDirectory() as d:
+            src, dst = os.path.join(d, "m.onnx"), os.path.join(d, "q.onnx")
+            clean = onnx.ModelProto.FromString(model.SerializeToString())
+            del clean.graph.value_info[:]
+            onnx.save(clean, src)
+            t = time.perf_counter()
+            try:
+                with _quiet():
+                    quantize_static(src, dst, _Reader(model, sp.x_calib), quant_format=QuantFormat.QDQ,
+                                    per_channel=True, activation_type=QuantType.QInt8,
+                                    weight_type=QuantType.QInt8, calibrate_method=CalibrationMethod.MinMax)
+                ort_t = time.perf_counter() - t
+                q = onnx.load(dst)
+                out.append((name, "onnxruntime quantize_static", base / len(q.SerializeToString()), metric,
+                            evaluate(q, *sp["test"], metric), _latency_ms(q), ort_t))
+            except Exception as e:
+                out.append((name, f"onnxruntime failed: {type(e).__name__}", float("nan"), metric,
+                            float("nan"), float("nan"), float("nan")))
+            save(model, os.path.join(d, "model.onnx"))
+            np.savez(os.path.join(d, "data.npz"), x=x, **({"y": y} if y is not None else {}))
+            t = time.perf_counter()
+            doc = shrink_files(os.path.join(d, "model.onnx"), os.path.join(d, "data.npz"), os.path.join(d, "out"),
+                               metric=metric, max_drop=0.01)
+            el_t = time.perf_counter() - t
+            chosen = onnx.load(os.path.join(d, "out", "model.onnx"))
+            recipe = "+".join(st["pass"] for st in
+                              next(c for c in doc["candidates"] + [doc["baseline"]] if c["chosen"])["passes"])
+            out.append((name, f"edgeloop shrink ({recipe or 'original'})", base / len(chosen.SerializeToString()),
+                        metric, evaluate(chosen, *sp["test"], metric), _latency_ms(chosen), el_t))
+        out.append((name, "float32", 1.0, metric, evaluate(model, *sp["test"], metric), _latency_ms(model), 0.0))
+    return out
+
+
 def features_row(name, est, x, y):
     """Feature reduction to half, a third and a quarter of the inputs, on the search's splits."""
     import edgeloop
@@ -202,15 +292,39 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--skip-fashion", action="store_true")
     ap.add_argument("--skip-search", action="store_true")
+    ap.add_argument("--peers-only", action="store_true", help="only the edgeloop vs onnxruntime table")
     args = ap.parse_args()
     warnings.filterwarnings("ignore")
 
+    from edgeloop.frontends import load_file
+
+    digits = digits_cnn()
+    cases = [("digits CNN", digits[0], digits[1], digits[2], "accuracy")]
+    fashion = None
+    if not args.skip_fashion and FASHION.is_dir():
+        fashion = fashion_cnn()
+        cases.append(("Fashion-MNIST CNN", fashion[0], fashion[1], fashion[2], "accuracy"))
+    if MLPERF.is_dir():
+        ad_x, kws_x = _mlperf_inputs()
+        cases.append(("MLPerf AD (fp32)", load_file(str(MLPERF / "ad01_fp32.tflite")), ad_x, None, "fidelity"))
+        cases.append(("MLPerf KWS (float)", load_file(str(MLPERF / "kws_ref_model_float32.tflite")), kws_x, None,
+                      "agreement"))
+    print("== edgeloop shrink (--max-drop 0.01) vs onnxruntime quantize_static (QDQ, per-channel, MinMax) ==")
+    print(f"{'model':<20} {'method':<58} {'ratio':>6} {'metric':>9} {'value':>8} {'lat ms':>7} {'quant s':>8}")
+    for row in peer_rows(cases):
+        n, meth, ratio, met, val, lat, qt = row
+        print(f"{n:<20} {meth[:58]:<58} {ratio:>6.2f} {met:>9} {val:>8.4f} {lat:>7.3f} {qt:>8.1f}")
+    print("(accuracy: higher is better; agreement with the float model: higher; fidelity = relative output "
+          "error vs float: lower)\n")
+    if args.peers_only:
+        return
+
     print("== int8 and pruning on CNNs: file size ratio vs float32 and accuracy drop (held-out split) ==")
     print(f"{'model':<17} {'method':<52} {'file KB':>8} {'ratio':>6} {'accuracy':>8} {'drop pts':>8}")
-    models = [("digits CNN", *digits_cnn())]
+    models = [("digits CNN", *digits)]
     if not args.skip_fashion:
-        if FASHION.is_dir():
-            models.append(("Fashion-MNIST CNN", *fashion_cnn()))
+        if fashion is not None:
+            models.append(("Fashion-MNIST CNN", *fashion))
         else:
             print(f"(Fashion-MNIST skipped: {FASHION} missing; apt install dataset-fashion-mnist)")
     for name, model, x, y, net in models:

@@ -78,7 +78,8 @@ def test_int8_static_is_3_5x_smaller_and_loses_at_most_one_point(cnn):
         assert any(inits[n.input[0]].dtype == np.int32 for n in dq)
         assert get_metadata(q)["recipe"] == [{"pass": "int8_static", "config": {
             "calibration": calib, "per_channel": True, "percentile": 99.999, "max_calib_samples": 256,
-            "exclude": [], "op_types": []}}]
+            "exclude": [], "op_types": [], "bias_correction": False,
+            "weight_rounding": "nearest", "rounding_iters": 300}}]
     from edgeloop.profile import profile_model
 
     assert profile_model(q, latency=False)["precision"] == "int8"
@@ -112,12 +113,14 @@ def test_mixed_precision_keeps_the_measured_layers_float_and_replays(cnn):
     assert sorted(n for n, _ in ranking) == sorted(layers)
     keep = (ranking[0][0],)
     m = apply_pass(model, MixedPrecision(float_layers=keep), data)
-    node = next(n for n in m.graph.node if n.name == keep[0])
+    # the shipped file has short node names: the kept layer is the one Conv/Gemm whose weight
+    # is a float initializer, every other one reads its weight through DequantizeLinear
     producers = {o: n for n in m.graph.node for o in n.output}
-    w = node.input[1]
-    assert w in {i.name for i in m.graph.initializer} or producers[w].op_type != "DequantizeLinear"
-    quantized = [n for n in m.graph.node if n.op_type in ("Conv", "Gemm") and n.name not in keep]
-    assert all(producers[n.input[1]].op_type == "DequantizeLinear" for n in quantized)
+    inits = {i.name: i for i in m.graph.initializer}
+    layers_out = [n for n in m.graph.node if n.op_type in ("Conv", "Gemm")]
+    float_ones = [n for n in layers_out if n.input[1] in inits and inits[n.input[1]].data_type == onnx.TensorProto.FLOAT]
+    assert len(float_ones) == 1
+    assert all(producers[n.input[1]].op_type == "DequantizeLinear" for n in layers_out if n not in float_ones)
     meta = get_metadata(m)
     assert meta["float_layers"] == list(keep)
     again = apply_recipe(model, meta["recipe"], data)
@@ -150,8 +153,8 @@ def test_channel_pruning_really_removes_channels(cnn):
     assert prof["macs"] < 0.55 * base["macs"]
     assert prof["peak_ram_bytes"] < base["peak_ram_bytes"]
     assert prof["params"] < 0.55 * base["params"]
-    conv_out = [onnx.numpy_helper.to_array(i).shape[0] for i in p.graph.initializer if i.name.endswith("weight")
-                and len(i.dims) == 4]
+    inits = {i.name: i for i in p.graph.initializer}  # shipped names are short: find weights by their Conv
+    conv_out = [int(inits[n.input[1]].dims[0]) for n in p.graph.node if n.op_type == "Conv"]
     assert conv_out == [8, 16]
     assert run(p, splits.x("test")[:1])[0].shape == (1, 10)
     assert _acc(model, splits) - _acc(p, splits) <= 0.03  # least-squares refit of the next layer

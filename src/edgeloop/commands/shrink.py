@@ -70,11 +70,18 @@ def shrink_files(model_path: str, data_path: str, out_dir: str, *, metric: Optio
     check_output_dir(out_dir, kind="shrink")
     model = load_file(model_path, trust_pickle=trust_pickle)
     from edgeloop.profile.weights import check_finite
+    from edgeloop.search.unlabelled import UNLABELLED_METRICS, image_spec, unlabelled_splits
 
     check_finite(model, where=model_path)
     try:
-        splits = _detection_splits(model, data_path, metric) if is_detection_data(data_path) else \
-            split_for_model(model, read_any(data_path, label_column), metric or "accuracy")
+        if metric in UNLABELLED_METRICS:  # no labels needed: the float model is the reference
+            from edgeloop.data.readers import read_unlabelled
+
+            splits = unlabelled_splits(model, read_unlabelled(data_path, image_spec(model)), metric)
+        elif is_detection_data(data_path):
+            splits = _detection_splits(model, data_path, metric)
+        else:
+            splits = split_for_model(model, read_any(data_path, label_column), metric or "accuracy")
     except EdgeloopError as e:
         raise e.with_where(data_path)
     src = _find_source(model_path, model, source)
@@ -140,13 +147,20 @@ def register(app: typer.Typer) -> None:
         model: str = typer.Argument(..., help="Model file: .onnx, .skops, .joblib/.pkl, .pt2 or .tflite."),
         data: str = typer.Option(..., "--data", "-d", help="Labelled data: .npz (x, y, optional x_calib), "
                                  "a CSV with a label column, an image folder (one subfolder per class), a "
-                                 "dataset folder (edgeloop data) or a built-in name such as sklearn:digits."),
+                                 "dataset folder (edgeloop data) or a built-in name such as sklearn:digits. "
+                                 "With --metric agreement|fidelity no labels are needed: a folder of images "
+                                 "(preprocessed as the model's input says), a .npy/.npz of inputs or a CSV "
+                                 "of features."),
         output: Path = typer.Option(..., "--output", "-o", help="Output folder: model.onnx, results.json, report.html."),
-        metric: Optional[str] = typer.Option(None, "--metric", help="accuracy | f1 | auc (classifiers), mae (regression) "
-                                             "or map50 | map (detectors on a detection dataset; COCO mAP). "
+        metric: Optional[str] = typer.Option(None, "--metric", help="accuracy | f1 | auc (classifiers), mae (regression), "
+                                             "map50 | map (detectors on a detection dataset; COCO mAP), or, without "
+                                             "labels, agreement (top-1 agreement with the float model) | fidelity "
+                                             "(relative output error against the float model). "
                                              "Default: accuracy, map50 on a detection dataset."),
         max_drop: float = typer.Option(0.01, "--max-drop", help="Largest metric loss accepted, in the metric's units "
-                                       "(0.01 = one accuracy point; for mae, the largest increase)."),
+                                       "(0.01 = one accuracy point; for mae, the largest increase; for "
+                                       "agreement, the largest loss of agreement; for fidelity, the largest "
+                                       "relative error)."),
         target: Optional[str] = typer.Option(None, "--target", "-t", help="Catalogue target whose RAM, flash and "
                                              "precisions the model must fit (see `edgeloop targets`)."),
         max_ram_kb: Optional[float] = typer.Option(None, "--max-ram-kb", help="Peak activation RAM limit, KB."),

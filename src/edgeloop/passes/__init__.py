@@ -184,8 +184,53 @@ def apply_pass(model: onnx.ModelProto, config: Any, data: PassData | None = None
     out = fn(src, config, data)
     recipe.append({"pass": name, "config": config_to_dict(config)})
     strip_debug_info(out)
+    compact_names(out)
     set_metadata(out, recipe=recipe)
     return out
+
+
+def compact_names(model: onnx.ModelProto) -> onnx.ModelProto:
+    """Short stable names for every internal tensor and node; no value_info.
+
+    Importers and quantizers name tensors after their source (a TFLite tensor name
+    can be 200 characters, repeated in every quantize node added after it); on a
+    small model that text outweighs the weights. The graph's inputs and outputs
+    keep their names (they are the interface); internal tensors become ``t<i>``
+    in order of first appearance (initializers, then node outputs), nodes
+    ``n<i>``. value_info (shape annotations) is dropped: it is recomputed
+    wherever shapes are needed. Graphs with subgraphs (If/Loop) keep their names,
+    since a subgraph may refer to an outer tensor by name.
+    """
+    g = model.graph
+    del g.value_info[:]
+    if any(a.type in (onnx.AttributeProto.GRAPH, onnx.AttributeProto.GRAPHS) for n in g.node for a in n.attribute):
+        return model
+    keep = {i.name for i in g.input} | {o.name for o in g.output} | {""}
+    mapping: dict[str, str] = {}
+    counter = iter(range(1 << 62))
+
+    def short(name: str) -> str:
+        if name in keep:
+            return name
+        if name not in mapping:
+            new = f"t{next(counter)}"
+            while new in keep:
+                new = f"t{next(counter)}"
+            mapping[name] = new
+        return mapping[name]
+
+    for init in g.initializer:
+        init.name = short(init.name)
+    for sp in g.sparse_initializer:
+        sp.values.name = short(sp.values.name)
+        sp.indices.name = ""
+    for i, n in enumerate(g.node):
+        for k, t in enumerate(n.input):
+            n.input[k] = short(t)
+        for k, t in enumerate(n.output):
+            n.output[k] = short(t)
+        n.name = f"n{i}"
+    return model
 
 
 def strip_debug_info(model: onnx.ModelProto) -> onnx.ModelProto:

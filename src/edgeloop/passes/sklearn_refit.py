@@ -54,7 +54,7 @@ def _need(data: PassData | None, what: str) -> tuple[Any, np.ndarray, np.ndarray
 
 def _sklearn_scorer(metric: str):
     return {"accuracy": "accuracy", "f1": "f1_macro", "auc": "roc_auc_ovr",
-            "mae": "neg_mean_absolute_error"}[metric]
+            "mae": "neg_mean_absolute_error", "agreement": "accuracy"}[metric]  # agreement: y = float top-1
 
 
 def rank_features(est: Any, data: PassData, n_repeats: int = 5) -> list[int]:

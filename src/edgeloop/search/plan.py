@@ -22,6 +22,15 @@ def _is_float(model) -> bool:
     return any(i.data_type == onnx.TensorProto.FLOAT and len(i.dims) >= 2 for i in model.graph.initializer)
 
 
+ADAROUND_MAX_WEIGHTS = 300_000
+
+
+def _n_weights(model) -> int:
+    import math
+
+    return sum(math.prod(i.dims) for i in model.graph.initializer if len(i.dims) >= 2)
+
+
 def _has_layers(model, ops=("Conv", "Gemm", "MatMul")) -> bool:
     return any(n.op_type in ops for n in model.graph.node)
 
@@ -35,7 +44,19 @@ def quantize_family(s: Any, parent, quick: bool = False) -> Any:
         return None
     calibs = ("minmax",) if quick else ("minmax", "percentile", "entropy")
     got = [s.add(parent, Int8Static(calibration=c)) for c in calibs]
-    return _best(got, s.splits.metric, higher=HIGHER_IS_BETTER[s.splits.metric])
+    hib = HIGHER_IS_BETTER[s.splits.metric]
+    best = _best(got, s.splits.metric, higher=hib)
+    if best is None:
+        return None
+    # refinements of the best calibration, each a candidate of its own (measured on validation, kept
+    # by the search only where it helps): bias correction, per-tensor weights (fewer scales to store)
+    calib = best.recipe[-1]["config"]["calibration"]
+    extra = [s.add(parent, Int8Static(calibration=calib, bias_correction=True)),
+             s.add(parent, Int8Static(calibration=calib, per_channel=False))]
+    if not quick and _n_weights(model) <= ADAROUND_MAX_WEIGHTS:  # learnt rounding: a few seconds per layer
+        extra.append(s.add(parent, Int8Static(calibration=calib, weight_rounding="adaround",
+                                              bias_correction=True)))
+    return _best([best] + extra, s.splits.metric, higher=hib)
 
 
 def detector_mixed(s: Any, best_q: Any, loss: float, quick: bool = False) -> None:
@@ -156,7 +177,8 @@ def explore(s: Any, quick: bool = False) -> None:
                     s.add(r, Int8Static(calibration=calib))
 
     # refits of a scikit-learn source
-    est = s.data.source_estimator() if s.data.source is not None else None
+    # (fidelity's reference is a whole output tensor: nothing a scikit-learn refit could fit)
+    est = s.data.source_estimator() if s.data.source is not None and s.splits.metric != "fidelity" else None
     if est is not None and "feature_select" in names:
         from edgeloop.passes.sklearn_refit import FeatureSelect, SmallerAlgorithm, rank_features
 
