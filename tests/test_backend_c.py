@@ -252,8 +252,11 @@ def test_kws_header_and_no_float(mlperf_dir, kws_c):
     # convolutions after the first one run in place, the arena is the input (490) and the
     # first convolution's output (8,000), and it is the profiler's figure
     assert info["arena_size"] == 490 + 8000 == profile_model(model, latency=False)["peak_ram_bytes"]
+    # the first and the pointwise convolutions run the shape-specialised fast kernel
+    # (backends/c/fast.py), the depthwise ones conv_s8 in place
     assert sorted(k for k in info["kernels"] if not k.startswith("fx")) == [
-        "conv_s8", "conv_s8_grp_ip", "conv_s8_pw_ip", "fc_s8", "pool_s8", "softmax_s8"]
+        "conv_s8", "conv_s8_grp_ip", "fast_conv_s8", "fast_conv_s8_10x4s2x2", "fast_conv_s8_1x1s1x1",
+        "fc_s8", "pool_s8", "softmax_s8"]
 
 
 def test_ad_score_and_tflm(mlperf_dir, ad_c):
@@ -311,7 +314,8 @@ def test_qdq_cnn_matches_reference_and_onnxruntime(digits, qdq_cnn):
     _, Xte, _, yte = digits
     q, cm, info = qdq_cnn
     assert info["arena_size"] == profile_model(q, latency=False)["peak_ram_bytes"]
-    assert {"conv_s8", "add_s8", "pool_s8", "fc_s8", "softmax_s8"} <= set(info["kernels"])
+    # the residual Add of same-shape operands runs backends/c/fast.py's fast_add_s8
+    assert {"conv_s8", "fast_add_s8", "pool_s8", "fc_s8", "softmax_s8"} <= set(info["kernels"])
     low = lower(q)
     got = cm.run(Xte)
     ref = np.concatenate([reference.run(low, Xte[i:i + 1])[0] for i in range(len(Xte))])

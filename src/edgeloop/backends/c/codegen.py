@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 import onnx
 
+from edgeloop.backends.c import fast
 from edgeloop.backends.c.kernels import FLOAT_MATH, KERNELS, closure
 from edgeloop.backends.c.lower import CTYPES, Lowered
 from edgeloop.errors import UsageError
@@ -173,7 +174,8 @@ def render(model: onnx.ModelProto, prefix: str = "model"):
                 args.append(str(v) if v != -2 ** 31 else "(-2147483647 - 1)")
             elif kind == "float":
                 args.append(_float_lit(arg[1]))
-        body.append(f"    /* {call.name} ({call.op}) */\n    {fname}({', '.join(args)});\n")
+        body.append(f"    /* {call.name} ({call.op}) */\n    {fname}({', '.join(args)});\n"
+                    + fast.layer_mark(len(body) + 1))
 
     kernels = closure(used)
     needs_math = any(k in FLOAT_MATH for k in kernels) or any(k == "pool_f32" for k in kernels)
@@ -231,7 +233,8 @@ def render(model: onnx.ModelProto, prefix: str = "model"):
         c.append("#include <math.h>")
     c += ["", f"/* the activation arena: {int(low.arena_size)} bytes, laid out by edgeloop's memory "
           f"planner (alignment {low.alignment}) */",
-          f"static union {{ uint64_t align; unsigned char bytes[{arena}]; }} el_arena;", ""]
+          f"static union {{ uint64_t align; unsigned char bytes[{arena}]; }} el_arena;", "",
+          fast.PROFILE_PRELUDE]
     for k in kernels:
         c.append(KERNELS[k][1])
     for s, d in casts:
@@ -241,7 +244,7 @@ def render(model: onnx.ModelProto, prefix: str = "model"):
     c.append(f"int {prefix}_run_all(const void *const *inputs, void *const *outputs)\n{{")
     for k, i in enumerate(low.inputs):
         c.append(f"    memcpy(el_arena.bytes + {i['offset']}, inputs[{k}], {i['nbytes']});")
-    c += body
+    c += [fast.layer_mark(0).rstrip("\n")] + body
     for k, o in enumerate(low.outputs):
         c.append(f"    if (outputs[{k}]) memcpy(outputs[{k}], el_arena.bytes + {o['offset']}, "
                  f"{o['nbytes']});")
@@ -284,6 +287,7 @@ def render(model: onnx.ModelProto, prefix: str = "model"):
         "scratch_bytes": int(sum(int(a[2]) * 8 for cl in low.calls for a in cl.args
                                  if a[0] == "scratch")),
         "n_calls": len(low.calls),
+        "layers": fast.layer_table(lowerer, low.calls),
     }
     return "\n".join(c), "\n".join(h), info
 

@@ -26,6 +26,7 @@ import onnx
 from onnx import helper, numpy_helper
 
 from edgeloop.errors import EdgeloopError, UnsupportedOperatorError
+from edgeloop.backends.c import fast
 
 CTYPES = {"float32": "float", "int8": "int8_t", "uint8": "uint8_t", "int32": "int32_t",
           "int64": "int64_t", "bool": "uint8_t", "int16": "int16_t", "float64": "double"}
@@ -1061,6 +1062,8 @@ class Lowerer:
         g = self._conv_geometry(mnode, name, xs, w.shape, ys)
         G = int(g["at"].get("group", 1))
         scheme = self._inplace_conv(x, y)
+        if fast.lower_conv(self, name, x, y, w, bias, mult, shift, xs, ys, g, G, scheme, x_zp, yq[1], lo, hi):
+            return
         head = [("in", x), ("out", y), ("const", np.ascontiguousarray(w)), bias, ("const", mult),
                 ("const", shift)]
         if scheme == "conv_pixels":
@@ -1190,6 +1193,8 @@ class Lowerer:
         mb, sb = quantize_multiplier(ops[1][1] / twice)
         my, sy = quantize_multiplier(twice / ((1 << 20) * yq[0]))
         q = _i32([ops[0][2], ops[1][2], yq[1], ma, sa, mb, sb, my, sy, lo, hi])
+        if fast.lower_add(self, name, ops, y, ys, q):
+            return
         self.emit("add_s8", [ops[0][0], ops[1][0], ("out", y), ("int", int(np.prod(ys))),
                              ("int", len(ys)), ("const", _i32(ys)),
                              ("const", _i32(broadcast_strides(ops[0][3], ys) or [0])),

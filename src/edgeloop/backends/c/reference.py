@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from edgeloop.backends.c import fast
 from edgeloop.backends.c.lower import Lowered, lower
 
 I32_MIN, I32_MAX = -(1 << 31), (1 << 31) - 1
@@ -319,7 +320,7 @@ def run(low: Lowered | object, *inputs: np.ndarray) -> list[np.ndarray]:
 
 def execute(call, buf) -> None:
     """Run one kernel call; ``buf(tensor)`` gives the flat array holding a tensor."""
-    fn = KERNELS.get(call.kernel)
+    fn = KERNELS.get(call.kernel) or fast.reference_kernel(call.kernel)
     if fn is None:
         raise NotImplementedError(f"the numpy reference has no kernel {call.kernel}")
     args = []

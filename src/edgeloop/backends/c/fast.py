@@ -1,0 +1,225 @@
+"""Fast int8 kernels for the C backend, and the per-layer instruction profile hook.
+
+Kept apart from the generic lowering (``lower.py``) and printing (``codegen.py``), which
+call in here at a few marked places:
+
+- :data:`PROFILE_PRELUDE` and :func:`layer_mark`: the generated ``<prefix>_run_all``
+  calls ``EL_LAYER_MARK(k)`` before its first kernel call and after each one; the
+  macro is empty unless the model is compiled with ``-DEL_PROFILE_LAYERS`` (the
+  Cortex-M profile build of ``cortexm.py``), so normal builds are unchanged.
+- :func:`layer_table`: one entry per kernel call (name, op, kernel, MACs) for the profile.
+- :func:`lower_conv` and :func:`lower_add` (called first by ``Lowerer.q_Conv`` and
+  ``Lowerer.q_Add``): pick a fast kernel for a layer when it applies, write its
+  weights in the kernel's access order (the same bytes, reordered once here) and
+  emit the call; they return False to leave the layer to the generic kernels.
+
+The C lives in ``kernels/dsp/fast_*.h`` (one file per kernel, DSP and portable paths
+side by side); a thin wrapper per kernel shape class (``KHxKW`` and stride, which the
+compiler then specialises the loops on) is written here.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+KERNEL_DIR = Path(__file__).resolve().parent / "kernels" / "dsp"
+MAX_COL_BYTES = 8192   # the conv's column buffer lives on the stack: 2 pixels x K int16
+INT32_MIN = -2 ** 31
+
+PROFILE_PRELUDE = """/* per-layer profile marks: empty unless built with -DEL_PROFILE_LAYERS (edgeloop's
+   Cortex-M profile firmware defines el_layer_mark) */
+#if defined(EL_PROFILE_LAYERS)
+void el_layer_mark(int k);
+#define EL_LAYER_MARK(k) el_layer_mark(k)
+#else
+#define EL_LAYER_MARK(k) ((void)0)
+#endif
+"""
+
+
+def layer_mark(k: int) -> str:
+    return f"    EL_LAYER_MARK({int(k)});\n"
+
+
+def layer_table(lowerer, calls) -> list[dict]:
+    """``[{name, op, kernel, macs}]`` per kernel call; a node's MACs go to its first call."""
+    from edgeloop.profile.analysis import node_name
+    from edgeloop.profile.macs import count_macs
+
+    a = lowerer.a
+    macs: dict[str, int] = {}
+    for s in a.steps:
+        if s.kind == "alias":
+            continue
+        node = a.nodes[s.main]
+        try:
+            n = count_macs(node, a.shapes)
+        except Exception:  # an operator without a counting rule: no MACs to report
+            n = 0
+        macs.setdefault(node_name(node, s.main), n)
+    rows = []
+    for call in calls:
+        rows.append({"name": call.name, "op": call.op, "kernel": call.kernel.replace(":", "_"),
+                     "macs": int(macs.pop(call.name, 0))})
+    return rows
+
+
+def layer_profile_table(layers: list[dict]):
+    """The per-layer instruction profile of ``export --verify`` as a rich table."""
+    from rich.table import Table
+
+    total = sum(r["instructions"] for r in layers) or 1
+    t = Table(title="Cortex-M4 instructions per layer (first input; QEMU counts instructions)")
+    for col in ("layer", "op", "kernel", "MACs", "instructions", "share", "instr/MAC"):
+        t.add_column(col, justify="right" if col in ("MACs", "instructions", "share", "instr/MAC") else "left")
+    for r in layers:
+        ipm = r.get("instructions_per_mac")
+        t.add_row(str(r["name"]), str(r["op"]), str(r["kernel"]), f"{r['macs']:,}", f"{r['instructions']:,}",
+                  f"{100 * r['instructions'] / total:.1f}%", f"{ipm:.2f}" if ipm is not None else "")
+    return t
+
+
+# ---------------------------------------------------------------- kernel registration
+
+def _register(name: str, deps: tuple[str, ...], text: str) -> str:
+    from edgeloop.backends.c.kernels import KERNELS
+    KERNELS[name] = (deps, text.strip("\n") + "\n")
+    return name
+
+
+def _file_kernel(name: str, deps: tuple[str, ...]) -> str:
+    from edgeloop.backends.c.kernels import KERNELS
+    if name not in KERNELS:
+        path = KERNEL_DIR / f"{name}.h"
+        try:
+            text = path.read_text()
+        except OSError as e:
+            from edgeloop.errors import EdgeloopError
+            raise EdgeloopError(f"edgeloop's kernel file {path} is missing ({e.strerror}): "
+                                "a broken installation, reinstall edgeloop") from e
+        _register(name, deps, text)
+    return name
+
+
+def _conv_wrapper(kh: int, kw: int, sh: int, sw: int) -> str:
+    base = _file_kernel("fast_conv_s8", ("fx", "fx_dsp"))
+    name = f"fast_conv_s8_{kh}x{kw}s{sh}x{sw}"
+    text = f"""
+/* fast_conv_s8 specialised for a {kh}x{kw} filter at stride {sh}x{sw} */
+static void k_{name}(const int8_t *x, int8_t *y, const int32_t *w, const int32_t *b,
+        const int32_t *mult, const int32_t *shift, int C, int H, int W, int M, int OH,
+        int OW, int PT, int PL, int x_zp, int y_zp, int lo, int hi)
+{{
+    EL_FAST_COL(col, 2 * ((C * {kh * kw} + 3) & ~3));
+    el_fast_conv_s8(x, y, (const int8_t *)w, b, mult, shift, col, C, H, W, M, OH, OW,
+                    {kh}, {kw}, {sh}, {sw}, PT, PL, x_zp, y_zp, lo, hi);
+}}
+"""
+    return _register(name, (base,), text)
+
+
+# ---------------------------------------------------------------- weight layouts
+
+def conv_weights(w: np.ndarray) -> np.ndarray:
+    """[M, C, KH, KW] int8 -> the fast_conv_s8 layout (see its header), as int32 words.
+
+    Taps (c, ky, kx) padded with zeros to a multiple of 4; each group of 4 stored as
+    (t0, t2, t1, t3); rows interleaved by output-channel pairs group by group; an odd
+    last row alone."""
+    M = w.shape[0]
+    rows = w.reshape(M, -1).astype(np.int8)
+    k = rows.shape[1]
+    kp = (k + 3) & ~3
+    rows = np.pad(rows, ((0, 0), (0, kp - k)))
+    groups = rows.reshape(M, kp // 4, 4)[:, :, [0, 2, 1, 3]]
+    parts = []
+    for m in range(0, M - 1, 2):
+        parts.append(groups[m:m + 2].transpose(1, 0, 2).ravel())
+    if M % 2:
+        parts.append(groups[M - 1].ravel())
+    flat = np.ascontiguousarray(np.concatenate(parts).astype(np.int8))
+    return flat.view("<i4").astype(np.int32)
+
+
+# ---------------------------------------------------------------- selection
+
+def lower_conv(lw, name, x, y, w, bias, mult, shift, xs, ys, g, G, scheme, x_zp, y_zp, lo, hi) -> bool:
+    """Emit fast_conv_s8 for an int8 Conv when it applies; False leaves it to conv_s8."""
+    if G != 1 or g["DH"] != 1 or g["DW"] != 1 or xs[0] != 1 or w.ndim != 4:
+        return False
+    M, C, KH, KW = (int(v) for v in w.shape)
+    kp = (C * KH * KW + 3) & ~3
+    if 4 * kp > MAX_COL_BYTES or np.any(mult == INT32_MIN):
+        return False
+    if scheme == "conv_pixels":
+        # in place: only the pointwise case where every pair of pixels is read before
+        # its outputs are written at the same places
+        if (KH, KW, g["SH"], g["SW"], g["PT"], g["PL"]) != (1, 1, 1, 1, 0, 0) or M > C \
+                or lw.plan.offset_of(x) != lw.plan.offset_of(y):
+            return False
+    elif scheme:
+        return False
+    b = bias[1].astype(np.int64) if bias[0] == "const" else np.zeros(M, np.int64)
+    folded = b - int(x_zp) * w.reshape(M, -1).astype(np.int64).sum(axis=1)
+    if np.any(folded < INT32_MIN) or np.any(folded > 2 ** 31 - 1):
+        return False
+    kernel = _conv_wrapper(KH, KW, int(g["SH"]), int(g["SW"]))
+    lw.emit(kernel, [("in", x), ("out", y), ("const", conv_weights(w)),
+                     ("const", folded.astype(np.int32)), ("const", mult), ("const", shift)]
+            + [("int", int(v)) for v in (C, g["H"], g["W"], M, g["OH"], g["OW"], g["PT"], g["PL"],
+                                         x_zp, y_zp, lo, hi)], name, "Conv")
+    return True
+
+
+def lower_add(lw, name, ops, y, ys, q) -> bool:
+    """Emit fast_add_s8 for an int8 Add of two activations of the output's shape."""
+    if any(op[0][0] != "in" or tuple(op[3]) != tuple(ys) for op in ops):
+        return False
+    _file_kernel("fast_conv_s8", ("fx", "fx_dsp"))
+    kernel = _file_kernel("fast_add_s8", ("fast_conv_s8",))
+    lw.emit(kernel, [ops[0][0], ops[1][0], ("out", y), ("int", int(np.prod(ys))), ("const", q)],
+            name, "Add")
+    return True
+
+
+def conv_weights_inverse(words: np.ndarray, M: int, C: int, KH: int, KW: int) -> np.ndarray:
+    """The ONNX [M, C, KH, KW] weights back from :func:`conv_weights` (for the reference)."""
+    k = C * KH * KW
+    kp = (k + 3) & ~3
+    flat = np.ascontiguousarray(np.asarray(words, np.int32)).astype("<i4").view(np.int8)
+    rows = np.zeros((M, kp // 4, 4), np.int8)
+    pos = 0
+    for m in range(0, M - 1, 2):
+        n = 2 * kp
+        rows[m:m + 2] = flat[pos:pos + n].reshape(kp // 4, 2, 4).transpose(1, 0, 2)
+        pos += n
+    if M % 2:
+        rows[M - 1] = flat[pos:pos + kp].reshape(kp // 4, 4)
+    rows = rows[:, :, [0, 2, 1, 3]].reshape(M, kp)[:, :k]
+    return rows.reshape(M, C, KH, KW)
+
+
+def reference_kernel(name: str):
+    """The numpy definition of a fast kernel (for ``reference.py``), or None.
+
+    Each undoes the export-time layout and calls the generic kernel's reference, so the
+    C kernel, its weight layout and its bias folding are checked against conv_s8/add_s8."""
+    from edgeloop.backends.c import reference as ref
+
+    if name == "fast_add_s8":
+        def add(a, b, y, n, q):
+            one = np.array([1], np.int32)
+            ref.add_s8(a, b, y, n, 1, np.array([n], np.int32), one, one, q)
+        return add
+    if not name.startswith("fast_conv_s8_"):
+        return None
+    kh, kw, sh, sw = (int(v) for v in name[len("fast_conv_s8_"):].replace("s", "x").split("x"))
+
+    def conv(x, y, w, b, mult, shift, C, H, W, M, OH, OW, PT, PL, x_zp, y_zp, lo, hi):
+        wt = conv_weights_inverse(w, M, C, kh, kw)
+        bias = b.astype(np.int64) + int(x_zp) * wt.reshape(M, -1).astype(np.int64).sum(axis=1)
+        ref.conv_s8(x, y, wt, bias, mult, shift, C, H, W, M, OH, OW, kh, kw, sh, sw, PT, PL, 1, 1, 1,
+                    x_zp, y_zp, lo, hi)
+    return conv

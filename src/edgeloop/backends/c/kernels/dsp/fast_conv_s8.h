@@ -1,0 +1,198 @@
+/* fast_conv_s8.h: int8 convolution (one group, dilation 1) as a small im2col and a
+ * 2x2-tiled matrix product: two output pixels times two output channels per pass,
+ * four int32 partial sums in registers, SMLAD on packed int16 pairs on a Cortex-M
+ * with the DSP extension (a portable C loop over the same layout elsewhere).
+ *
+ * Layouts, written by edgeloop.backends.c.fast at export:
+ * - K = C * KH * KW taps in the order (c, ky, kx), padded with zero weights to KP, a
+ *   multiple of 4.
+ * - weights: output channels in pairs (m, m + 1); for each group of 4 taps, 4 bytes of
+ *   row m then 4 bytes of row m + 1, each group's bytes stored as (t0, t2, t1, t3) so
+ *   that SXTB16 gives the pair (t0, t1) and SXTB16 ROR 8 the pair (t2, t3). An odd last
+ *   channel is stored alone (4 bytes per group). The byte count is that of the ONNX
+ *   weights (plus the zero padding of K).
+ * - bias: b - x_zp * sum(w) per channel, so the taps multiply the raw int8 input and a
+ *   tap in the padding holds x_zp (its term x_zp * w cancels).
+ * - the column buffer (int16, 2 * KP values, on the caller's stack): for each pair of
+ *   taps j, the word (a_2j, a_2j+1) of pixel A then the word of pixel B.
+ *
+ * Requantization: el_fast_mbqm is TFLite's MultiplyByQuantizedMultiplier, bit-exact
+ * (see its comment). Depends on the "fx" and "fx_dsp" helpers. */
+#ifndef EL_FAST_CONV_S8_H
+#define EL_FAST_CONV_S8_H
+
+#if defined(__GNUC__)
+#define EL_FAST_NOINLINE __attribute__((noinline))
+#else
+#define EL_FAST_NOINLINE
+#endif
+
+/* el_mbqm with one 64-bit multiply-add and a shift. gemmlowp's doubling high multiply
+ * adds 2^30 to a non-negative product and 1 - 2^30 to a negative one, then divides by
+ * 2^31 rounding toward zero; for a product -k < 0 that is -floor((k + 2^30 - 1) / 2^31),
+ * which equals floor((2^30 - k) / 2^31), the arithmetic shift of (product + 2^30) by 31.
+ * The one saturating case (both factors INT32_MIN) cannot occur: the export checks that
+ * no multiplier is INT32_MIN. */
+static EL_INLINE int32_t el_fast_mbqm(int32_t x, int32_t m, int shift)
+{
+    int left = shift > 0 ? shift : 0;
+    int right = shift > 0 ? 0 : -shift;
+    int64_t p = (int64_t)(int32_t)((uint32_t)x << left) * m + ((int64_t)1 << 30);
+    int32_t h = (int32_t)(p >> 31);
+    int32_t mask = (int32_t)(((int64_t)1 << right) - 1);
+    int32_t rem = h & mask;
+    int32_t thr = (mask >> 1) + (h < 0 ? 1 : 0);
+    return (h >> right) + (rem > thr ? 1 : 0);
+}
+
+static EL_INLINE int8_t el_fast_out(int32_t acc, int32_t m, int shift, int y_zp, int lo, int hi)
+{
+    int32_t v = el_fast_mbqm(acc, m, shift) + y_zp;
+    return (int8_t)(v < lo ? lo : (v > hi ? hi : v));
+}
+
+/* One pixel's taps into the column buffer (every other pair of int16: the caller
+ * passes col for pixel A, col + 2 for pixel B). iy0, ix0: the window's top-left
+ * corner in the input, maybe outside it; taps outside read x_zp. */
+static EL_INLINE void el_fast_im2col(const int8_t *x, int16_t *col, int C, int H, int W,
+                                     int KH, int KW, int KP, int iy0, int ix0, int x_zp)
+{
+    long hw = (long)H * W;
+    int c, ky, kx, k = 0;
+    if (iy0 >= 0 && ix0 >= 0 && iy0 + KH <= H && ix0 + KW <= W) {
+        const int8_t *xc = x + (long)iy0 * W + ix0;
+        for (c = 0; c < C; ++c, xc += hw) {
+            const int8_t *r = xc;
+            for (ky = 0; ky < KH; ++ky, r += W)
+                for (kx = 0; kx < KW; ++kx, ++k) col[2 * k - (k & 1)] = r[kx];
+        }
+    } else {
+        for (c = 0; c < C; ++c) {
+            for (ky = 0; ky < KH; ++ky) {
+                int iy = iy0 + ky;
+                const int8_t *r = x + c * hw + (long)iy * W;
+                for (kx = 0; kx < KW; ++kx, ++k) {
+                    int ix = ix0 + kx;
+                    col[2 * k - (k & 1)] = (int16_t)((iy >= 0 && iy < H && ix >= 0 && ix < W)
+                                                     ? r[ix] : x_zp);
+                }
+            }
+        }
+    }
+    for (; k < KP; ++k) col[2 * k - (k & 1)] = 0;
+}
+
+#if defined(__GNUC__)
+#define EL_FAST_COL(name, n) int16_t name[n] __attribute__((aligned(8)))
+#else
+#define EL_FAST_COL(name, n) int16_t name[n]
+#endif
+
+#if defined(EL_DSP)
+/* two words from p, p + 4; p += 8 (one LDRD: any two registers in Thumb-2) */
+#define EL_FAST_LDRD(a, b, p) \
+    __asm__("ldrd %0, %1, [%2], #8" : "=r"(a), "=r"(b), "+r"(p) : : "memory")
+#endif
+
+/* The 2x2 product for one pixel pair: ya, yb point at the two pixels' outputs of
+ * channel 0, channel m is at + m * ysa (+ m * ysb). w: 4-byte aligned (LDRD). */
+static EL_FAST_NOINLINE void el_fast_gemm_s8(const int16_t *col, const int8_t *w, int KP,
+                                             const int32_t *b, const int32_t *mult,
+                                             const int32_t *shift, int M, int8_t *ya,
+                                             int8_t *yb, long ysa, long ysb, int y_zp, int lo,
+                                             int hi)
+{
+    int m;
+    const int8_t *pw = w;
+    for (m = 0; m + 2 <= M; m += 2) {
+        int32_t a00 = b[m], a01 = a00, a10 = b[m + 1], a11 = a10;
+        const int16_t *pc = col;
+        int g;
+#if defined(EL_DSP)
+        for (g = KP >> 2; g > 0; --g) {
+            int32_t xa, xb, wa, wb, t;
+            EL_FAST_LDRD(xa, xb, pc);
+            EL_FAST_LDRD(wa, wb, pw);
+            t = __sxtb16(wa);
+            a00 = __smlad(xa, t, a00);
+            a01 = __smlad(xb, t, a01);
+            t = __sxtb16(wb);
+            a10 = __smlad(xa, t, a10);
+            a11 = __smlad(xb, t, a11);
+            EL_FAST_LDRD(xa, xb, pc);
+            t = el_sxtb16_r8(wa);
+            a00 = __smlad(xa, t, a00);
+            a01 = __smlad(xb, t, a01);
+            t = el_sxtb16_r8(wb);
+            a10 = __smlad(xa, t, a10);
+            a11 = __smlad(xb, t, a11);
+        }
+#else
+        for (g = KP >> 2; g > 0; --g, pc += 8, pw += 8) {
+            a00 += pc[0] * pw[0] + pc[1] * pw[2] + pc[4] * pw[1] + pc[5] * pw[3];
+            a01 += pc[2] * pw[0] + pc[3] * pw[2] + pc[6] * pw[1] + pc[7] * pw[3];
+            a10 += pc[0] * pw[4] + pc[1] * pw[6] + pc[4] * pw[5] + pc[5] * pw[7];
+            a11 += pc[2] * pw[4] + pc[3] * pw[6] + pc[6] * pw[5] + pc[7] * pw[7];
+        }
+#endif
+        ya[m * ysa] = el_fast_out(a00, mult[m], shift[m], y_zp, lo, hi);
+        yb[m * ysb] = el_fast_out(a01, mult[m], shift[m], y_zp, lo, hi);
+        ya[(m + 1) * ysa] = el_fast_out(a10, mult[m + 1], shift[m + 1], y_zp, lo, hi);
+        yb[(m + 1) * ysb] = el_fast_out(a11, mult[m + 1], shift[m + 1], y_zp, lo, hi);
+    }
+    if (m < M) {   /* the odd last channel: its row alone */
+        int32_t a00 = b[m], a01 = a00;
+        const int16_t *pc = col;
+        int g;
+        for (g = KP >> 2; g > 0; --g, pc += 8, pw += 4) {
+#if defined(EL_DSP)
+            int32_t wa = el_ld32(pw), t = __sxtb16(wa);
+            a00 = __smlad(el_ld32(pc), t, a00);
+            a01 = __smlad(el_ld32(pc + 2), t, a01);
+            t = el_sxtb16_r8(wa);
+            a00 = __smlad(el_ld32(pc + 4), t, a00);
+            a01 = __smlad(el_ld32(pc + 6), t, a01);
+#else
+            a00 += pc[0] * pw[0] + pc[1] * pw[2] + pc[4] * pw[1] + pc[5] * pw[3];
+            a01 += pc[2] * pw[0] + pc[3] * pw[2] + pc[6] * pw[1] + pc[7] * pw[3];
+#endif
+        }
+        ya[m * ysa] = el_fast_out(a00, mult[m], shift[m], y_zp, lo, hi);
+        yb[m * ysb] = el_fast_out(a01, mult[m], shift[m], y_zp, lo, hi);
+    }
+}
+
+/* The whole convolution, x [C, H, W] -> y [M, OH, OW]. col: 2 * KP int16 (4-byte
+ * aligned). An odd last pixel runs as pixel A and B of one pair, its second output
+ * going to a dummy byte. Pixels are taken in output order, a pair may span two rows.
+ * y may be x itself for a 1x1 stride-1 convolution without padding and M <= C: a pair's
+ * outputs are written after its inputs were read, at the same pixels. */
+static EL_INLINE void el_fast_conv_s8(const int8_t *x, int8_t *y, const int8_t *w,
+                                      const int32_t *b, const int32_t *mult,
+                                      const int32_t *shift, int16_t *col, int C, int H, int W,
+                                      int M, int OH, int OW, int KH, int KW, int SH, int SW,
+                                      int PT, int PL, int x_zp, int y_zp, int lo, int hi)
+{
+    int KP = (C * KH * KW + 3) & ~3;
+    long n = (long)OH * OW, p;
+    int oy = 0, ox = 0;
+    int8_t spare[2];
+    for (p = 0; p < n; p += 2) {
+        int oyb = oy, oxb = ox + 1;
+        if (oxb == OW) { oxb = 0; ++oyb; }
+        el_fast_im2col(x, col, C, H, W, KH, KW, KP, oy * SH - PT, ox * SW - PL, x_zp);
+        if (p + 1 < n) {
+            el_fast_im2col(x, col + 2, C, H, W, KH, KW, KP, oyb * SH - PT, oxb * SW - PL, x_zp);
+            el_fast_gemm_s8(col, w, KP, b, mult, shift, M, y + p, y + p + 1, n, n, y_zp, lo,
+                            hi);
+        } else {
+            el_fast_im2col(x, col + 2, C, H, W, KH, KW, KP, oy * SH - PT, ox * SW - PL, x_zp);
+            el_fast_gemm_s8(col, w, KP, b, mult, shift, M, y + p, spare, n, 0, y_zp, lo, hi);
+        }
+        ox = oxb + 1;
+        oy = oyb;
+        if (ox == OW) { ox = 0; ++oy; }
+    }
+}
+
+#endif /* EL_FAST_CONV_S8_H */
