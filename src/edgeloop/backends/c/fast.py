@@ -213,6 +213,11 @@ def reference_kernel(name: str):
             one = np.array([1], np.int32)
             ref.add_s8(a, b, y, n, 1, np.array([n], np.int32), one, one, q)
         return add
+    if name == "fast_fc_s8":
+        def fc(x, y, w, b, mult, shift, per, M, K, N, y_zp, lo, hi):
+            wn = conv_weights_inverse(w, N, K, 1, 1).reshape(N, K)
+            ref.fc_s8(x, y, wn, b, mult, shift, per, M, K, N, y_zp, lo, hi)
+        return fc
     if not name.startswith("fast_conv_s8_"):
         return None
     kh, kw, sh, sw = (int(v) for v in name[len("fast_conv_s8_"):].replace("s", "x").split("x"))
@@ -223,3 +228,18 @@ def reference_kernel(name: str):
         ref.conv_s8(x, y, wt, bias, mult, shift, C, H, W, M, OH, OW, kh, kw, sh, sw, PT, PL, 1, 1, 1,
                     x_zp, y_zp, lo, hi)
     return conv
+
+
+def lower_fc(lw, name, x, y, wn, bias, mult, shift, per, M, K, N, y_zp, lo, hi) -> bool:
+    """Emit fast_fc_s8 for an int8 fully-connected layer (``wn``: [N, K], ``bias`` already
+    holding b - x_zp * sum(w)); False leaves it to fc_s8."""
+    kp = (K + 3) & ~3
+    if 2 * kp > MAX_COL_BYTES or np.any(mult == INT32_MIN):
+        return False
+    _file_kernel("fast_conv_s8", ("fx", "fx_dsp"))
+    kernel = _file_kernel("fast_fc_s8", ("fast_conv_s8",))
+    lw.emit(kernel, [("in", x), ("out", y), ("const", conv_weights(wn.reshape(N, K, 1, 1))), bias,
+                     ("const", mult), ("const", shift)]
+            + [("int", int(v)) for v in (per, M, K, N, y_zp, lo, hi)], name,
+            lw.a.nodes[lw.step.main].op_type)
+    return True

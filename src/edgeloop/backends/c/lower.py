@@ -1110,6 +1110,8 @@ class Lowerer:
         b0 = bias[1].astype(np.int64) if bias[0] == "const" else np.zeros(N, np.int64)
         folded = b0 - x_zp * wn.astype(np.int64).sum(axis=1)
         bias = ("const", folded.astype(np.int32))
+        if fast.lower_fc(self, name, x, y, wn, bias, mult, shift, per, M, K, N, yq[1], lo, hi):
+            return
         self.emit("fc_s8", [("in", x), ("out", y), ("const", np.ascontiguousarray(wn)), bias,
                             ("const", mult), ("const", shift), ("int", per), ("int", M),
                             ("int", K), ("int", N), ("int", yq[1]), ("int", lo),

@@ -47,8 +47,7 @@ static EL_INLINE int32_t el_fast_mbqm(int32_t x, int32_t m, int shift)
 
 static EL_INLINE int8_t el_fast_out(int32_t acc, int32_t m, int shift, int y_zp, int lo, int hi)
 {
-    int32_t v = el_fast_mbqm(acc, m, shift) + y_zp;
-    return (int8_t)(v < lo ? lo : (v > hi ? hi : v));
+    return (int8_t)el_clamp(el_fast_mbqm(acc, m, shift) + y_zp, lo, hi);
 }
 
 /* One pixel's taps into the column buffer (every other pair of int16: the caller

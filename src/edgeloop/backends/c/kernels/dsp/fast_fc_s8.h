@@ -1,0 +1,78 @@
+/* fast_fc_s8.h: int8 fully connected, y[i, n] = requant(b[n] + sum_k x[i, k] * w[n, k]),
+ * the input zero point folded into b at export. Each input row is widened once to
+ * int16 (on the stack, zero-padded to KP), then four (or two, or one) output units per
+ * pass run SMLAD on it, the weights in the fast_conv_s8 layout (units in pairs, groups
+ * of 4 taps stored as t0 t2 t1 t3; 4-byte aligned). Uses el_fast_out (fast_conv_s8.h). */
+#ifndef EL_FAST_FC_S8_H
+#define EL_FAST_FC_S8_H
+
+static EL_FAST_NOINLINE void el_fast_fc_row(const int16_t *col, const int8_t *w, int KP,
+                                            const int32_t *b, const int32_t *mult,
+                                            const int32_t *shift, int per_channel, int N,
+                                            int8_t *y, int y_zp, int lo, int hi)
+{
+    int n = 0, g;
+    const int8_t *pw = w;
+    for (; n + 4 <= N; n += 4, pw += 4 * KP) {
+        int32_t a0 = b[n], a1 = b[n + 1], a2 = b[n + 2], a3 = b[n + 3];
+        const int16_t *pc = col;
+        const int8_t *p0 = pw, *p1 = pw + 2 * KP;
+        for (g = KP >> 2; g > 0; --g) {
+#if defined(EL_DSP)
+            int32_t x01, x23, wa, wb;
+            EL_FAST_LDRD(x01, x23, pc);
+            EL_FAST_LDRD(wa, wb, p0);
+            a0 = __smlad(x01, __sxtb16(wa), a0);
+            a1 = __smlad(x01, __sxtb16(wb), a1);
+            a0 = __smlad(x23, el_sxtb16_r8(wa), a0);
+            a1 = __smlad(x23, el_sxtb16_r8(wb), a1);
+            EL_FAST_LDRD(wa, wb, p1);
+            a2 = __smlad(x01, __sxtb16(wa), a2);
+            a3 = __smlad(x01, __sxtb16(wb), a3);
+            a2 = __smlad(x23, el_sxtb16_r8(wa), a2);
+            a3 = __smlad(x23, el_sxtb16_r8(wb), a3);
+#else
+            a0 += pc[0] * p0[0] + pc[1] * p0[2] + pc[2] * p0[1] + pc[3] * p0[3];
+            a1 += pc[0] * p0[4] + pc[1] * p0[6] + pc[2] * p0[5] + pc[3] * p0[7];
+            a2 += pc[0] * p1[0] + pc[1] * p1[2] + pc[2] * p1[1] + pc[3] * p1[3];
+            a3 += pc[0] * p1[4] + pc[1] * p1[6] + pc[2] * p1[5] + pc[3] * p1[7];
+            pc += 4; p0 += 8; p1 += 8;
+#endif
+        }
+        y[n] = el_fast_out(a0, mult[per_channel ? n : 0], shift[per_channel ? n : 0], y_zp, lo, hi);
+        y[n + 1] = el_fast_out(a1, mult[per_channel ? n + 1 : 0], shift[per_channel ? n + 1 : 0],
+                               y_zp, lo, hi);
+        y[n + 2] = el_fast_out(a2, mult[per_channel ? n + 2 : 0], shift[per_channel ? n + 2 : 0],
+                               y_zp, lo, hi);
+        y[n + 3] = el_fast_out(a3, mult[per_channel ? n + 3 : 0], shift[per_channel ? n + 3 : 0],
+                               y_zp, lo, hi);
+    }
+    for (; n < N; ++n) {   /* the last 1-3 units: a pair's rows interleave, an odd last row is alone */
+        int paired = (n % 2 == 0) ? (n + 1 < N) : 1;
+        const int8_t *p = (n % 2 == 0) ? pw : pw + 4;
+        int step = paired ? 8 : 4;
+        int32_t a = b[n];
+        const int16_t *pc = col;
+        for (g = KP >> 2; g > 0; --g, pc += 4, p += step)
+            a += pc[0] * p[0] + pc[1] * p[2] + pc[2] * p[1] + pc[3] * p[3];
+        y[n] = el_fast_out(a, mult[per_channel ? n : 0], shift[per_channel ? n : 0], y_zp, lo, hi);
+        if (n % 2 == 1) pw += 2 * KP;
+    }
+}
+
+static void k_fast_fc_s8(const int8_t *x, int8_t *y, const int32_t *w, const int32_t *b,
+                         const int32_t *mult, const int32_t *shift, int per_channel, int M,
+                         int K, int N, int y_zp, int lo, int hi)
+{
+    int KP = (K + 3) & ~3, i, k;
+    EL_FAST_COL(col, (K + 3) & ~3);
+    for (i = 0; i < M; ++i) {
+        const int8_t *xr = x + (long)i * K;
+        for (k = 0; k < K; ++k) col[k] = xr[k];
+        for (; k < KP; ++k) col[k] = 0;
+        el_fast_fc_row(col, (const int8_t *)w, KP, b, mult, shift, per_channel, N,
+                       y + (long)i * N, y_zp, lo, hi);
+    }
+}
+
+#endif /* EL_FAST_FC_S8_H */
