@@ -5,7 +5,7 @@
 #ifndef EL_FAST_ADD_S8_H
 #define EL_FAST_ADD_S8_H
 
-static void k_fast_add_s8(const int8_t *a, const int8_t *b, int8_t *y, long n,
+static EL_FAST_NOINLINE void k_fast_add_s8(const int8_t *a, const int8_t *b, int8_t *y, long n,
                           const int32_t *q /* a_zp b_zp y_zp a_m a_s b_m b_s y_m y_s lo hi */)
 {
     const int32_t a_zp = q[0], b_zp = q[1], y_zp = q[2], am = q[3], bm = q[5], ym = q[7];

@@ -11,58 +11,65 @@ static EL_FAST_NOINLINE void el_fast_fc_row(const int16_t *col, const int8_t *w,
                                             const int32_t *shift, int per_channel, int N,
                                             int8_t *y, int y_zp, int lo, int hi)
 {
-    int n = 0, g;
+    int n, g, j, u;
     const int8_t *pw = w;
-    for (; n + 4 <= N; n += 4, pw += 4 * KP) {
-        int32_t a0 = b[n], a1 = b[n + 1], a2 = b[n + 2], a3 = b[n + 3];
-        const int16_t *pc = col;
-        const int8_t *p0 = pw, *p1 = pw + 2 * KP;
-        for (g = KP >> 2; g > 0; --g) {
+    int32_t acc[4];
+    {
+        n = 0;
+        while (n < N) {
+            u = N - n >= 4 ? 4 : N - n;
+            if (u == 4) {
+                int32_t a0 = b[n], a1 = b[n + 1], a2 = b[n + 2], a3 = b[n + 3];
+                const int16_t *pc = col;
+                const int8_t *p0 = pw, *p1 = pw + 2 * KP;
+                for (g = KP >> 2; g > 0; --g) {
 #if defined(EL_DSP)
-            int32_t x01, x23, wa, wb;
-            EL_FAST_LDRD(x01, x23, pc);
-            EL_FAST_LDRD(wa, wb, p0);
-            a0 = __smlad(x01, __sxtb16(wa), a0);
-            a1 = __smlad(x01, __sxtb16(wb), a1);
-            a0 = __smlad(x23, el_sxtb16_r8(wa), a0);
-            a1 = __smlad(x23, el_sxtb16_r8(wb), a1);
-            EL_FAST_LDRD(wa, wb, p1);
-            a2 = __smlad(x01, __sxtb16(wa), a2);
-            a3 = __smlad(x01, __sxtb16(wb), a3);
-            a2 = __smlad(x23, el_sxtb16_r8(wa), a2);
-            a3 = __smlad(x23, el_sxtb16_r8(wb), a3);
+                    int32_t x01, x23, wa, wb;
+                    EL_FAST_LDRD(x01, x23, pc);
+                    EL_FAST_LDRD(wa, wb, p0);
+                    a0 = __smlad(x01, __sxtb16(wa), a0);
+                    a1 = __smlad(x01, __sxtb16(wb), a1);
+                    a0 = __smlad(x23, el_sxtb16_r8(wa), a0);
+                    a1 = __smlad(x23, el_sxtb16_r8(wb), a1);
+                    EL_FAST_LDRD(wa, wb, p1);
+                    a2 = __smlad(x01, __sxtb16(wa), a2);
+                    a3 = __smlad(x01, __sxtb16(wb), a3);
+                    a2 = __smlad(x23, el_sxtb16_r8(wa), a2);
+                    a3 = __smlad(x23, el_sxtb16_r8(wb), a3);
 #else
-            a0 += pc[0] * p0[0] + pc[1] * p0[2] + pc[2] * p0[1] + pc[3] * p0[3];
-            a1 += pc[0] * p0[4] + pc[1] * p0[6] + pc[2] * p0[5] + pc[3] * p0[7];
-            a2 += pc[0] * p1[0] + pc[1] * p1[2] + pc[2] * p1[1] + pc[3] * p1[3];
-            a3 += pc[0] * p1[4] + pc[1] * p1[6] + pc[2] * p1[5] + pc[3] * p1[7];
-            pc += 4; p0 += 8; p1 += 8;
+                    a0 += pc[0] * p0[0] + pc[1] * p0[2] + pc[2] * p0[1] + pc[3] * p0[3];
+                    a1 += pc[0] * p0[4] + pc[1] * p0[6] + pc[2] * p0[5] + pc[3] * p0[7];
+                    a2 += pc[0] * p1[0] + pc[1] * p1[2] + pc[2] * p1[1] + pc[3] * p1[3];
+                    a3 += pc[0] * p1[4] + pc[1] * p1[6] + pc[2] * p1[5] + pc[3] * p1[7];
+                    pc += 4; p0 += 8; p1 += 8;
 #endif
+                }
+                acc[0] = a0; acc[1] = a1; acc[2] = a2; acc[3] = a3;
+            } else {
+                /* the last 1-3 units: a pair's rows interleave, an odd last row is alone */
+                for (j = 0; j < u; ++j) {
+                    int step = (j == 2 || (u - j == 1 && j % 2 == 0)) ? 4 : 8;
+                    const int8_t *p = pw + (j / 2) * 2 * KP + (j % 2) * 4;
+                    const int16_t *pc = col;
+                    int32_t a = b[n + j];
+                    for (g = KP >> 2; g > 0; --g, pc += 4, p += step)
+                        a += pc[0] * p[0] + pc[1] * p[2] + pc[2] * p[1] + pc[3] * p[3];
+                    acc[j] = a;
+                }
+            }
+            for (j = 0; j < u; ++j, ++n) {
+                int q = per_channel ? n : 0;
+                y[n] = el_fast_out(acc[j], mult[q], shift[q], y_zp, lo, hi);
+            }
+            pw += 4 * KP;
         }
-        y[n] = el_fast_out(a0, mult[per_channel ? n : 0], shift[per_channel ? n : 0], y_zp, lo, hi);
-        y[n + 1] = el_fast_out(a1, mult[per_channel ? n + 1 : 0], shift[per_channel ? n + 1 : 0],
-                               y_zp, lo, hi);
-        y[n + 2] = el_fast_out(a2, mult[per_channel ? n + 2 : 0], shift[per_channel ? n + 2 : 0],
-                               y_zp, lo, hi);
-        y[n + 3] = el_fast_out(a3, mult[per_channel ? n + 3 : 0], shift[per_channel ? n + 3 : 0],
-                               y_zp, lo, hi);
-    }
-    for (; n < N; ++n) {   /* the last 1-3 units: a pair's rows interleave, an odd last row is alone */
-        int paired = (n % 2 == 0) ? (n + 1 < N) : 1;
-        const int8_t *p = (n % 2 == 0) ? pw : pw + 4;
-        int step = paired ? 8 : 4;
-        int32_t a = b[n];
-        const int16_t *pc = col;
-        for (g = KP >> 2; g > 0; --g, pc += 4, p += step)
-            a += pc[0] * p[0] + pc[1] * p[2] + pc[2] * p[1] + pc[3] * p[3];
-        y[n] = el_fast_out(a, mult[per_channel ? n : 0], shift[per_channel ? n : 0], y_zp, lo, hi);
-        if (n % 2 == 1) pw += 2 * KP;
     }
 }
 
-static void k_fast_fc_s8(const int8_t *x, int8_t *y, const int32_t *w, const int32_t *b,
-                         const int32_t *mult, const int32_t *shift, int per_channel, int M,
-                         int K, int N, int y_zp, int lo, int hi)
+static EL_FAST_NOINLINE void k_fast_fc_s8(const int8_t *x, int8_t *y, const int32_t *w,
+                                          const int32_t *b, const int32_t *mult,
+                                          const int32_t *shift, int per_channel, int M,
+                                          int K, int N, int y_zp, int lo, int hi)
 {
     int KP = (K + 3) & ~3, i, k;
     EL_FAST_COL(col, (K + 3) & ~3);
