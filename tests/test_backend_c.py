@@ -252,11 +252,11 @@ def test_kws_header_and_no_float(mlperf_dir, kws_c):
     # convolutions after the first one run in place, the arena is the input (490) and the
     # first convolution's output (8,000), and it is the profiler's figure
     assert info["arena_size"] == 490 + 8000 == profile_model(model, latency=False)["peak_ram_bytes"]
-    # the first and the pointwise convolutions run the shape-specialised fast kernel
-    # (backends/c/fast.py), the depthwise ones conv_s8 in place
-    assert sorted(k for k in info["kernels"] if not k.startswith("fx")) == [
-        "conv_s8", "conv_s8_grp_ip", "fast_conv_s8", "fast_conv_s8_10x4s2x2", "fast_conv_s8_1x1s1x1",
-        "fast_fc_s8", "pool_s8", "softmax_s8"]
+    # the convolutions run backends/c/fast.py's kernels (the depthwise and pointwise ones in
+    # place), the small fully-connected layer fc_s8
+    assert {"fast_dw3x3_s8", "fast_conv_s8_10x4s2x2", "fast_conv_s8_1x1s1x1", "fc_s8",
+            "pool_s8", "softmax_s8"} <= set(info["kernels"])
+    assert not {"conv_s8", "conv_s8_pw_ip", "conv_s8_grp_ip"} & set(info["kernels"])
 
 
 def test_ad_score_and_tflm(mlperf_dir, ad_c):
@@ -315,7 +315,7 @@ def test_qdq_cnn_matches_reference_and_onnxruntime(digits, qdq_cnn):
     q, cm, info = qdq_cnn
     assert info["arena_size"] == profile_model(q, latency=False)["peak_ram_bytes"]
     # the residual Add of same-shape operands runs backends/c/fast.py's fast_add_s8
-    assert {"conv_s8", "fast_add_s8", "pool_s8", "fast_fc_s8", "softmax_s8"} <= set(info["kernels"])
+    assert {"fast_dw3x3_s8", "fast_add_s8", "pool_s8", "fc_s8", "softmax_s8"} <= set(info["kernels"])
     low = lower(q)
     got = cm.run(Xte)
     ref = np.concatenate([reference.run(low, Xte[i:i + 1])[0] for i in range(len(Xte))])
@@ -367,7 +367,7 @@ def test_qdq_cnn_per_kernel_within_one_step(digits, qdq_cnn):
                 if o in int8_outs:
                     d = np.abs(store[o].astype(np.int64) - vals[o].ravel().astype(np.int64))
                     worst[call.kernel] = max(worst.get(call.kernel, 0), int(d.max()))
-    assert {"conv_s8", "fast_conv_s8_3x3s1x1", "fast_add_s8", "pool_s8", "fast_fc_s8",
+    assert {"fast_dw3x3_s8", "fast_conv_s8_3x3s1x1", "fast_add_s8", "pool_s8", "fc_s8",
             "softmax_s8"} <= set(worst)
     assert max(worst.values()) <= 1, worst
 
@@ -422,7 +422,8 @@ def test_tiny_tflite_int8_kernels_match_tflm(tmp_path):
     ops = {n.op_type for n in model.graph.node}
     assert {"Pad", "Concat", "MaxPool", "AveragePool", "Add", "Transpose", "Softmax"} <= ops
     cm, info = build(model, tmp_path, "tiny")
-    assert {"add_s8", "pad_nd", "concat", "requant_s8", "copy_nd"} <= set(info["kernels"])
+    # the same-shape Add and the int8 NHWC -> NCHW transposes run backends/c/fast.py's kernels
+    assert {"fast_add_s8", "pad_nd", "concat", "requant_s8", "fast_transpose8"} <= set(info["kernels"])
     assert info["arena_size"] == profile_model(model, latency=False)["peak_ram_bytes"]
     interp = tflm(data)
     low = lower(model)

@@ -116,9 +116,9 @@ def test_odd_sizes_dsp_tails_bit_exact(tmp_path):
     model = load_tflite(path)
     out = tmp_path / "c"
     info = generate(model, out, "model")
-    # the depthwise conv stays conv_s8; the others and the fully-connected layer run the
-    # fast kernels of backends/c/fast.py (their odd tails: 6 -> 7 -> 5 channels, K = 210)
-    assert {"conv_s8", "fast_conv_s8_3x5s1x1", "fast_conv_s8_5x4s1x1", "fast_conv_s8_1x1s1x1",
+    # every layer runs a fast kernel of backends/c/fast.py (odd tails: 6 -> 7 -> 5
+    # channels, a stride-2 depthwise at an odd width, K = 210, 7 units)
+    assert {"fast_dw3x3_s8", "fast_conv_s8_3x5s1x1", "fast_conv_s8_5x4s1x1", "fast_conv_s8_1x1s1x1",
             "fast_fc_s8"} <= set(info["kernels"])
     host = CModel(compile_shared(out, "model", opt="-O2"), info)
     s, z = quant["x"]

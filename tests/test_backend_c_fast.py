@@ -41,7 +41,8 @@ def test_weight_layout_round_trip_keeps_the_bytes():
 def _residual_net():
     """32 -> 5 channels: a 3x3 stride-2 SAME conv (padding only bottom/right), a 3x3
     stride-1 conv to 7 channels, a 1x1 stride-2 shortcut, a residual Add, an odd 7-wide
-    map, then fully connected to 6 units (a block of 4 and a pair) and to 5 (4 and 1)."""
+    map, then fully connected to 7 units (a block of 4, a pair and an odd last one) and,
+    too small for the fast kernel (under 1024 weights), to 5 by fc_s8."""
     rng = np.random.default_rng(5)
     t = {
         "x": (1, 14, 14, 5),
@@ -49,8 +50,8 @@ def _residual_net():
         "w1": rng.normal(0, 0.3, (7, 3, 3, 7)), "b1": rng.normal(0, 0.2, 7), "c": (1, 7, 7, 7),
         "w2": rng.normal(0, 0.4, (7, 1, 1, 5)), "b2": rng.normal(0, 0.2, 7), "s": (1, 7, 7, 7),
         "y": (1, 7, 7, 7), "r": (1, 343),
-        "w3": rng.normal(0, 0.1, (6, 343)), "b3": rng.normal(0, 0.2, 6), "f": (1, 6),
-        "w4": rng.normal(0, 0.3, (5, 6)), "b4": rng.normal(0, 0.2, 5), "out": (1, 5),
+        "w3": rng.normal(0, 0.1, (7, 343)), "b3": rng.normal(0, 0.2, 7), "f": (1, 7),
+        "w4": rng.normal(0, 0.3, (5, 7)), "b4": rng.normal(0, 0.2, 5), "out": (1, 5),
     }
     ops = [
         ("CONV_2D", ["x", "w0", "b0"], "a", {"padding": "SAME", "stride": 2, "act": "RELU"}),
@@ -86,8 +87,8 @@ def residual(tmp_path_factory):
 def test_fast_kernels_bit_exact_with_tflite_micro(residual):
     model, data, out, info, inputs = residual
     assert {"fast_conv_s8_3x3s2x2", "fast_conv_s8_3x3s1x1", "fast_conv_s8_1x1s2x2", "fast_add_s8",
-            "fast_fc_s8"} <= set(info["kernels"])
-    assert not {"conv_s8", "add_s8", "fc_s8"} & set(info["kernels"])
+            "fast_fc_s8", "fast_transpose8"} <= set(info["kernels"])
+    assert not {"conv_s8", "add_s8"} & set(info["kernels"])
     host = CModel(compile_shared(out, "model", opt="-O2"), info)
     low = lower(model)
     interp = tflm(data)

@@ -25,7 +25,9 @@ from pathlib import Path
 import numpy as np
 
 KERNEL_DIR = Path(__file__).resolve().parent / "kernels" / "dsp"
-MAX_COL_BYTES = 8192   # the conv's column buffer lives on the stack: 2 pixels x K int16
+# the kernels' work buffers live on the stack (measured by --verify): a conv's two
+# pixels' taps as int16 and its padded input rows, a fully-connected row as int16
+MAX_STACK_BYTES = 8192
 INT32_MIN = -2 ** 31
 
 PROFILE_PRELUDE = """/* per-layer profile marks: empty unless built with -DEL_PROFILE_LAYERS (edgeloop's
@@ -105,19 +107,28 @@ def _file_kernel(name: str, deps: tuple[str, ...]) -> str:
 
 def _conv_wrapper(kh: int, kw: int, sh: int, sw: int) -> str:
     base = _file_kernel("fast_conv_s8", ("fx", "fx_dsp"))
+    taps = _register(f"fast_taps_{kh}x{kw}", (base,), f"""
+/* fast_conv_s8's im2col specialised for a {kh}x{kw} filter */
+static EL_FAST_NOINLINE void el_fast_taps_{kh}x{kw}(const int8_t *s, int16_t *q, int C, int W,
+        long hw, int KP)
+{{
+    el_fast_taps(s, q, C, W, hw, {kh}, {kw}, KP);
+}}
+""")
     name = f"fast_conv_s8_{kh}x{kw}s{sh}x{sw}"
     text = f"""
-/* fast_conv_s8 specialised for a {kh}x{kw} filter at stride {sh}x{sw} */
+/* fast_conv_s8 for a {kh}x{kw} filter at stride {sh}x{sw} */
 static void k_{name}(const int8_t *x, int8_t *y, const int32_t *w, const int32_t *b,
         const int32_t *mult, const int32_t *shift, int C, int H, int W, int M, int OH,
-        int OW, int PT, int PL, int x_zp, int y_zp, int lo, int hi)
+        int OW, int PT, int PL, int x_zp, int y_zp, int lo, int hi, int RB)
 {{
     EL_FAST_COL(col, 2 * ((C * {kh * kw} + 3) & ~3));
-    el_fast_conv_s8(x, y, (const int8_t *)w, b, mult, shift, col, C, H, W, M, OH, OW,
-                    {kh}, {kw}, {sh}, {sw}, PT, PL, x_zp, y_zp, lo, hi);
+    int8_t rows[RB];
+    el_fast_conv_s8(x, y, (const int8_t *)w, b, mult, shift, col, rows, el_fast_taps_{kh}x{kw},
+                    C, H, W, M, OH, OW, {kh}, {kw}, {sh}, {sw}, PT, PL, x_zp, y_zp, lo, hi);
 }}
 """
-    return _register(name, (base,), text)
+    return _register(name, (taps,), text)
 
 
 # ---------------------------------------------------------------- weight layouts
@@ -145,13 +156,25 @@ def conv_weights(w: np.ndarray) -> np.ndarray:
 
 # ---------------------------------------------------------------- selection
 
+def _bad_requant(mult, shift) -> bool:
+    """el_fast_mbqm's preconditions fail: a multiplier INT32_MIN or a right shift over 31."""
+    return bool(np.any(np.asarray(mult) == INT32_MIN) or np.any(np.asarray(shift) < -31))
+
+
 def lower_conv(lw, name, x, y, w, bias, mult, shift, xs, ys, g, G, scheme, x_zp, y_zp, lo, hi) -> bool:
-    """Emit fast_conv_s8 for an int8 Conv when it applies; False leaves it to conv_s8."""
+    """Emit fast_conv_s8 (or fast_dw3x3_s8) for an int8 Conv when it applies; False leaves
+    it to conv_s8."""
+    if _lower_depthwise(lw, name, x, y, w, bias, mult, shift, xs, g, G, scheme, x_zp, y_zp, lo, hi):
+        return True
     if G != 1 or g["DH"] != 1 or g["DW"] != 1 or xs[0] != 1 or w.ndim != 4:
         return False
     M, C, KH, KW = (int(v) for v in w.shape)
     kp = (C * KH * KW + 3) & ~3
-    if 4 * kp > MAX_COL_BYTES or np.any(mult == INT32_MIN):
+    SH, SW, OH, OW = int(g["SH"]), int(g["SW"]), int(g["OH"]), int(g["OW"])
+    inside = (g["PT"] == 0 and g["PL"] == 0 and (OH - 1) * SH + KH <= g["H"]
+              and (OW - 1) * SW + KW <= g["W"])
+    rows = 1 if inside else C * KH * ((OW - 1) * SW + KW)   # the padded input rows
+    if 4 * kp + rows > MAX_STACK_BYTES or _bad_requant(mult, shift):
         return False
     if scheme == "conv_pixels":
         # in place: only the pointwise case where every pair of pixels is read before
@@ -169,13 +192,36 @@ def lower_conv(lw, name, x, y, w, bias, mult, shift, xs, ys, g, G, scheme, x_zp,
     lw.emit(kernel, [("in", x), ("out", y), ("const", conv_weights(w)),
                      ("const", folded.astype(np.int32)), ("const", mult), ("const", shift)]
             + [("int", int(v)) for v in (C, g["H"], g["W"], M, g["OH"], g["OW"], g["PT"], g["PL"],
-                                         x_zp, y_zp, lo, hi)], name, "Conv")
+                                         x_zp, y_zp, lo, hi, rows)], name, "Conv")
+    return True
+
+
+def _lower_depthwise(lw, name, x, y, w, bias, mult, shift, xs, g, G, scheme, x_zp, y_zp, lo, hi) -> bool:
+    """A 3x3 depthwise conv (multiplier 1, stride 1 or 2, dilation 1), in place or not."""
+    C = int(xs[1])
+    if (G != C or w.shape != (C, 1, 3, 3) or xs[0] != 1 or g["DH"] != 1 or g["DW"] != 1
+            or g["SH"] != g["SW"] or g["SH"] not in (1, 2) or scheme not in ("", None, "conv_groups")
+            or ((g["OH"] - 1) * g["SH"] + 3) * (((g["OW"] - 1) * g["SH"] + 7) & ~3) > MAX_STACK_BYTES
+            or _bad_requant(mult, shift)):
+        return False
+    b = bias[1].astype(np.int64) if bias[0] == "const" else np.zeros(C, np.int64)
+    folded = b - int(x_zp) * w.reshape(C, -1).astype(np.int64).sum(axis=1)
+    if np.any(folded < INT32_MIN) or np.any(folded > 2 ** 31 - 1):
+        return False
+    _file_kernel("fast_conv_s8", ("fx", "fx_dsp"))
+    kernel = _file_kernel("fast_dw3x3_s8", ("fast_conv_s8",))
+    scratch = lw._scratch_arg() if scheme == "conv_groups" else ("null",)
+    lw.emit(kernel, [("in", x), ("out", y), ("const", np.ascontiguousarray(w)),
+                     ("const", folded.astype(np.int32)), ("const", mult), ("const", shift)]
+            + [("int", int(v)) for v in (C, g["H"], g["W"], g["OH"], g["OW"], g["SH"], g["PT"], g["PL"],
+                                         x_zp, y_zp, lo, hi)] + [scratch], name, "Conv")
     return True
 
 
 def lower_add(lw, name, ops, y, ys, q) -> bool:
     """Emit fast_add_s8 for an int8 Add of two activations of the output's shape."""
-    if any(op[0][0] != "in" or tuple(op[3]) != tuple(ys) for op in ops):
+    if any(op[0][0] != "in" or tuple(op[3]) != tuple(ys) for op in ops) \
+            or _bad_requant(q[[3, 5, 7]], q[[4, 6, 8]]):
         return False
     _file_kernel("fast_conv_s8", ("fx", "fx_dsp"))
     kernel = _file_kernel("fast_add_s8", ("fast_conv_s8",))
@@ -213,6 +259,16 @@ def reference_kernel(name: str):
             one = np.array([1], np.int32)
             ref.add_s8(a, b, y, n, 1, np.array([n], np.int32), one, one, q)
         return add
+    if name == "fast_transpose8":
+        def transpose(x, y, R, S):
+            y[:R * S] = x[:R * S].reshape(S, R).T.ravel()
+        return transpose
+    if name == "fast_dw3x3_s8":
+        def dw(x, y, w, b, mult, shift, C, H, W, OH, OW, S, PT, PL, x_zp, y_zp, lo, hi, _s):
+            bias = b.astype(np.int64) + int(x_zp) * w.reshape(C, -1).astype(np.int64).sum(axis=1)
+            ref.conv_s8(x, y, w.reshape(C, 1, 3, 3), bias, mult, shift, C, H, W, C, OH, OW, 3, 3, S, S,
+                        PT, PL, 1, 1, C, x_zp, y_zp, lo, hi)
+        return dw
     if name == "fast_fc_s8":
         def fc(x, y, w, b, mult, shift, per, M, K, N, y_zp, lo, hi):
             wn = conv_weights_inverse(w, N, K, 1, 1).reshape(N, K)
@@ -222,7 +278,7 @@ def reference_kernel(name: str):
         return None
     kh, kw, sh, sw = (int(v) for v in name[len("fast_conv_s8_"):].replace("s", "x").split("x"))
 
-    def conv(x, y, w, b, mult, shift, C, H, W, M, OH, OW, PT, PL, x_zp, y_zp, lo, hi):
+    def conv(x, y, w, b, mult, shift, C, H, W, M, OH, OW, PT, PL, x_zp, y_zp, lo, hi, _rows):
         wt = conv_weights_inverse(w, M, C, kh, kw)
         bias = b.astype(np.int64) + int(x_zp) * wt.reshape(M, -1).astype(np.int64).sum(axis=1)
         ref.conv_s8(x, y, wt, bias, mult, shift, C, H, W, M, OH, OW, kh, kw, sh, sw, PT, PL, 1, 1, 1,
@@ -234,7 +290,8 @@ def lower_fc(lw, name, x, y, wn, bias, mult, shift, per, M, K, N, y_zp, lo, hi) 
     """Emit fast_fc_s8 for an int8 fully-connected layer (``wn``: [N, K], ``bias`` already
     holding b - x_zp * sum(w)); False leaves it to fc_s8."""
     kp = (K + 3) & ~3
-    if 2 * kp > MAX_COL_BYTES or np.any(mult == INT32_MIN):
+    # a layer under 1024 weights stays with fc_s8: too small to pay for a second kernel's code
+    if K * N < 1024 or 2 * kp > MAX_STACK_BYTES or _bad_requant(mult, shift):
         return False
     _file_kernel("fast_conv_s8", ("fx", "fx_dsp"))
     kernel = _file_kernel("fast_fc_s8", ("fast_conv_s8",))
@@ -242,4 +299,31 @@ def lower_fc(lw, name, x, y, wn, bias, mult, shift, per, M, K, N, y_zp, lo, hi) 
                      ("const", mult), ("const", shift)]
             + [("int", int(v)) for v in (per, M, K, N, y_zp, lo, hi)], name,
             lw.a.nodes[lw.step.main].op_type)
+    return True
+
+
+def _merged_dims(shape, strides) -> list[tuple[int, int]]:
+    """(size, stride) of a strided copy's output dims, size-1 dims dropped and
+    neighbours that walk the input contiguously merged."""
+    dims = [(int(n), int(s)) for n, s in zip(shape, strides) if int(n) != 1]
+    out: list[tuple[int, int]] = []
+    for n, s in dims:
+        if out and out[-1][1] == s * n:
+            out[-1] = (out[-1][0] * n, s)
+        else:
+            out.append((n, s))
+    return out
+
+
+def lower_copy(lw, name, op, x, y, shape, strides, x0) -> bool:
+    """Emit fast_transpose8 for a one-byte copy that is a 2-D transpose; False leaves it
+    to copy_nd."""
+    dims = _merged_dims(shape, strides)
+    if lw.is_static(x) or x0 or lw._esize(y) != 1 or len(dims) != 2:
+        return False
+    (R, sr), (S, ss) = dims
+    if sr != 1 or ss != R:
+        return False
+    kernel = _file_kernel("fast_transpose8", ())
+    lw.emit(kernel, [("in", x), ("out", y), ("int", R), ("int", S)], name, op)
     return True

@@ -621,6 +621,8 @@ class Lowerer:
     def _copy(self, node, name, x, y, shape, strides, x0=0):
         shape = list(shape) or [1]
         strides = list(strides) or [0]
+        if fast.lower_copy(self, name, node.op_type, x, y, shape, strides, x0):
+            return
         self.emit("copy_nd", [self.operand(x), ("out", y), ("int", self._esize(y)),
                               ("int", int(np.prod(shape))), ("int", len(shape)),
                               ("const", _i32(shape)), ("const", _i32(strides)), ("int", int(x0))],

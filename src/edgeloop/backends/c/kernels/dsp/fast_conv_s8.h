@@ -22,7 +22,7 @@
 #define EL_FAST_CONV_S8_H
 
 #if defined(__GNUC__)
-#define EL_FAST_NOINLINE __attribute__((noinline))
+#define EL_FAST_NOINLINE __attribute__((noinline, unused))
 #else
 #define EL_FAST_NOINLINE
 #endif
@@ -32,14 +32,14 @@
  * 2^31 rounding toward zero; for a product -k < 0 that is -floor((k + 2^30 - 1) / 2^31),
  * which equals floor((2^30 - k) / 2^31), the arithmetic shift of (product + 2^30) by 31.
  * The one saturating case (both factors INT32_MIN) cannot occur: the export checks that
- * no multiplier is INT32_MIN. */
+ * no multiplier is INT32_MIN, and that no right shift exceeds 31 (32-bit masks). */
 static EL_INLINE int32_t el_fast_mbqm(int32_t x, int32_t m, int shift)
 {
     int left = shift > 0 ? shift : 0;
     int right = shift > 0 ? 0 : -shift;
     int64_t p = (int64_t)(int32_t)((uint32_t)x << left) * m + ((int64_t)1 << 30);
     int32_t h = (int32_t)(p >> 31);
-    int32_t mask = (int32_t)(((int64_t)1 << right) - 1);
+    int32_t mask = (int32_t)((1u << right) - 1u);   /* right <= 31: checked at export */
     int32_t rem = h & mask;
     int32_t thr = (mask >> 1) + (h < 0 ? 1 : 0);
     return (h >> right) + (rem > thr ? 1 : 0);
@@ -50,35 +50,71 @@ static EL_INLINE int8_t el_fast_out(int32_t acc, int32_t m, int shift, int y_zp,
     return (int8_t)el_clamp(el_fast_mbqm(acc, m, shift) + y_zp, lo, hi);
 }
 
-/* One pixel's taps into the column buffer (every other pair of int16: the caller
- * passes col for pixel A, col + 2 for pixel B). iy0, ix0: the window's top-left
- * corner in the input, maybe outside it; taps outside read x_zp. */
-static EL_INLINE void el_fast_im2col(const int8_t *x, int16_t *col, int C, int H, int W,
-                                     int KH, int KW, int KP, int iy0, int ix0, int x_zp)
+/* Two int16 in one word, a in the low half (PKHBT), stored through memcpy (one STR). */
+#define EL_FAST_PACK(a, b) \
+    ((int32_t)(((uint32_t)(uint16_t)(int16_t)(a)) | ((uint32_t)(uint16_t)(int16_t)(b) << 16)))
+
+static EL_INLINE void el_fast_st32(int16_t *p, int32_t v)
 {
-    long hw = (long)H * W;
-    int c, ky, kx, k = 0;
-    if (iy0 >= 0 && ix0 >= 0 && iy0 + KH <= H && ix0 + KW <= W) {
-        const int8_t *xc = x + (long)iy0 * W + ix0;
-        for (c = 0; c < C; ++c, xc += hw) {
-            const int8_t *r = xc;
+    memcpy(p, &v, 4);
+}
+
+/* One pixel's taps into the column buffer, from a window wholly inside src (rows of W
+ * bytes, channel planes hw bytes apart; s: the window's top-left tap of channel 0). The
+ * pixel's pairs of taps go to every other word: q is col for pixel A, col + 2 for B.
+ * Taps from KP - (K rounded up to even) on are zero. 3x3 filters take two channels (18
+ * taps, 9 pairs) per step, 1x1 two channels, an even KW pairs along the row. */
+static EL_INLINE void el_fast_taps(const int8_t *s, int16_t *q, int C, int W, long hw, int KH,
+                                   int KW, int KP)
+{
+    int16_t *end = q + 2 * KP;
+    int c, ky, kx;
+    if (KH == 3 && KW == 3) {
+        for (c = 0; c + 2 <= C; c += 2, s += 2 * hw, q += 36) {
+            const int8_t *s1 = s + W, *s2 = s + 2 * W, *u = s + hw;
+            const int8_t *u1 = u + W, *u2 = u + 2 * W;
+            el_fast_st32(q, EL_FAST_PACK(s[0], s[1]));
+            el_fast_st32(q + 4, EL_FAST_PACK(s[2], s1[0]));
+            el_fast_st32(q + 8, EL_FAST_PACK(s1[1], s1[2]));
+            el_fast_st32(q + 12, EL_FAST_PACK(s2[0], s2[1]));
+            el_fast_st32(q + 16, EL_FAST_PACK(s2[2], u[0]));
+            el_fast_st32(q + 20, EL_FAST_PACK(u[1], u[2]));
+            el_fast_st32(q + 24, EL_FAST_PACK(u1[0], u1[1]));
+            el_fast_st32(q + 28, EL_FAST_PACK(u1[2], u2[0]));
+            el_fast_st32(q + 32, EL_FAST_PACK(u2[1], u2[2]));
+        }
+        if (c < C) {
+            const int8_t *s1 = s + W, *s2 = s + 2 * W;
+            el_fast_st32(q, EL_FAST_PACK(s[0], s[1]));
+            el_fast_st32(q + 4, EL_FAST_PACK(s[2], s1[0]));
+            el_fast_st32(q + 8, EL_FAST_PACK(s1[1], s1[2]));
+            el_fast_st32(q + 12, EL_FAST_PACK(s2[0], s2[1]));
+            el_fast_st32(q + 16, EL_FAST_PACK(s2[2], 0));
+            q += 20;
+        }
+    } else if (KH == 1 && KW == 1) {
+        for (c = 0; c + 2 <= C; c += 2, s += 2 * hw, q += 4) el_fast_st32(q, EL_FAST_PACK(s[0], s[hw]));
+        if (c < C) {
+            el_fast_st32(q, EL_FAST_PACK(s[0], 0));
+            q += 4;
+        }
+    } else if (KW % 2 == 0) {
+        for (c = 0; c < C; ++c, s += hw) {
+            const int8_t *r = s;
             for (ky = 0; ky < KH; ++ky, r += W)
-                for (kx = 0; kx < KW; ++kx, ++k) col[2 * k - (k & 1)] = r[kx];
+                for (kx = 0; kx < KW; kx += 2, q += 4) el_fast_st32(q, EL_FAST_PACK(r[kx], r[kx + 1]));
         }
     } else {
-        for (c = 0; c < C; ++c) {
-            for (ky = 0; ky < KH; ++ky) {
-                int iy = iy0 + ky;
-                const int8_t *r = x + c * hw + (long)iy * W;
-                for (kx = 0; kx < KW; ++kx, ++k) {
-                    int ix = ix0 + kx;
-                    col[2 * k - (k & 1)] = (int16_t)((iy >= 0 && iy < H && ix >= 0 && ix < W)
-                                                     ? r[ix] : x_zp);
-                }
-            }
+        int k = 0;
+        for (c = 0; c < C; ++c, s += hw) {
+            const int8_t *r = s;
+            for (ky = 0; ky < KH; ++ky, r += W)
+                for (kx = 0; kx < KW; ++kx, ++k) q[2 * k - (k & 1)] = r[kx];
         }
+        if (k & 1) q[2 * k - 1] = 0;   /* the second half of the last pair */
+        q += 2 * (k + (k & 1));
     }
-    for (; k < KP; ++k) col[2 * k - (k & 1)] = 0;
+    for (; q < end; q += 4) el_fast_st32(q, 0);
 }
 
 #if defined(__GNUC__)
@@ -162,35 +198,81 @@ static EL_FAST_NOINLINE void el_fast_gemm_s8(const int16_t *col, const int8_t *w
 }
 
 /* The whole convolution, x [C, H, W] -> y [M, OH, OW]. col: 2 * KP int16 (4-byte
- * aligned). An odd last pixel runs as pixel A and B of one pair, its second output
- * going to a dummy byte. Pixels are taken in output order, a pair may span two rows.
- * y may be x itself for a 1x1 stride-1 convolution without padding and M <= C: a pair's
- * outputs are written after its inputs were read, at the same pixels. */
-static EL_INLINE void el_fast_conv_s8(const int8_t *x, int8_t *y, const int8_t *w,
-                                      const int32_t *b, const int32_t *mult,
-                                      const int32_t *shift, int16_t *col, int C, int H, int W,
-                                      int M, int OH, int OW, int KH, int KW, int SH, int SW,
-                                      int PT, int PL, int x_zp, int y_zp, int lo, int hi)
+ * aligned, EL_FAST_COL declares it). When every window lies inside the input, pixels
+ * are taken in pairs in output order (a pair may span two rows) straight from x; y may
+ * then be x itself for a 1x1 stride-1 convolution with M <= C (a pair's outputs are
+ * written after its inputs were read, at the same pixels). Otherwise, per output row,
+ * the KH input rows of every channel are first copied into rows (C * KH * WR bytes,
+ * WR = (OW - 1) * SW + KW) with x_zp in the padding, and the windows read from there;
+ * pairs then stay within the row. An odd last pixel runs as both pixels of a pair, its
+ * second output going to a spare byte. taps: el_fast_taps for this KH x KW (one
+ * out-of-line copy per filter shape, see backends/c/fast.py). */
+typedef void (*el_fast_taps_fn)(const int8_t *s, int16_t *q, int C, int W, long hw, int KP);
+
+static EL_FAST_NOINLINE void el_fast_conv_s8(const int8_t *x, int8_t *y, const int8_t *w,
+                                             const int32_t *b, const int32_t *mult,
+                                             const int32_t *shift, int16_t *col, int8_t *rows,
+                                             el_fast_taps_fn taps, int C, int H, int W, int M,
+                                             int OH, int OW, int KH, int KW, int SH, int SW,
+                                             int PT, int PL, int x_zp, int y_zp, int lo, int hi)
 {
     int KP = (C * KH * KW + 3) & ~3;
-    long n = (long)OH * OW, p;
-    int oy = 0, ox = 0;
+    long n = (long)OH * OW, hw = (long)H * W, p;
+    int oy, ox, c, ky;
     int8_t spare[2];
-    for (p = 0; p < n; p += 2) {
-        int oyb = oy, oxb = ox + 1;
-        if (oxb == OW) { oxb = 0; ++oyb; }
-        el_fast_im2col(x, col, C, H, W, KH, KW, KP, oy * SH - PT, ox * SW - PL, x_zp);
-        if (p + 1 < n) {
-            el_fast_im2col(x, col + 2, C, H, W, KH, KW, KP, oyb * SH - PT, oxb * SW - PL, x_zp);
-            el_fast_gemm_s8(col, w, KP, b, mult, shift, M, y + p, y + p + 1, n, n, y_zp, lo,
-                            hi);
-        } else {
-            el_fast_im2col(x, col + 2, C, H, W, KH, KW, KP, oy * SH - PT, ox * SW - PL, x_zp);
-            el_fast_gemm_s8(col, w, KP, b, mult, shift, M, y + p, spare, n, 0, y_zp, lo, hi);
+    if (PT == 0 && PL == 0 && (OH - 1) * SH + KH <= H && (OW - 1) * SW + KW <= W) {
+        oy = ox = 0;
+        for (p = 0; p < n; p += 2) {
+            int oyb = oy, oxb = ox + 1;
+            if (oxb == OW) { oxb = 0; ++oyb; }
+            taps(x + (long)oy * SH * W + ox * SW, col, C, W, hw, KP);
+            if (p + 1 < n) {
+                taps(x + (long)oyb * SH * W + oxb * SW, col + 2, C, W, hw, KP);
+                el_fast_gemm_s8(col, w, KP, b, mult, shift, M, y + p, y + p + 1, n, n, y_zp,
+                                lo, hi);
+            } else {
+                taps(x + (long)oy * SH * W + ox * SW, col + 2, C, W, hw, KP);
+                el_fast_gemm_s8(col, w, KP, b, mult, shift, M, y + p, spare, n, 0, y_zp, lo, hi);
+            }
+            ox = oxb + 1;
+            oy = oyb;
+            if (ox == OW) { ox = 0; ++oy; }
         }
-        ox = oxb + 1;
-        oy = oyb;
-        if (ox == OW) { ox = 0; ++oy; }
+        return;
+    }
+    {
+        int WR = (OW - 1) * SW + KW;
+        long hr = (long)KH * WR;
+        int left = PL < WR ? PL : WR;
+        int copy = W < WR - left ? W : WR - left;
+        for (oy = 0; oy < OH; ++oy) {
+            int8_t *yr = y + (long)oy * OW;
+            for (c = 0; c < C; ++c) {
+                for (ky = 0; ky < KH; ++ky) {
+                    int8_t *dst = rows + c * hr + (long)ky * WR;
+                    int iy = oy * SH - PT + ky;
+                    if (iy < 0 || iy >= H) {
+                        memset(dst, x_zp, (size_t)WR);
+                        continue;
+                    }
+                    memset(dst, x_zp, (size_t)left);
+                    memcpy(dst + left, x + c * hw + (long)iy * W, (size_t)copy);
+                    memset(dst + left + copy, x_zp, (size_t)(WR - left - copy));
+                }
+            }
+            for (ox = 0; ox < OW; ox += 2) {
+                taps(rows + ox * SW, col, C, WR, hr, KP);
+                if (ox + 1 < OW) {
+                    taps(rows + (ox + 1) * SW, col + 2, C, WR, hr, KP);
+                    el_fast_gemm_s8(col, w, KP, b, mult, shift, M, yr + ox, yr + ox + 1, n, n,
+                                    y_zp, lo, hi);
+                } else {
+                    taps(rows + ox * SW, col + 2, C, WR, hr, KP);
+                    el_fast_gemm_s8(col, w, KP, b, mult, shift, M, yr + ox, spare, n, 0, y_zp,
+                                    lo, hi);
+                }
+            }
+        }
     }
 }
 
