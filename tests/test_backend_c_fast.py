@@ -126,3 +126,33 @@ def test_fast_kernels_on_cortex_m4_with_layer_profile(residual, tmp_path):
     # the 2x2 SMLAD tiles on these tiny 7-channel maps (the generic conv_s8 spends 8-10
     # instructions per MAC on such layers)
     assert all(r["instructions_per_mac"] < 6 for r in convs[:2]), [r["instructions_per_mac"] for r in convs]
+
+
+def test_export_verify_reports_instructions_per_layer(residual, tmp_path):
+    import json
+    import subprocess
+
+    if TOOLS["missing"]:
+        msg = f"Cortex-M toolchain missing: {TOOLS['missing']} ({TOOLS['install']})"
+        if os.environ.get("CI"):
+            pytest.fail(msg)
+        pytest.skip(msg)
+    _, data, _, _, _ = residual
+    (tmp_path / "net.tflite").write_bytes(data)
+
+    def export(out, *extra):
+        return subprocess.run([sys.executable, "-m", "edgeloop", "export", str(tmp_path / "net.tflite"),
+                               "--target", "stm32l4r5", "-o", str(tmp_path / out), "--verify", *extra],
+                              capture_output=True, text=True, timeout=300)
+
+    r = export("j", "--json")
+    assert r.returncode == 0, r.stderr
+    v = json.loads(r.stdout)["verify"]
+    assert v["outputs_match"] is True and v["instructions_per_inference"] > 0
+    ops = [row["op"] for row in v["layers"]]
+    assert ops.count("Conv") == 3 and ops.count("Add") == 1 and ops.count("Gemm") == 2
+    assert set(v["layers"][0]) == {"name", "op", "kernel", "macs", "instructions", "instructions_per_mac"}
+    assert sum(row["instructions"] for row in v["layers"]) < v["instructions_per_inference"]
+    t = export("t")
+    assert t.returncode == 0, t.stderr
+    assert "instructions per layer" in t.stdout and "fast_conv_s8_3x3s2x2" in t.stdout
