@@ -8,14 +8,23 @@ call in here at a few marked places:
   macro is empty unless the model is compiled with ``-DEL_PROFILE_LAYERS`` (the
   Cortex-M profile build of ``cortexm.py``), so normal builds are unchanged.
 - :func:`layer_table`: one entry per kernel call (name, op, kernel, MACs) for the profile.
-- :func:`lower_conv` and :func:`lower_add` (called first by ``Lowerer.q_Conv`` and
-  ``Lowerer.q_Add``): pick a fast kernel for a layer when it applies, write its
-  weights in the kernel's access order (the same bytes, reordered once here) and
-  emit the call; they return False to leave the layer to the generic kernels.
+- :func:`lower_conv`, :func:`lower_fc`, :func:`lower_add`, :func:`lower_copy` (called
+  first by ``Lowerer.q_Conv``, ``Lowerer._fc``, ``Lowerer.q_Add``, ``Lowerer._copy``):
+  pick a fast kernel for a layer when it applies, write its weights in the kernel's
+  access order (the same bytes, reordered once here; K padded to a multiple of 4) and
+  fold the input zero point into the bias, then emit the call; they return False to
+  leave the layer to the generic kernels. Kernels: ``fast_conv_s8`` (any KHxKW, one
+  group: an im2col of two pixels and a 2x2 SMLAD tile), ``fast_dw3x3_s8`` (3x3
+  depthwise, stride 1 or 2, in place too), ``fast_fc_s8``, ``fast_add_s8`` (same shapes),
+  ``fast_transpose8`` (an int8 NHWC input to NCHW).
+- :func:`reference_kernel` (called by ``reference.execute``): each fast kernel's numpy
+  definition, which undoes the layout and runs the generic kernel's reference.
 
 The C lives in ``kernels/dsp/fast_*.h`` (one file per kernel, DSP and portable paths
-side by side); a thin wrapper per kernel shape class (``KHxKW`` and stride, which the
-compiler then specialises the loops on) is written here.
+side by side); a thin wrapper per kernel shape class (``KHxKW`` and stride, on which
+the compiler specialises the im2col) is written here. The requantisation is TFLite's,
+bit for bit (``el_fast_mbqm``); the kernels' work buffers are on the stack, which
+``--verify`` measures.
 """
 
 from __future__ import annotations
