@@ -25,8 +25,8 @@ import numpy as np
 import onnx
 from onnx import helper, numpy_helper
 
-from edgeloop.errors import EdgeloopError, UnsupportedOperatorError
 from edgeloop.backends.c import fast
+from edgeloop.errors import EdgeloopError, UnsupportedOperatorError
 
 CTYPES = {"float32": "float", "int8": "int8_t", "uint8": "uint8_t", "int32": "int32_t",
           "int64": "int64_t", "bool": "uint8_t", "int16": "int16_t", "float64": "double"}
@@ -1064,7 +1064,8 @@ class Lowerer:
         g = self._conv_geometry(mnode, name, xs, w.shape, ys)
         G = int(g["at"].get("group", 1))
         scheme = self._inplace_conv(x, y)
-        if fast.lower_conv(self, name, x, y, w, bias, mult, shift, xs, ys, g, G, scheme, x_zp, yq[1], lo, hi):
+        if fast.lower_conv(self, name, x, y, w, bias, mult, shift, xs, ys, g, G, scheme, x_zp, yq[1],
+                           lo, hi):
             return
         head = [("in", x), ("out", y), ("const", np.ascontiguousarray(w)), bias, ("const", mult),
                 ("const", shift)]
