@@ -368,12 +368,16 @@ def verify(out_dir: Path, prefix: str, info: dict, inputs: list[np.ndarray], exp
         elf = build_firmware(out_dir, prefix, inputs, wd)
         sizes = model_size(wd)
         result = run_firmware(elf, timeout=timeout)
-        layers = None
+        layers = layers_error = None
         if profile_layers and info.get("layers"):
-            pdir = wd / "profile"
-            pelf = build_firmware(out_dir, prefix, inputs[:1], pdir, profile_layers=len(info["layers"]))
-            prun = run_firmware(pelf, timeout=timeout)
-            layers = _layer_rows(info["layers"], prun.layer_instructions or [])
+            # a failing profile build must not hide the measured run: it is reported beside it
+            try:
+                pdir = wd / "profile"
+                pelf = build_firmware(out_dir, prefix, inputs[:1], pdir, profile_layers=len(info["layers"]))
+                prun = run_firmware(pelf, timeout=timeout)
+                layers = _layer_rows(info["layers"], prun.layer_instructions or [])
+            except EdgeloopError as e:
+                layers_error = f"the per-layer profile failed: {e}"
     if any(result.return_codes):
         raise EdgeloopError(f"{prefix}_run returned {result.return_codes} on the emulated {CPU}")
     matches, diffs = [], []
@@ -414,6 +418,7 @@ def verify(out_dir: Path, prefix: str, info: dict, inputs: list[np.ndarray], exp
         "matches": sum(matches),
         "max_abs_diff": max(diffs) if diffs else 0.0,
         **({"layers": layers} if layers is not None else {}),
+        **({"layers_error": layers_error} if layers_error else {}),
     }
 
 
