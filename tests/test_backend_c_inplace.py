@@ -185,7 +185,9 @@ def test_int8_chain_plan_by_hand_and_bit_exact(tmp_path):
     assert p.peak_bytes == act + 16 * 2
     assert plan_model(m, inplace=False).peak_bytes == 2 * act
     info = _check_int8(m, tmp_path, "q", [1, 16, 5, 5])
-    assert {"conv_s8_pw_ip", "conv_s8_grp_ip"} <= set(info["kernels"])
+    # both run in place in backends/c/fast.py's kernels (the pointwise reads two pixels, then
+    # writes them; the depthwise computes each plane into the planned scratch)
+    assert {"fast_conv_s8_1x1s1x1", "fast_dw3x3_s8"} <= set(info["kernels"])
 
 
 @pytest.mark.parametrize("case", [
@@ -204,8 +206,14 @@ def test_int8_conv_inplace_bit_exact(case, tmp_path):
     assert _schemes(m) == [scheme]
     info = _check_int8(m, tmp_path, "q", [1, cin, 6, 6])
     used = {k for k in info["kernels"] if k.endswith("_ip")}
-    assert used == ({"conv_pixels": {"conv_s8_pw_ip"}, "conv_groups": {"conv_s8_grp_ip"}}[scheme]
-                    if scheme else set())
+    # 3x3 depthwise and pointwise convs run in place in backends/c/fast.py's kernels
+    fast_ip = {"conv_pixels": "fast_conv_s8_1x1s1x1", "conv_groups": "fast_dw3x3_s8"}.get(scheme)
+    if fast_ip and fast_ip in info["kernels"]:
+        # the generic in-place kernel is only the fallback of cores without the DSP extension
+        assert fast_ip in {r["kernel"] for r in info["layers"]}
+    else:
+        assert used == ({"conv_pixels": {"conv_s8_pw_ip"}, "conv_groups": {"conv_s8_grp_ip"}}[scheme]
+                        if scheme else set())
 
 
 def test_int8_add_and_relu_run_in_place(tmp_path):

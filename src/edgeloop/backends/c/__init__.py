@@ -43,11 +43,12 @@ def _cc() -> str:
     return cc
 
 
-def compile_shared(out_dir, prefix: str = "model", opt: str = "-O2") -> Path:
-    """Build ``lib<prefix>.so`` from the generated source (strict warnings as errors)."""
+def compile_shared(out_dir, prefix: str = "model", opt: str = "-O2", fast: bool = False) -> Path:
+    """Build ``lib<prefix>.so`` from the generated source (strict warnings as errors);
+    ``fast``: the fast kernels' portable C instead of the generic kernels (-DEL_FAST_KERNELS)."""
     out_dir = Path(out_dir)
     lib = out_dir / f"lib{prefix}.so"
-    cmd = [_cc(), *CFLAGS, opt, "-shared", "-fPIC", "-o", str(lib), str(out_dir / f"{prefix}.c"), "-lm"]
+    cmd = [_cc(), *CFLAGS, opt, *(["-DEL_FAST_KERNELS"] if fast else []), "-shared", "-fPIC", "-o", str(lib), str(out_dir / f"{prefix}.c"), "-lm"]
     r = subprocess.run(cmd, capture_output=True, text=True)
     if r.returncode != 0:
         raise EdgeloopError(f"the generated C did not compile: {r.stderr.strip()[:2000]}")

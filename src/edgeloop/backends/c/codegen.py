@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import onnx
 
-from edgeloop.backends.c import kernel_lib
+from edgeloop.backends.c import fast, kernel_lib
 from edgeloop.backends.c.callargs import NP_C, array_text, float_lit, int_lit, resolve
 from edgeloop.backends.c.lower import CTYPES, Lowered
 from edgeloop.errors import UsageError
@@ -104,15 +104,19 @@ def render(model: onnx.ModelProto, prefix: str = "model"):
         ptr = f"(({q}{ct} *)(el_arena.bytes + {base}))"
         return ptr if not off else f"({ptr} + {off})"
 
+    guard = [""]                    # "", "fast" or "gen": which build uses the call being printed
+    const_guards: dict[str, set] = {}
+
     def const_ptr(arr: np.ndarray) -> str:
         key = id(arr)
         if key not in const_names:
             arr = np.ascontiguousarray(arr)
             nm = f"el_c{len(consts)}"
             ct = NP_C[arr.dtype]
-            consts.append(f"static const {ct} {nm}[{max(arr.size, 1)}] = {{\n{array_text(arr)}\n}};\n")
+            consts.append((nm, f"static const {ct} {nm}[{max(arr.size, 1)}] = {{\n{array_text(arr)}\n}};\n"))
             const_names[key] = nm
             keep.append(arr)
+        const_guards.setdefault(const_names[key], set()).add(guard[0])
         return const_names[key]
 
     keep: list = []
@@ -131,7 +135,9 @@ def render(model: onnx.ModelProto, prefix: str = "model"):
         "const": const_ptr, "null": lambda: "0", "scratch": scratch_array,
         "int": int_lit, "float": float_lit,
     }
-    for call in low.calls:
+    kernel_guards: dict[str, set] = {}
+
+    def call_text(call) -> str:
         kname = call.kernel
         if kname.startswith("cast:"):
             _, s, d = kname.split(":")
@@ -141,14 +147,33 @@ def render(model: onnx.ModelProto, prefix: str = "model"):
         else:
             if kname not in used:
                 used.append(kname)
+            kernel_guards.setdefault(kname, set()).add(guard[0])
             fname = "k_" + kname
         args = resolve(call, handlers)
-        body.append(f"    /* {call.name} ({call.op}) */\n    {fname}({', '.join(args)});\n")
+        return f"    {fname}({', '.join(args)});\n"
+
+    for call in low.calls:
+        if call.alt is None:
+            guard[0] = ""
+            text = call_text(call)
+        else:   # a fast kernel on DSP cores, the generic one elsewhere (fast.FAST_PRELUDE)
+            guard[0] = "fast"
+            text = "#if EL_FAST\n" + call_text(call)
+            guard[0] = "gen"
+            text += "#else\n" + call_text(call.alt) + "#endif\n"
+        body.append(f"    /* {call.name} ({call.op}) */\n{text}" + fast.layer_mark(len(body) + 1))
 
     det = _detect_plan(model, low, a, prefix)   # a detection head: <prefix>_detect
     if det is not None:
         used += [k for k in det.kernels if k not in used]
     kernels = kernel_lib.closure(used)
+    # a kernel file only a fast call (or only a generic alternative) needs is compiled only
+    # in that build: no unused static function, and no flash for the other one
+    only = fast.kernel_guards(kernels, kernel_guards)
+
+    def guarded(text, g):
+        return text if not g else f"#if {'' if g == 'fast' else '!'}EL_FAST\n{text}#endif\n"
+
     system = [h for h in kernel_lib.system_includes(used) if h not in ("stdint.h", "string.h")]
     primary = _primary_output(low)
     in_size = sum(i["nbytes"] for i in low.inputs)
@@ -204,17 +229,20 @@ def render(model: onnx.ModelProto, prefix: str = "model"):
     c += [f"#include <{h}>" for h in system]
     c += ["", f"/* the activation arena: {int(low.arena_size)} bytes, laid out by edgeloop's memory "
           f"planner (alignment {low.alignment}) */",
-          f"static union {{ uint64_t align; unsigned char bytes[{arena}]; }} el_arena;", ""]
+          f"static union {{ uint64_t align; unsigned char bytes[{arena}]; }} el_arena;", "",
+          fast.PROFILE_PRELUDE]
+    if any(cl.alt is not None for cl in low.calls):
+        c.append(fast.FAST_PRELUDE)
     for k in kernels:
-        c.append(kernel_lib.source(k))
+        c.append(guarded(kernel_lib.source(k), only.get(k, "")))
     for s, d in casts:
         c.append(_cast_kernel(s, d))
-    c += consts
+    c += [guarded(text, fast.one_guard(const_guards[nm])) for nm, text in consts]
     c += scratch
     c.append(f"int {prefix}_run_all(const void *const *inputs, void *const *outputs)\n{{")
     for k, i in enumerate(low.inputs):
         c.append(f"    memcpy(el_arena.bytes + {i['offset']}, inputs[{k}], {i['nbytes']});")
-    c += body
+    c += [fast.layer_mark(0).rstrip("\n")] + body
     for k, o in enumerate(low.outputs):
         c.append(f"    if (outputs[{k}]) memcpy(outputs[{k}], el_arena.bytes + {o['offset']}, "
                  f"{o['nbytes']});")
@@ -255,11 +283,14 @@ def render(model: onnx.ModelProto, prefix: str = "model"):
         "input_quant": qinfo(qin),
         "output_quant": qinfo(qout),
         "kernels": kernels + [f"cast_{s}_{d}" for s, d in casts],
-        "const_bytes": int(sum(x.nbytes for x in keep)),
+        # the constants of the DSP build (a generic twin's own weights are not compiled there)
+        "const_bytes": int(sum(x.nbytes for x, nm in zip(keep, const_names.values())
+                               if const_guards.get(nm) != {"gen"})),
         "scratch_bytes": int(sum(int(a[2]) * 8 for cl in low.calls for a in cl.args
                                  if a[0] == "scratch")),
         "n_calls": len(low.calls),
         "detect": det.info if det is not None else None,
+        "layers": fast.layer_table(lowerer, low.calls),
     }
     return "\n".join(c), "\n".join(h), info
 

@@ -148,12 +148,16 @@ def model_sources(c_dir: Path, prefix: str) -> list[Path]:
 
 
 def build_firmware(c_dir: Path, prefix: str, inputs: list[np.ndarray], work_dir: Path, *,
-                   stack_paint_bytes: int = STACK_PAINT_BYTES) -> Path:
+                   stack_paint_bytes: int = STACK_PAINT_BYTES, profile_layers: int = 0) -> Path:
     """Cross-compile the model in ``c_dir`` with a main that runs it on ``inputs``.
 
     Each input is embedded as a ``static const`` byte array (flash) holding the
     array's raw bytes in C order: the model's own dtype and layout. The model's
     objects are left in ``work_dir/model/`` for :func:`model_size`. Returns the ELF.
+
+    ``profile_layers``: the number of kernel calls of the model; when above 0 the model
+    is compiled with ``-DEL_PROFILE_LAYERS`` (a mark between its kernel calls, see
+    ``firmware/layers.c.in``) and :func:`run_firmware` returns per-layer counts.
     """
     if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", prefix or ""):
         raise EdgeloopError(f"prefix '{prefix}' is not a valid C identifier")
@@ -170,7 +174,8 @@ def build_firmware(c_dir: Path, prefix: str, inputs: list[np.ndarray], work_dir:
         if in_size is not None and len(blob) != in_size:
             raise EdgeloopError(f"input {i} has {len(blob)} bytes but {prefix}_run expects "
                                 f"{prefix.upper()}_INPUT_SIZE = {in_size}")
-    missing = [f for f in ("main.c.in", "startup.c", "mps2_an386.ld") if not (FIRMWARE_DIR / f).is_file()]
+    missing = [f for f in ("main.c.in", "layers.c.in", "layers_report.c.in", "startup.c",
+                           "mps2_an386.ld") if not (FIRMWARE_DIR / f).is_file()]
     if missing:
         raise EdgeloopError(f"edgeloop's firmware files are missing from {FIRMWARE_DIR}: {', '.join(missing)} "
                             "(a broken installation: reinstall edgeloop)")
@@ -180,15 +185,23 @@ def build_firmware(c_dir: Path, prefix: str, inputs: list[np.ndarray], work_dir:
         stale.unlink()
 
     objects = []
+    profile = ["-DEL_PROFILE_LAYERS"] if profile_layers > 0 else []
     for src in model_sources(c_dir, prefix):
         obj = work_dir / "model" / (src.stem + ".o")
-        _run([tools["gcc"], *CPU_FLAGS, *MODEL_CFLAGS, "-I", str(c_dir), "-c", str(src), "-o", str(obj)],
+        _run([tools["gcc"], *CPU_FLAGS, *MODEL_CFLAGS, *profile, "-I", str(c_dir), "-c", str(src),
+              "-o", str(obj)],
              f"arm-none-eabi-gcc on {src.name}")
         objects.append(obj)
 
     template = string.Template((FIRMWARE_DIR / "main.c.in").read_text())
     names = [f"el_input_{i}" for i in range(len(blobs))]
+    layer_profile = layer_report = ""
+    if profile_layers > 0:
+        layer_profile = string.Template((FIRMWARE_DIR / "layers.c.in").read_text()).substitute(
+            n_marks=int(profile_layers) + 1)
+        layer_report = (FIRMWARE_DIR / "layers_report.c.in").read_text()
     main_c = template.substitute(
+        layer_profile=layer_profile, layer_report=layer_report,
         prefix=prefix, PREFIX=prefix.upper(), n_inputs=len(blobs), stack_paint_bytes=int(stack_paint_bytes),
         input_arrays="\n".join(_c_array(n, b) for n, b in zip(names, blobs)),
         input_names=", ".join(names))
@@ -234,8 +247,11 @@ class FirmwareRun(tuple):
         self = tuple.__new__(cls, (outputs, instructions))
         return self
 
-    def __init__(self, outputs, instructions, *, stack_bytes, return_codes, stack_paint_bytes):
+    def __init__(self, outputs, instructions, *, stack_bytes, return_codes, stack_paint_bytes,
+                 layer_instructions=None):
         self.outputs = outputs
+        # per kernel call of the last inference (a profile_layers build), else None
+        self.layer_instructions = layer_instructions
         self.instructions = instructions
         self.stack_bytes = stack_bytes
         self.return_codes = return_codes
@@ -299,8 +315,16 @@ def run_firmware(elf: Path, timeout: float = 120, *, stack_paint_bytes: int = ST
         instructions.append(raw(*marks) - overhead + NOTHING_INSTRUCTIONS)
         stacks.append(int(stack))
         codes.append(int(rc))
+    layer_marks = {int(ln[1]): ln[2:5] for ln in lines if ln[0] == "EL:LMARK"}
+    layer_instructions = None
+    if layer_marks:
+        lcal = [raw(*ln[1:7]) for ln in lines if ln[0] == "EL:LCAL"]
+        if not lcal or len(set(lcal)) != 1:
+            raise EdgeloopError(f"the per-layer calibration is unstable ({lcal})")
+        k = len(layer_marks)
+        layer_instructions = [raw(*layer_marks[i], *layer_marks[i + 1]) - lcal[0] for i in range(k - 1)]
     return FirmwareRun(outputs, instructions, stack_bytes=stacks, return_codes=codes,
-                       stack_paint_bytes=stack_paint_bytes)
+                       stack_paint_bytes=stack_paint_bytes, layer_instructions=layer_instructions)
 
 
 def _compare(got: np.ndarray, exp: np.ndarray, rtol: float = 1e-5) -> tuple[bool, float]:
@@ -322,11 +346,16 @@ def _compare(got: np.ndarray, exp: np.ndarray, rtol: float = 1e-5) -> tuple[bool
 
 
 def verify(out_dir: Path, prefix: str, info: dict, inputs: list[np.ndarray], expected: list[np.ndarray], *,
-           timeout: float = 300, work_dir: Path | None = None) -> dict:
+           timeout: float = 300, work_dir: Path | None = None, profile_layers: bool = False) -> dict:
     """Cross-compile the generated C in ``out_dir``, run it on the emulated Cortex-M4
     and compare its outputs with ``expected`` (bitwise for integers, 1e-5 relative for
     floats). Raises :class:`EdgeloopError` naming the packages to install when the
-    tools are missing. Returns the report's Cortex-M section."""
+    tools are missing. Returns the report's Cortex-M section.
+
+    ``profile_layers`` (needs ``info["layers"]`` from the generator): a second build
+    with a mark between kernel calls, run on the first input, gives ``layers``:
+    ``[{name, op, kernel, macs, instructions, instructions_per_mac}]``. The totals
+    (``instructions_per_inference``) always come from the build without marks."""
     _require_toolchain()
     if len(inputs) != len(expected):
         raise EdgeloopError(f"{len(inputs)} inputs but {len(expected)} expected outputs")
@@ -339,6 +368,16 @@ def verify(out_dir: Path, prefix: str, info: dict, inputs: list[np.ndarray], exp
         elf = build_firmware(out_dir, prefix, inputs, wd)
         sizes = model_size(wd)
         result = run_firmware(elf, timeout=timeout)
+        layers = layers_error = None
+        if profile_layers and info.get("layers"):
+            # a failing profile build must not hide the measured run: it is reported beside it
+            try:
+                pdir = wd / "profile"
+                pelf = build_firmware(out_dir, prefix, inputs[:1], pdir, profile_layers=len(info["layers"]))
+                prun = run_firmware(pelf, timeout=timeout)
+                layers = _layer_rows(info["layers"], prun.layer_instructions or [])
+            except EdgeloopError as e:
+                layers_error = f"the per-layer profile failed: {e}"
     if any(result.return_codes):
         raise EdgeloopError(f"{prefix}_run returned {result.return_codes} on the emulated {CPU}")
     matches, diffs = [], []
@@ -378,4 +417,18 @@ def verify(out_dir: Path, prefix: str, info: dict, inputs: list[np.ndarray], exp
         "outputs_match": all(matches),
         "matches": sum(matches),
         "max_abs_diff": max(diffs) if diffs else 0.0,
+        **({"layers": layers} if layers is not None else {}),
+        **({"layers_error": layers_error} if layers_error else {}),
     }
+
+
+def _layer_rows(layers: list[dict], counts: list[int]) -> list[dict]:
+    if len(counts) != len(layers):
+        raise EdgeloopError(f"the per-layer profile has {len(counts)} marks for {len(layers)} kernel calls")
+    rows = []
+    for spec, n in zip(layers, counts):
+        macs = int(spec.get("macs") or 0)
+        rows.append({"name": spec.get("name"), "op": spec.get("op"), "kernel": spec.get("kernel"),
+                     "macs": macs, "instructions": int(n),
+                     "instructions_per_mac": round(n / macs, 3) if macs else None})
+    return rows

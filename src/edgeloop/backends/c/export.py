@@ -99,7 +99,7 @@ def _verify(tmp: Path, prefix: str, info: dict) -> dict:
         inputs = [s[0] for s in samples]
         expected = [cm.run(*s) for s in samples]
         try:
-            result = cortexm.verify(tmp, prefix, info, inputs, expected)
+            result = cortexm.verify(tmp, prefix, info, inputs, expected, profile_layers=True)
         except EdgeloopError as e:
             return {"available": False, "error": str(e)}
     result = dict(result)
@@ -203,3 +203,6 @@ def _print(report: dict, output: Path, as_json: bool) -> None:
             t.add_row("instructions/inference", f"{v.get('instructions_per_inference')} "
                                                 "(QEMU counts instructions, not cycles)")
     Console().print(t)
+    if v and v.get("layers"):
+        from edgeloop.backends.c.fast import layer_profile_table
+        Console().print(layer_profile_table(v["layers"]))

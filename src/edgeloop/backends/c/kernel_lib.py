@@ -90,9 +90,37 @@ def _read(p: Path) -> KernelFile:
     return KernelFile(p.stem, p, tuple(deps), tuple(system), body)
 
 
+# kernels written at export time (backends/c/fast.py's thin per-shape wrappers around a
+# file's kernel, so the compiler specialises it): same shape as a file, no file of their own
+_GENERATED: dict[str, KernelFile] = {}
+_BASE: dict[str, str] = {}
+
+
+def register(name: str, deps: tuple[str, ...], body: str, base: str = "") -> str:
+    """Add a generated kernel unit ``name`` (its text ``body``, needing ``deps``), a copy of
+    the file kernel ``base`` specialised at export (the operator registry names ``base``)."""
+    if name in files():
+        raise EdgeloopError(f"internal: generated C kernel '{name}' shadows a kernel file")
+    if base:
+        _BASE[name] = base
+    if name not in _GENERATED:
+        _GENERATED[name] = KernelFile(name, KERNEL_DIR / f"<generated {name}>", tuple(deps), (),
+                                      body.strip("\n") + "\n")
+    return name
+
+
+def base(name: str) -> str:
+    """The kernel file a generated unit specialises (``name`` itself for a file)."""
+    return _BASE.get(name, name)
+
+
+def _lib() -> dict[str, KernelFile]:
+    return {**files(), **_GENERATED} if _GENERATED else files()
+
+
 def closure(names) -> list[str]:
     """The files ``names`` need, dependencies first, each once."""
-    lib = files()
+    lib = _lib()
     out: list[str] = []
 
     def add(n, chain=()):
@@ -112,23 +140,26 @@ def closure(names) -> list[str]:
 
 
 def source(name: str) -> str:
-    return files()[name].body
+    return _lib()[name].body
 
 
 def system_includes(names) -> list[str]:
     """File-level system headers of ``names`` (with their dependencies), each once."""
     seen: list[str] = []
     for n in closure(names):
-        for h in files()[n].system:
+        for h in _lib()[n].system:
             if h not in seen:
                 seen.append(h)
     return seen
 
 
-@lru_cache(maxsize=None)
 def signature(name: str) -> tuple[Param, ...]:
     """The parameters of ``k_<name>`` as declared in its file."""
-    f = files().get(name)
+    return _signature(name, _lib().get(name))
+
+
+@lru_cache(maxsize=None)
+def _signature(name: str, f: KernelFile | None) -> tuple[Param, ...]:
     if f is None:
         raise EdgeloopError(f"no C kernel file '{name}' under {KERNEL_DIR}")
     m = re.search(r"\bk_%s\s*\(([^)]*)\)\s*\{" % re.escape(name), f.body)

@@ -8,7 +8,7 @@ kernel's C file (:func:`edgeloop.backends.c.kernel_lib.bind`).
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 import onnx
@@ -28,6 +28,9 @@ class Call:
     args: list
     name: str = ""
     op: str = ""
+    # a fast kernel's call (backends/c/fast.py) carries the generic call it stands for: the
+    # generated C runs the fast one on cores with the DSP extension, the generic elsewhere
+    alt: "Call | None" = None
 
 
 @dataclass
@@ -93,6 +96,7 @@ class LowererBase:
         self.step = None   # the step being lowered (its in-place decision)
         self.impl = None   # its registry implementation
         self.residual = None   # the Add arguments while lowering a conv fused with one
+        self.pending_fast = None   # a fast kernel's call waiting for its generic call
 
     # -- helpers --------------------------------------------------------------------
     @staticmethod
@@ -186,7 +190,15 @@ class LowererBase:
         """Append a call of ``k_<kernel>``; ``args`` by parameter name (as declared in
         the kernel's C file), each an arg tuple (see the module docstring of ``lower``)."""
         bound = list(args.values()) if kernel.startswith("cast:") else kernel_lib.bind(kernel, args)
-        self.calls.append(Call(kernel, bound, node, op))
+        call = Call(kernel, bound, node, op)
+        if self.pending_fast is not None:   # the generic call a fast one stands for
+            call, self.pending_fast = replace(self.pending_fast, alt=call), None
+        self.calls.append(call)
+
+    def emit_fast(self, kernel, node, op, /, **args):
+        """A fast kernel's call (``backends/c/fast.py``) for the generic call emitted next
+        by the same lowering method, which it replaces on cores with the DSP extension."""
+        self.pending_fast = Call(kernel, kernel_lib.bind(kernel, args), node, op)
 
     # -- driver ---------------------------------------------------------------------
     def run(self) -> Lowered:

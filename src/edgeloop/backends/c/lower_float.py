@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import onnx
 
-from edgeloop.backends.c import kernel_lib, registry
+from edgeloop.backends.c import fast, kernel_lib, registry
 from edgeloop.backends.c.lower_base import (CTYPES, _i32, _strides, broadcast_strides, conv_geometry_args,
                                             ints)
 
@@ -234,6 +234,7 @@ class FloatOps:
     def _copy(self, node, name, x, y, shape, strides, x0=0):
         shape = list(shape) or [1]
         strides = list(strides) or [0]
+        fast.lower_copy(self, name, node.op_type, x, y, shape, strides, x0)
         self.emit("copy_nd", name, node.op_type, x=self.operand(x), y=("out", y),
                   shape=("const", _i32(shape)), strides=("const", _i32(strides)),
                   **ints(esize=self._esize(y), n=int(np.prod(shape)), ndim=len(shape), x0=x0))

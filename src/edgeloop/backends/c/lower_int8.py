@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import onnx
 
-from edgeloop.backends.c import registry
+from edgeloop.backends.c import fast, registry
 from edgeloop.backends.c.fixedpoint import (_round_away, act_range, logistic_params,
                                             quantize_multiplier, softmax_params)
 from edgeloop.backends.c.lower_base import (_i32, _strides, broadcast_strides, conv_geometry_args,
@@ -147,6 +147,9 @@ class Int8Ops:
         g = self._conv_geometry(mnode, name, xs, w.shape, ys)
         G = int(g["at"].get("group", 1))
         scheme = self._inplace_conv(x, y)
+        # a fast kernel for DSP cores (backends/c/fast.py), paired with the generic call below
+        fast.lower_conv(self, name, x, y, w, bias, mult, shift, xs, ys, g, G, scheme, x_zp, yq[1],
+                        lo, hi)
         common = dict(w=("const", np.ascontiguousarray(w)), b=bias, mult=("const", mult),
                       shift=("const", shift), **ints(x_zp=x_zp, y_zp=yq[1], lo=lo, hi=hi))
         if scheme == "conv_pixels":
@@ -195,6 +198,7 @@ class Int8Ops:
         b0 = bias[1].astype(np.int64) if bias[0] == "const" else np.zeros(N, np.int64)
         folded = b0 - x_zp * wn.astype(np.int64).sum(axis=1)
         bias = ("const", folded.astype(np.int32))
+        fast.lower_fc(self, name, x, y, wn, bias, mult, shift, per, M, K, N, yq[1], lo, hi)
         self.emit("fc_s8", name, mnode.op_type, x=("in", x), y=("out", y),
                   w=("const", np.ascontiguousarray(wn)), b=bias, mult=("const", mult),
                   shift=("const", shift),
@@ -264,6 +268,7 @@ class Int8Ops:
     def q_Add(self, mnode, name, y, yq, lo, hi, _b):
         ops, q = self._add_quant(mnode, name, yq, lo, hi)
         ys = list(self.shape(y)) or [1]
+        fast.lower_add(self, name, ops, y, ys, q)
         self.emit("add_s8", name, "Add", a=ops[0][0], b=ops[1][0], y=("out", y),
                   shape=("const", _i32(ys)),
                   a_strides=("const", _i32(broadcast_strides(ops[0][3], ys) or [0])),

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from edgeloop.backends.c import kernel_lib, registry
+from edgeloop.backends.c import fast, kernel_lib, registry
 from edgeloop.backends.c.callargs import resolve
 from edgeloop.backends.c.lower import Lowered, lower
 
@@ -336,7 +336,7 @@ def execute(call, buf) -> None:
     """Run one kernel call; ``buf(tensor)`` gives the flat array holding a tensor. The
     arguments are passed by the names the C kernel declares (the reference functions
     use the same names; tests/test_backend_c_registry.py checks it)."""
-    fn = KERNELS.get(call.kernel)
+    fn = KERNELS.get(call.kernel) or fast.reference_kernel(call.kernel)
     if fn is None:
         raise NotImplementedError(f"the numpy reference has no kernel {call.kernel}")
     values = resolve(call, {
