@@ -200,7 +200,7 @@ def test_sklearn_mlp_onnx_shrinks_at_least_3_5x(tmp_path):
     import joblib
 
     joblib.dump(clf, tmp_path / "mlp.joblib")
-    m = load_file(str(tmp_path / "mlp.joblib"))
+    m = load_file(str(tmp_path / "mlp.joblib"), trust_pickle=True)
     set_metadata(m, source=None)  # the ONNX alone: no refits of the source to fall back on
     save(m, tmp_path / "mlp.onnx")
     (tmp_path / "mlp.joblib").unlink()
