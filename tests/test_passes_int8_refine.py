@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from torch_train import fit  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -21,13 +22,7 @@ def cnn():
                               torch.nn.Conv2d(8, 8, 3, padding=1), torch.nn.ReLU(), torch.nn.Flatten(),
                               torch.nn.Linear(512, 32), torch.nn.ReLU(), torch.nn.Linear(32, 10))
     xt, yt = torch.tensor(x[:900]), torch.tensor(y[:900])
-    opt = torch.optim.Adam(net.parameters(), 1e-2)
-    for _ in range(5):
-        perm = torch.randperm(len(xt))
-        for i in range(0, len(xt), 64):
-            opt.zero_grad()
-            torch.nn.functional.cross_entropy(net(xt[perm[i:i + 64]]), yt[perm[i:i + 64]]).backward()
-            opt.step()
+    fit(net, xt, yt, epochs=5)
     model = edgeloop.load(net, example_input=torch.zeros(1, 1, 8, 8))
     return model, x[:64], x[1000:1400]
 

@@ -10,6 +10,7 @@ import onnx
 import pytest
 
 import torch  # noqa: E402
+from torch_train import fit  # noqa: E402
 
 
 def _cli(*args: str) -> int:
@@ -37,13 +38,7 @@ def work(tmp_path_factory):
     net = torch.nn.Sequential(torch.nn.Conv2d(1, 8, 3, padding=1), torch.nn.ReLU(), torch.nn.MaxPool2d(2),
                               torch.nn.Flatten(), torch.nn.Linear(128, 64), torch.nn.ReLU(), torch.nn.Linear(64, 10))
     xt, yt = torch.tensor(x[train].reshape(-1, 1, 8, 8)), torch.tensor(y[train])
-    opt = torch.optim.Adam(net.parameters(), 1e-2)
-    for _ in range(20):
-        perm = torch.randperm(len(xt))
-        for i in range(0, len(xt), 64):
-            opt.zero_grad()
-            torch.nn.functional.cross_entropy(net(xt[perm[i:i + 64]]), yt[perm[i:i + 64]]).backward()
-            opt.step()
+    fit(net, xt, yt, epochs=20)
     model = edgeloop.load(net, example_input=torch.zeros(1, 1, 8, 8))
     save(model, d / "cnn.onnx")
     np.savez(d / "digits.npz", x=x, y=y)

@@ -7,6 +7,7 @@ import json
 import numpy as np
 import onnx
 import pytest
+from torch_train import fit  # noqa: E402
 
 
 def _cli(*args: str) -> int:
@@ -34,13 +35,7 @@ def digits_cnn(tmp_path_factory):
     net = torch.nn.Sequential(torch.nn.Conv2d(1, 8, 3, padding=1), torch.nn.ReLU(), torch.nn.Flatten(),
                               torch.nn.Linear(512, 32), torch.nn.ReLU(), torch.nn.Linear(32, 10))
     xt, yt = torch.tensor(x[:900].reshape(-1, 1, 8, 8)), torch.tensor(y[:900])
-    opt = torch.optim.Adam(net.parameters(), 1e-2)
-    for _ in range(8):
-        perm = torch.randperm(len(xt))
-        for i in range(0, len(xt), 64):
-            opt.zero_grad()
-            torch.nn.functional.cross_entropy(net(xt[perm[i:i + 64]]), yt[perm[i:i + 64]]).backward()
-            opt.step()
+    fit(net, xt, yt, epochs=8)
     model = edgeloop.load(net, example_input=torch.zeros(1, 1, 8, 8))
     save(model, d / "cnn.onnx")
     folder = d / "images"

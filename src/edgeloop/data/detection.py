@@ -40,7 +40,7 @@ import numpy as np
 from edgeloop.data.readers import IMAGE_SUFFIXES, DataError, _import_pil
 from edgeloop.errors import UsageError
 
-from edgeloop.data.store import DEFAULT_FRACTIONS as FRACTIONS, FORMAT, FORMAT_VERSION, SPLITS, _sha256, _stratified_split
+from edgeloop.data.store import DEFAULT_FRACTIONS as FRACTIONS, FORMAT, FORMAT_VERSION, SPLITS, _sha256, _stratified_split, check_files
 # a box may reach this far outside its image (a fraction of the side, at least one pixel) and is
 # clipped to it; beyond, it is an error. Hand labels and float round trips overshoot a little.
 TOLERANCE = 0.01
@@ -557,18 +557,7 @@ class DetectionDataset:
 
 def load_detection(p: Path, card: dict, card_bytes: bytes, verify: bool = True) -> DetectionDataset:
     where = str(p)
-    checks = card.get("checksums") or {}
-    for name in ("boxes.json", "splits.json"):
-        if not (p / name).is_file():
-            raise DataError(f"missing {name}", where=where)
-    if verify:
-        for name, digest in checks.items():
-            f = p / name
-            if not f.is_file():
-                raise DataError(f"missing {name}", where=where)
-            if "sha256:" + _sha256(f) != digest:
-                raise DataError(f"{name} does not match its checksum in card.json (changed after import?)",
-                                where=where)
+    check_files(p, card, ("boxes.json", "splits.json"), verify)
     try:
         doc = json.loads((p / "boxes.json").read_text())
         split_doc = json.loads((p / "splits.json").read_text())

@@ -33,6 +33,23 @@ SPLITS = ("train", "validation", "test")
 DEFAULT_FRACTIONS = {"train": 0.7, "validation": 0.15, "test": 0.15}
 
 
+def check_files(p: Path, card: dict, required: tuple[str, ...], verify: bool = True) -> None:
+    """The files a dataset folder needs are there and, with ``verify``, every file the card
+    lists matches its SHA-256 (a dataset changed after import is refused)."""
+    where = str(p)
+    for name in required:
+        if not (p / name).is_file():
+            raise DataError(f"missing {name}", where=where)
+    if verify:
+        for name, digest in (card.get("checksums") or {}).items():
+            f = p / name
+            if not f.is_file():
+                raise DataError(f"missing {name}", where=where)
+            if "sha256:" + _sha256(f) != digest:
+                raise DataError(f"{name} does not match its checksum in card.json (changed after import?)",
+                                where=where)
+
+
 def _sha256(path: Path) -> str:
     h = hashlib.sha256()
     with open(path, "rb") as f:
@@ -314,18 +331,7 @@ def load_dataset(path: str | os.PathLike, *, verify: bool = True) -> Any:
         from edgeloop.data.detection import load_detection
 
         return load_detection(p, card, card_bytes, verify)
-    checks = card.get("checksums") or {}
-    for name in ("x.npy", "y.npy", "splits.json"):
-        if not (p / name).is_file():
-            raise DataError(f"missing {name}", where=where)
-    if verify:
-        for name, digest in checks.items():
-            f = p / name
-            if not f.is_file():
-                raise DataError(f"missing {name}", where=where)
-            if "sha256:" + _sha256(f) != digest:
-                raise DataError(f"{name} does not match its checksum in card.json (changed after import?)",
-                                where=where)
+    check_files(p, card, ("x.npy", "y.npy", "splits.json"), verify)
     try:
         x = np.load(p / "x.npy", allow_pickle=False)
         y = np.load(p / "y.npy", allow_pickle=False)
