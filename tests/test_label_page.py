@@ -280,3 +280,29 @@ def test_label_refuses_a_file_that_is_not_a_capture_store(tmp_path):
     bad.write_text("hello")
     r = subprocess.run([PY, "-m", "edgeloop", "label", str(bad)], capture_output=True, text=True, timeout=60)
     assert r.returncode == 2 and r.stderr.count("\n") == 1 and "not a capture store" in r.stderr
+
+
+def test_labelled_samples_outlive_eviction_and_the_capturing_models_labels_are_kept(tmp_path):
+    """A person's labels are never evicted to make room; the capturer records the model's label names
+    (what the page offers as classes)."""
+    from types import SimpleNamespace
+
+    from edgeloop.runtime.capture import Capturer, CapturePolicy, CaptureStore
+
+    st = CaptureStore(tmp_path / "small.db", budget_bytes=256 * 1024)
+    first = st.add(np.zeros(512, np.float32), reason="random", predicted="a", confidence=0.99, margin=0.98,
+                   entropy=0.01)
+    st.set_label(first, "accepted", label="a")
+    model = SimpleNamespace(name="m", version=2, labels=["a", "b"], is_detector=False)
+    cap = Capturer(st, CapturePolicy(random_rate=1.0, max_per_minute=None))
+    rng = np.random.default_rng(0)
+    for _ in range(40):
+        batch = rng.random((10, 512)).astype(np.float32)
+        probs = np.tile([0.55, 0.45], (10, 1))
+        cap.consider(model, batch, {"probabilities": probs, "confidence": probs[:, 0], "margin": probs[:, 0] - probs[:, 1],
+                                    "entropy": np.full(10, 0.99), "index": np.zeros(10, int), "label": ["a"] * 10})
+    ids = [r["id"] for r in st.rows()]
+    assert len(ids) < 401 and first in ids  # evicted others, not the labelled (least informative) one
+    assert st.labels()[first]["label"] == "a"
+    assert st.models() == [{"name": "m", "version": "2", "task": "classification", "labels": ["a", "b"]}]
+    st.close()
