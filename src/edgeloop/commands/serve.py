@@ -160,8 +160,8 @@ def register(app: typer.Typer) -> None:
     @app.command()
     def improve(
         bundle: Path = typer.Option(..., "--bundle", "-b", help="The bundle to improve (its source model is refitted)."),
-        data: Path = typer.Option(..., "--data", help="Labelled data: a `samples export` folder with labels filled, or a .npz with x and y."),
-        base_data: Optional[Path] = typer.Option(None, "--base-data", help="The original training data (.npz x, y), trained on together with the new data."),
+        data: Path = typer.Option(..., "--data", help="Labelled data: a `samples export` folder with labels filled, or a .npz with x and y; detectors: the YOLO folder `samples export` writes (or COCO JSON, VOC, a detection dataset)."),
+        base_data: Optional[Path] = typer.Option(None, "--base-data", help="The original training data (.npz x, y), trained on together with the new data; detectors: the detection dataset it was trained on (default: the one the model records)."),
         output: Path = typer.Option(..., "--output", "-o", help="Folder for the new bundle (next version)."),
         holdout: float = typer.Option(0.25, "--holdout", help="Fraction of the data held out to compare old and new."),
         epochs: int = typer.Option(15, "--epochs", help="Fine-tuning epochs (PyTorch sources)."),
