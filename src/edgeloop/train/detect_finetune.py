@@ -265,7 +265,7 @@ def finetune_detector(src: Path, trainer: dict, head: dict, train: Images, val, 
         torch.export.save(program, str(new_src))
     finally:
         torch.set_num_threads(previous_threads)
-    return {"model": model, "source": new_src, "x_calib": tr.x[:512], "fit": fit, "validation_before": before,
+    return {"model": model, "source": new_src, "x_train": tr.x, "fit": fit, "validation_before": before,
             "kept_shipped_weights": fit["best_validation"] < before, "lr": lr, "spec": spec}
 
 

@@ -256,8 +256,12 @@ def _improve_detector(bundle: Path, manifest: dict, data: "str | Path", output: 
         res = ft.finetune_detector(bundle / src_rel, trainer, head, train, base, work, epochs=epochs, seed=seed,
                                    trust_pickle=trust_pickle, progress=step)
         recipe = prov.get("recipe")
+        # as shrink gave it: the training images as input tensors (pruning refits reproduce activations
+        # on them; their labels are not used), calibration from the same images
+        x_fit = res["x_train"].astype(np.float32)
+        y_fit = np.empty(len(x_fit), dtype=object)
         model, recipe_applied, recipe_note = _replay(
-            res["model"], recipe, lambda PassData: PassData(x_calib=res["x_calib"].astype(np.float32)), step)
+            res["model"], recipe, lambda PassData: PassData(train=(x_fit, y_fit), x_calib=x_fit[:512]), step)
         if name == "fomo":
             recipe_note = "int8 re-quantized as the trainer did; " + recipe_note
         old_version = int(manifest.get("version", 1))
