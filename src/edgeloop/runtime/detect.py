@@ -486,7 +486,8 @@ def _suppress(head: Dict[str, Any], xyxy: np.ndarray, scores: np.ndarray, classe
 def decode(head: Dict[str, Any], outputs: Dict[str, np.ndarray], box: Letterbox,
            min_score: Optional[float] = None) -> List[Dict[str, Any]]:
     """Detections of one image (batch index 0) in original-image pixels, best first."""
-    return _detections(head, *decode_raw(head, outputs, min_score), box)
+    xyxy, scores, classes, kps = decode_raw(head, outputs, min_score)
+    return _detections(head, xyxy, scores, classes, box, kps)
 
 
 def decode_raw(head: Dict[str, Any], outputs: Dict[str, np.ndarray], min_score: Optional[float] = None):
