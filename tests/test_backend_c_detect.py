@@ -1,5 +1,5 @@
 """Detection heads decoded in C (``<prefix>_detect``): the generated text compiles strictly
-for the host and for Cortex-M4, and from Python (ctypes) its boxes equal the numpy decoder's
+for the host and for Cortex-M4 (and runs on QEMU's Cortex-M7), and from Python (ctypes) its boxes equal the numpy decoder's
 on the same raw outputs: bit for bit on int8 detectors (the MediaPipe face detector
 quantized with onnxruntime, a small centroids net), within float rounding on float ones."""
 
@@ -230,7 +230,9 @@ def test_int8_face_detector_c_boxes_equal_numpy_bit_for_bit(face_int8, tmp_path)
     assert len(det_low.detect(x, max_boxes=3)) == 3
 
 
-def test_int8_face_detector_exports_and_verifies_on_cortex_m4(face_int8, face, tmp_path):
+def test_int8_face_detector_exports_and_verifies_on_cortex_m7(face_int8, face, tmp_path):
+    """The BlazeFace-class int8 model exports for a Cortex-M7 board and, under QEMU's
+    mps2-an500, <prefix>_detect gives the numpy decoder's boxes and keypoints."""
     path = face / "face_int8.onnx"
     if shutil.which("qemu-system-arm") is None or shutil.which("arm-none-eabi-gcc") is None:
         pytest.skip("qemu-system-arm / arm-none-eabi-gcc not installed")
@@ -241,6 +243,10 @@ def test_int8_face_detector_exports_and_verifies_on_cortex_m4(face_int8, face, t
     v = report["verify"]
     assert v["available"], v
     assert v["outputs_match"] is True
+    assert (v["core"], v["board"]) == ("cortex-m7", "mps2-an500")
+    d = v["detect"]
+    assert d["boxes_match"] is True, d
+    assert d["decode_instructions_per_frame"] > 0 and d["inference_instructions_per_frame"] > 0
 
 
 # ---------------------------------------------------------------- a centroids head

@@ -464,7 +464,13 @@ def run_firmware(elf: Path, timeout: float = 120, *, stack_paint_bytes: int = ST
         for ln in lines:
             if ln[0] == "EL:BOX":
                 boxes[int(ln[1])].append(bytes.fromhex(ln[2]))
-        detect = {"instructions": [], "counts": [], "boxes": [], "stack_bytes": [], "return_codes": []}
+        ical = [raw(*ln[1:7]) for ln in lines if ln[0] == "EL:ICAL"]
+        infs = {int(ln[1]): ln for ln in lines if ln[0] == "EL:INF"}
+        if not ical or len(set(ical)) != 1 or len(infs) != len(dets):
+            raise EdgeloopError(f"the inference calibration of the detect build is unstable ({ical})")
+        detect = {"instructions": [], "counts": [], "boxes": [], "stack_bytes": [], "return_codes": [],
+                  "inference_instructions": [raw(*infs[i][3:9]) - ical[0] + NOTHING_INSTRUCTIONS
+                                             for i in range(len(infs))]}
         for i in range(len(dets)):
             _, _, rc, count, stack, *marks = dets[i]
             detect["instructions"].append(raw(*marks) - dcal[0] + NOTHING_INSTRUCTIONS)
@@ -577,7 +583,7 @@ def verify(out_dir: Path, prefix: str, info: dict, inputs: list[np.ndarray], exp
         "max_abs_diff": max(diffs) if diffs else 0.0,
         **({"layers": layers} if layers is not None else {}),
         **({"layers_error": layers_error} if layers_error else {}),
-        **({"detect": _detect_section(prefix, core, detect, result, insns)} if detect is not None else {}),
+        **({"detect": _detect_section(prefix, core, detect, result)} if detect is not None else {}),
     }
 
 
@@ -614,8 +620,7 @@ def _same_boxes(raw: list[bytes], want: dict) -> tuple[bool, str | None]:
     return True, None
 
 
-def _detect_section(prefix: str, core: Core, expected: list[dict], result: FirmwareRun,
-                    run_insns: list[int]) -> dict:
+def _detect_section(prefix: str, core: Core, expected: list[dict], result: FirmwareRun) -> dict:
     d = result.detect
     if d is None:
         raise EdgeloopError(f"the firmware printed no {prefix}_detect results on the emulated {core.qemu_cpu}")
@@ -626,8 +631,8 @@ def _detect_section(prefix: str, core: Core, expected: list[dict], result: Firmw
         ok, reason = _same_boxes(raw, want)
         same.append(ok)
         why = why or reason
-    total = d["instructions"]
-    decode = [t - r for t, r in zip(total, run_insns)]
+    total, infer = d["instructions"], d["inference_instructions"]
+    decode = [t - r for t, r in zip(total, infer)]
     med = (lambda v: int(round(float(np.median(v)))) if v else None)
     return {
         "function": f"{prefix}_detect",
@@ -639,10 +644,13 @@ def _detect_section(prefix: str, core: Core, expected: list[dict], result: Firmw
                          "boxes in input-tensor pixels, float32 bit for bit",
         "instructions_per_frame": med(total),
         "instructions": total,
-        "inference_instructions_per_frame": med(run_insns),
+        "inference_instructions_per_frame": med(infer),
+        "inference_instructions": infer,
         "decode_instructions_per_frame": med(decode),
-        "decode_note": (f"{prefix}_detect (inference + decode + NMS) minus {prefix}_run on the same "
-                        "input: the head's decode and NMS"),
+        "decode_instructions": decode,
+        "decode_note": (f"{prefix}_detect (inference + decode + NMS) minus {prefix}_run_all with the "
+                        "outputs left in the arena (as _detect calls it), both measured on the device on "
+                        "the same input: the head's decode, NMS and the copy into the boxes"),
         "stack_bytes": max(d["stack_bytes"]) if d["stack_bytes"] else 0,
     }
 
