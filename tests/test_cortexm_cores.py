@@ -146,7 +146,7 @@ TINY_FACE_HEAD = {
 }
 
 
-def tiny_face(tmp_path):
+def tiny_face(tmp_path, int8: bool = True):
     """A BlazeFace-shaped int8 detector on a 16 x 16 NHWC image: 2 x 2 cells of 8 pixels,
     2 anchors each, a row of 4 box + 2 keypoints x 2 values per anchor, one sigmoid score."""
     from test_backend_c_detect import images, quantize
@@ -174,6 +174,9 @@ def tiny_face(tmp_path):
     m.ir_version = 8
     m = attach_head(m, TINY_FACE_HEAD)
     assert rd.anchor_count(head_of(m)) == n
+    if not int8:
+        onnx.save(m, tmp_path / "face.onnx")
+        return tmp_path / "face.onnx", m
     q = quantize(m, [x for x, _ in images(head_of(m)).values()], tmp_path / "face_int8.onnx")
     return tmp_path / "face_int8.onnx", q
 
@@ -190,6 +193,7 @@ def test_detector_boxes_and_keypoints_on_the_m7_equal_numpy(tmp_path, toolchain)
     assert v["available"] and v["core"] == "cortex-m7" and v["outputs_match"] is True
     d = v["detect"]
     assert d["function"] == "model_detect" and d["boxes_match"] is True, d
+    assert d["compared_with"].endswith("float32 bit for bit")
     assert sum(d["boxes"]) >= 2       # real boxes compared, not empty lists
     assert d["inference_instructions_per_frame"] > 1000 and d["decode_instructions_per_frame"] > 100
 
@@ -217,3 +221,16 @@ def test_device_boxes_are_compared_bit_for_bit(tmp_path, toolchain):
     off["keypoints"][0, 1, 0] = np.nextafter(off["keypoints"][0, 1, 0], np.float32(np.inf))
     ok, why = cortexm._same_boxes(run.detect["boxes"][k], off)
     assert not ok and why == "keypoints values differ"
+
+
+def test_float_detector_on_the_m4_agrees_within_float_rounding(tmp_path, toolchain):
+    """A float head's exp comes from newlib on the device: equal within float rounding, and
+    --verify says that is what it checked."""
+    path, _ = tiny_face(tmp_path, int8=False)
+    r = cli("export", path, "--target", "stm32l4r5", "-o", tmp_path / "out", "--verify", "--json")
+    assert r.returncode == 0, r.stderr
+    v = json.loads(r.stdout)["verify"]
+    assert v["core"] == "cortex-m4" and v["outputs_match"] is True
+    d = v["detect"]
+    assert d["boxes_match"] is True and sum(d["boxes"]) >= 2, d
+    assert d["compared_with"].endswith("within float rounding (a float head)")

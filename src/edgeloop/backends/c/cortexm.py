@@ -598,7 +598,9 @@ def box_dtype(keypoints: int = 0) -> np.dtype:
 
 
 def _same_boxes(raw: list[bytes], want: dict) -> tuple[bool, str | None]:
-    """The device's boxes against the numpy decoder's, bit for bit after float32 rounding."""
+    """The device's boxes against the numpy decoder's: bit for bit after float32 rounding when
+    ``want["exact"]`` (int8 heads, the default), else within float rounding (a float head's
+    ``exp`` comes from the device's C library): 1e-4 relative, 0.01 pixel absolute."""
     kps = want.get("keypoints")
     k = int(kps.shape[1]) if kps is not None and np.ndim(kps) == 3 else 0
     dt = box_dtype(k)
@@ -614,9 +616,16 @@ def _same_boxes(raw: list[bytes], want: dict) -> tuple[bool, str | None]:
               ("class", got["class_id"], np.asarray(want["classes"]).astype(np.int32))]
     if k:
         checks.append(("keypoints", got["keypoints"], np.asarray(kps, np.float64).astype(np.float32)))
+    exact = want.get("exact", True)
     for name, g, w in checks:
-        if g.shape != w.shape or g.tobytes() != w.tobytes():
+        if g.shape != w.shape:
             return False, f"{name} values differ"
+        if exact or name == "class":
+            if g.tobytes() != w.tobytes():
+                return False, f"{name} values differ"
+        elif not np.allclose(g.astype(np.float64), w.astype(np.float64), rtol=1e-4,
+                             atol=1e-5 if name == "score" else 0.01):
+            return False, f"{name} values differ beyond float rounding"
     return True, None
 
 
@@ -641,7 +650,9 @@ def _detect_section(prefix: str, core: Core, expected: list[dict], result: Firmw
         "boxes": d["counts"],
         **({"mismatch": why} if why else {}),
         "compared_with": "edgeloop.runtime.detect (numpy) on the host build's raw outputs, "
-                         "boxes in input-tensor pixels, float32 bit for bit",
+                         "boxes in input-tensor pixels, " + (
+                             "float32 bit for bit" if all(w.get("exact", True) for w in expected)
+                             else "within float rounding (a float head)"),
         "instructions_per_frame": med(total),
         "instructions": total,
         "inference_instructions_per_frame": med(infer),

@@ -257,6 +257,7 @@ def _plan_ssd(head, low, prefix, quant_of) -> DetectPlan:
     work = n * (8 + 8 + 4) + max_det * (32 + 8 + 4 + 8 + 16 * nk)
     return DetectPlan(list(HEADS[head["kind"]].kernels), "\n".join(c), h,
                       {"kind": head["kind"], "anchors": n, "int8_scores": sq is not None,
+                       "bit_exact": sq is not None and bq is not None,
                        "int8_threshold": q_thr if sq is not None else None,
                        "max_detections": max_det, "keypoints": nk, "work_bytes": work,
                        "table_bytes": int(anchors.size * 8 + 32 + lut.size * 8)})
@@ -301,7 +302,7 @@ def _plan_centroids(head, low, prefix, quant_of) -> DetectPlan:
     h_lines = _common_header(prefix, head, f"cells scoring >= {prefix.upper()}_MIN_SCORE, "
                                            "adjacent cells of one class merged into one object")
     return DetectPlan(list(HEADS["centroids"].kernels), "\n".join(c), h_lines,
-                      {"kind": "centroids", "cells": [h, w], "int8_scores": q is not None,
+                      {"kind": "centroids", "cells": [h, w], "int8_scores": q is not None, "bit_exact": q is not None,
                        "max_detections": max_det, "work_bytes": cells * 20 + max_det * 52,
                        "table_bytes": int(lut.size * 8)})
 
@@ -348,7 +349,7 @@ def _plan_yolo(head, low, prefix, quant_of) -> DetectPlan:
             + (f" (int8 >= {q_thr})" if q is not None and kind == "yolov8" else "")
             + (f", greedy NMS at IoU {head['nms_iou']}" if nms == "greedy" else ""))
     return DetectPlan(list(HEADS[kind].kernels), "\n".join(c), _common_header(prefix, head, what),
-                      {"kind": kind, "boxes": n, "int8_scores": q is not None,
+                      {"kind": kind, "boxes": n, "int8_scores": q is not None, "bit_exact": q is not None,
                        "int8_threshold": q_thr if q is not None and kind == "yolov8" else None,
                        "max_detections": max_det, "work_bytes": n * 20 + max_det * 44,
                        "table_bytes": int(lut.size * 8)})

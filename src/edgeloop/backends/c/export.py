@@ -115,7 +115,9 @@ def _verify(tmp: Path, prefix: str, info: dict, target=None, head: dict | None =
             for s in samples:
                 xyxy, scores, classes, kps = rd.decode_raw(head, dict(zip(names, cm.run_all(*s))))
                 boxes.append({"xyxy": xyxy, "scores": scores, "classes": classes,
-                              "keypoints": kps if info["detect"].get("keypoints") else None})
+                              "keypoints": kps if info["detect"].get("keypoints") else None,
+                              # int8 heads bit for bit; float ones within float rounding
+                              "exact": bool(info["detect"].get("bit_exact"))})
         try:
             result = cortexm.verify(tmp, prefix, info, inputs, expected, profile_layers=True,
                                     core=core, detect=boxes)
