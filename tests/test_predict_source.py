@@ -262,3 +262,11 @@ def test_runtime_source_mode_classifier_and_bad_source(media, tmp_path):
     assert all(isinstance(g["captured"], int) for g in got)  # random rate 1: every frame kept
     r = run(bundle, "--source", tmp_path / "missing.avi", module="edgeloop_runtime", cwd=bundle, check=False)
     assert r.returncode == 2 and r.stderr.strip().count("\n") == 0 and "missing.avi" in r.stderr
+    # the frames mode stays within the runtime's dependencies (OpenCV lazily, for videos only)
+    code = ("import sys, edgeloop_runtime.__main__ as m\n"
+            f"m.run_source(m.build_parser().parse_args(['.', '--source', {str(media['video'])!r}, '--max-frames', '2']))\n"
+            "print(sorted({n.split('.')[0] for n in sys.modules} & {'edgeloop', 'onnx', 'torch', 'sklearn', "
+            "'scipy', 'typer', 'rich'}))")
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    r = subprocess.run([sys.executable, "-c", code], cwd=bundle, env=env, capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0 and r.stdout.strip() == "[]", r.stderr

@@ -74,7 +74,7 @@ def _cv2() -> Any:
 def kind_of(src: str) -> str:
     """``camera``, ``stream``, ``folder`` or ``video``."""
     s = src.strip()
-    if re.fullmatch(r"\d+", s) or s.startswith("/dev/"):
+    if (re.fullmatch(r"\d+", s) and not Path(s).exists()) or s.startswith("/dev/"):
         return "camera"
     m = re.match(r"([A-Za-z][A-Za-z0-9+.-]*)://", s)
     if m:
@@ -201,7 +201,7 @@ class LiveSource(Source):
         self.cv2 = cv2 = _cv2()
         self.timeout = timeout
         s = src.strip()
-        if re.fullmatch(r"\d+", s):
+        if re.fullmatch(r"\d+", s) and not s.startswith("/dev/"):
             self.cap = cv2.VideoCapture(int(s))
             what = f"camera {s}: cannot open it (no such camera, busy, or no permission)"
         elif s.startswith("/dev/"):
