@@ -31,7 +31,6 @@ import http.client
 import json
 import os
 import re
-import socket
 import struct
 import subprocess
 import sys
@@ -41,6 +40,8 @@ from pathlib import Path
 from typing import Any, Callable, Dict, List
 
 import numpy as np
+
+from bench_serve import free_port, wait_up  # beside this file: the same server start-up
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "tests"))  # the test assets: public wheels, fetched once into a cache
@@ -238,27 +239,6 @@ def part_video(args: argparse.Namespace, work: Path) -> Dict[str, Any]:
 
 
 # ------------------------------------------------------------------ part: oip
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def wait_up(port: int, proc: subprocess.Popen) -> None:
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise SystemExit(f"server exited: {proc.stderr.read().decode()[-1000:]}")
-        try:
-            c = http.client.HTTPConnection("127.0.0.1", port, timeout=1)
-            c.request("GET", "/v2/health/ready")
-            if c.getresponse().status == 200:
-                return
-        except OSError:
-            time.sleep(0.1)
-    raise SystemExit("server did not start")
-
 
 def timed_requests(port: int, path: str, body: bytes, headers: Dict[str, str], n: int) -> List[float]:
     conn = http.client.HTTPConnection("127.0.0.1", port, timeout=60)

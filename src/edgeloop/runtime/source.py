@@ -158,24 +158,34 @@ class VideoSource(Source):
 
     def __iter__(self) -> Iterator[Frame]:
         cv2, cap = self.cv2, self.cap
-        index = -1
-        while True:
-            t0 = time.perf_counter()
-            if not cap.grab():
-                break
-            index += 1
-            if index % self.every:
-                continue
-            ok, bgr = cap.retrieve()
-            if not ok or bgr is None:
-                break
-            rgb = _to_rgb(cv2, bgr)
+        got = False
+        for index, t0, _, rgb in _decoded(cv2, cap, self.every):
+            got = True
             yield Frame(index, cap.get(cv2.CAP_PROP_POS_MSEC) / 1000.0, rgb, time.perf_counter() - t0, t0)
-        if index < 0:
+        if not got:
             raise SourceError(f"{self.src}: no frame could be decoded (not a video OpenCV can read?)")
 
     def close(self) -> None:
         self.cap.release()
+
+
+def _decoded(cv2: Any, cap: Any, every: int, running: Callable[[], bool] = lambda: True
+             ) -> Iterator[Tuple[int, float, float, np.ndarray]]:
+    """(index, grab started, grab returned, RGB frame) for every ``every``-th frame of an open capture.
+    Frames skipped are grabbed (the codec needs them) but never converted."""
+    index = -1
+    while running():
+        t0 = time.perf_counter()
+        if not cap.grab():
+            return
+        t1 = time.perf_counter()
+        index += 1
+        if index % every:
+            continue
+        ok, bgr = cap.retrieve()
+        if not ok or bgr is None:
+            return
+        yield index, t0, t1, _to_rgb(cv2, bgr)
 
 
 def _to_rgb(cv2: Any, frame: np.ndarray) -> np.ndarray:
@@ -228,21 +238,10 @@ class LiveSource(Source):
         self._thread.start()
 
     def _reader(self) -> None:
-        cv2, cap = self.cv2, self.cap
-        index, first = -1, None
+        first = None
         try:
-            while not self._stop:
-                if not cap.grab():
-                    break
-                t0 = time.perf_counter()
+            for index, _, t0, rgb in _decoded(self.cv2, self.cap, self.every, lambda: not self._stop):
                 first = t0 if first is None else first
-                index += 1
-                if index % self.every:
-                    continue
-                ok, bgr = cap.retrieve()
-                if not ok or bgr is None:
-                    break
-                rgb = _to_rgb(cv2, bgr)
                 frame = Frame(index, t0 - first, rgb, time.perf_counter() - t0, t0)
                 with self._cond:
                     if self._latest is not None:
