@@ -651,6 +651,8 @@ class Capturer:
         mid, half = (lo + hi) / 2, max((hi - lo) / 2, 1e-6)
         score = 1.0 if why == "class_overlap" else (0.0 if best is None else max(0.0, 1.0 - abs(best - mid) / half))
         try:
+            if callable(image):  # encoded only for a frame that is kept (the --source mode)
+                image = image()
             rid = self.store.add(batch[0], reason=why, model_name=model.name, model_version=model.version,
                                  predicted=top, confidence=best, detections=detections, image=image,
                                  media_type=media_type, informative=score)
