@@ -462,8 +462,8 @@ class FloatOps:
         auto = at.get("auto_pad", b"NOTSET")
         auto = auto.decode() if isinstance(auto, bytes) else auto
         if auto != "NOTSET" or "output_shape" in at:
-            # the padding that makes the inferred output size (ONNX's rule: SAME_UPPER puts
-            # the larger half first)
+            # the padding that makes the inferred output size (onnxruntime's rule: SAME_UPPER
+            # puts the larger half at the end)
             outp = list(at.get("output_padding", [0] * nd))
             pads = [0] * (2 * nd)
             for i in range(nd):
@@ -472,7 +472,7 @@ class FloatOps:
                 if auto == "VALID":
                     total = 0
                 small, big = total // 2, total - total // 2
-                pads[i], pads[i + nd] = (small, big) if auto == "SAME_LOWER" else (big, small)
+                pads[i], pads[i + nd] = (big, small) if auto == "SAME_LOWER" else (small, big)
         if nd == 1:
             ks, strides, dil, pads = [1] + ks, [1] + strides, [1] + dil, [0, pads[0], 0, pads[1]]
             xs, ys = (xs[0], xs[1], 1, xs[2]), (ys[0], ys[1], 1, ys[2])
