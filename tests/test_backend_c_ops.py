@@ -172,6 +172,9 @@ def _cases():
                 "prelu_s8", True))
     out.append(("q-hardswish", *_qdq_op("HardSwish", (2, 64)), "lut_s8", True))
     out.append(("q-hardsigmoid", *_qdq_op("HardSigmoid", (2, 64), yq=(1 / 256, -128)), "lut_s8", True))
+    # a calibrated output quantization (not TFLite's 1/256): a table rather than a refusal
+    out.append(("q-sigmoid-calibrated", *_qdq_op("Sigmoid", (2, 64), yq=(0.0035, -125)), "lut_s8", True))
+    out.append(("q-tanh-calibrated", *_qdq_op("Tanh", (2, 64), yq=(0.007, 2)), "lut_s8", True))
     wq = RNG.integers(-127, 128, (4, 3, 3, 3)).astype(np.int8)
     ws = RNG.uniform(0.005, 0.02, 3).astype(np.float32)
     bq = RNG.integers(-300, 300, 3).astype(np.int32)
@@ -230,8 +233,8 @@ def test_c_matches_onnxruntime(case, built):
 
 def test_int8_tables_equal_onnxruntime_exactly(built):
     # the table is the op onnxruntime runs, quantized as QuantizeLinear does
-    for name, model, feeds, _, _ in CASES:
-        if name in ("q-hardswish", "q-hardsigmoid"):
+    for name, model, feeds, kernel, _ in CASES:
+        if kernel == "lut_s8":
             want = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, feeds)
             np.testing.assert_array_equal(built[name][0], want[0])
 

@@ -375,8 +375,9 @@ class Int8Ops:
         x, x_s, x_zp = self._act_in(mnode, name, mnode.input[0])
         want = (1 / 128, 0) if is_tanh else (1 / 256, -128)
         if not (np.float32(yq[0]) == np.float32(want[0]) and yq[1] == want[1]):
-            self.unsupported(mnode, name, f"int8 {mnode.op_type} needs output scale 1/"
-                             f"{round(1 / want[0])} and zero point {want[1]} (TFLite's)")
+            # another output quantization than TFLite's (e.g. onnxruntime's calibrated one):
+            # the function as a table
+            return self.q_lut(mnode, name, y, yq, -128, 127, None)
         mult, lshift, radius = logistic_params(x_s)
         self.emit("logistic_s8", name, mnode.op_type, x=("in", x), y=("out", y),
                   **ints(n=self.numel(y), x_zp=x_zp, mult=mult, left_shift=lshift, radius=radius,
