@@ -53,6 +53,21 @@ def _float_op(op, shape, consts=(), n_out=1, low=-3.0, high=3.0, **attrs):
     return m, {"x": RNG.uniform(low, high, shape).astype(np.float32)}
 
 
+def _float_ops(op, shape, variants, **attrs):
+    """One input x, one ``op`` node per variant ``(consts, attrs)``: outputs y, y1, ..."""
+    inits, nodes, outs = [], [], []
+    for k, (consts, extra) in enumerate(variants):
+        ins = ["x"]
+        for c in consts:
+            if c:
+                inits.append(_init(f"{c[0]}{k}", c[1]))
+            ins.append(f"{c[0]}{k}" if c else "")
+        outs.append(f"y{k}" if k else "y")
+        nodes.append(helper.make_node(op, ins, [outs[-1]], **attrs, **extra))
+    m = _model(nodes, [helper.make_tensor_value_info("x", TensorProto.FLOAT, list(shape))], outs, inits)
+    return m, {"x": RNG.uniform(-3, 3, shape).astype(np.float32)}
+
+
 X_Q, Y_Q = (0.04, 3), (0.05, -4)
 
 
@@ -97,25 +112,20 @@ NEAREST = ["round_prefer_floor", "round_prefer_ceil", "floor", "ceil"]
 def _cases():
     """(id, model, feeds, kernel the main op lowers to, int8?)."""
     out = []
-    # Resize: every coordinate transformation, growing and shrinking by uneven ratios
+    # Resize: every coordinate transformation and rounding, growing and shrinking by uneven
+    # ratios (one model per transformation, one Resize per variant)
     for coord in COORDS + ["tf_half_pixel_for_nn"]:
-        for nm in NEAREST:
-            out.append((f"resize-nearest-{coord}-{nm}",
-                        *_float_op("Resize", (1, 2, 3, 5), ["", "", _sizes([1, 2, 7, 8])],
-                                   mode="nearest", coordinate_transformation_mode=coord, nearest_mode=nm),
-                        "resize_nearest", False))
-        out.append((f"resize-nearest-{coord}-down",
-                    *_float_op("Resize", (1, 2, 7, 9), ["", "", _sizes([1, 2, 3, 4])], mode="nearest",
-                               coordinate_transformation_mode=coord),
+        variants = [(["", "", _sizes([1, 2, 7, 8])], dict(nearest_mode=nm)) for nm in NEAREST]
+        variants.append((["", "", _sizes([1, 2, 2, 3])], {}))
+        out.append((f"resize-nearest-{coord}",
+                    *_float_ops("Resize", (1, 2, 3, 5), variants, mode="nearest",
+                                coordinate_transformation_mode=coord),
                     "resize_nearest", False))
     for coord in COORDS:
-        out.append((f"resize-linear-{coord}-up",
-                    *_float_op("Resize", (2, 3, 4, 5), ["", "", _sizes([2, 3, 9, 7])], mode="linear",
-                               coordinate_transformation_mode=coord),
-                    "resize_linear_f32", False))
-        out.append((f"resize-linear-{coord}-down",
-                    *_float_op("Resize", (1, 2, 9, 11), ["", "", _sizes([1, 2, 4, 1])], mode="linear",
-                               coordinate_transformation_mode=coord),
+        out.append((f"resize-linear-{coord}",
+                    *_float_ops("Resize", (2, 3, 4, 5), [(["", "", _sizes(s)], {}) for s in
+                                                         ([2, 3, 9, 7], [2, 3, 3, 2], [2, 3, 1, 4])],
+                                mode="linear", coordinate_transformation_mode=coord),
                     "resize_linear_f32", False))
     out.append(("resize-linear-scales",
                 *_float_op("Resize", (1, 3, 4, 6), ["", _scales([1, 1, 2.5, 1.5])], mode="linear",
@@ -155,6 +165,15 @@ def _cases():
         out.append((f"depthtospace-{mode}", *_float_op("DepthToSpace", (2, 12, 2, 3), blocksize=2, mode=mode),
                     "copy_nd", False))
     out.append(("spacetodepth", *_float_op("SpaceToDepth", (1, 3, 6, 9), blocksize=3), "copy_nd", False))
+
+    # nearest picks values: TFLite's importer resizes an int8 tensor itself (no QDQ)
+    raw = _model([helper.make_node("Resize", ["x", "", "", "sizes"], ["y"], mode="nearest",
+                                   coordinate_transformation_mode="half_pixel",
+                                   nearest_mode="round_prefer_ceil")],
+                 [helper.make_tensor_value_info("x", TensorProto.INT8, [1, 3, 4, 5])], ["y"],
+                 [_init("sizes", np.int64([1, 3, 8, 10]))])
+    out.append(("resize-nearest-int8-tensor", raw, {"x": RNG.integers(-128, 128, (1, 3, 4, 5)).astype(np.int8)},
+                "resize_nearest", False))
 
     # int8 QDQ sandwiches: one integer kernel each
     for coord in ("asymmetric", "align_corners", "half_pixel"):
@@ -213,7 +232,7 @@ def test_lowers_to_its_kernel(case):
     if is_int8:   # the whole DequantizeLinear -> op -> QuantizeLinear is one integer kernel
         assert [s.kind for s in steps] == ["kernel"], [(s.kind, s.op) for s in steps]
     kernels = [c.kernel for c in Lowerer(model).run().calls]
-    assert kernels and kernels[0] == kernel, kernels
+    assert kernels and set(kernels[:len(model.graph.output)]) == {kernel}, kernels
     assert "dequantize_s8" not in kernels and "quantize_s8" not in kernels
 
 
@@ -289,3 +308,25 @@ def test_selfie_segmentation_exports_and_matches_onnxruntime_on_a_photo(tmp_path
         assert err <= 1e-4, err
     # a person on the photograph: the mask is not flat
     assert float(np.ptp(want[0])) > 0.5
+
+
+def test_int8_split_runs_as_dequantize_split_quantize(tmp_path):
+    """A Split in a QDQ graph (several outputs: no one-output int8 kernel) runs on the
+    dequantized tensor and each part is quantized again."""
+    from edgeloop.backends.c import CModel, compile_shared, generate
+
+    inits = [_init("xs", np.float32(0.05)), _init("xz", np.int8(2)), _init("sp", np.int64([3, 1])),
+             _init("as", np.float32(0.04)), _init("az", np.int8(-3)), _init("bs", np.float32(0.06)),
+             _init("bz", np.int8(5))]
+    nodes = [helper.make_node("DequantizeLinear", ["x", "xs", "xz"], ["xf"]),
+             helper.make_node("Split", ["xf", "sp"], ["af", "bf"], axis=1),
+             helper.make_node("QuantizeLinear", ["af", "as", "az"], ["a"]),
+             helper.make_node("QuantizeLinear", ["bf", "bs", "bz"], ["b"])]
+    m = _model(nodes, [helper.make_tensor_value_info("x", TensorProto.INT8, [2, 4, 3])], ["a", "b"], inits)
+    x = RNG.integers(-128, 128, (2, 4, 3)).astype(np.int8)
+    info = generate(m, tmp_path)
+    got = CModel(compile_shared(tmp_path, opt="-O1"), info).run_all(x)
+    want = ort.InferenceSession(m.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, {"x": x})
+    assert [g.shape for g in got] == [(2, 3, 3), (2, 1, 3)]
+    for g, w in zip(got, want):
+        assert np.abs(g.astype(int) - w.astype(int)).max() <= 1
