@@ -504,6 +504,8 @@ class FloatOps:
         mode = at.get("mode", b"DCR")
         mode = mode.decode() if isinstance(mode, bytes) else mode
         xs = self.shape(x)
+        if mode not in ("DCR", "CRD"):
+            self.unsupported(node, name, f"{node.op_type} mode '{mode}' is not supported")
         if len(xs) != 4:
             self.unsupported(node, name, f"{node.op_type} needs a 4-D tensor")
         N, C, H, W = xs
@@ -514,9 +516,11 @@ class FloatOps:
             ck, ci, cj = (H * W, bs * c * H * W, c * H * W) if mode == "DCR" else \
                 (bs * bs * H * W, bs * H * W, H * W)
             return [N, c, H, bs, W, bs], [C * H * W, ck, W, ci, 1, cj]
-        # y[n, (i*bs + j)*C + k, h, w] = x[n, k, h*bs + i, w*bs + j]: the output as
-        # [N, bs, bs, C, H/bs, W/bs]
-        return [N, bs, bs, C, H // bs, W // bs], [C * H * W, W, 1, H * W, bs * W, bs]
+        # y[n, (i*bs + j)*C + k, h, w] = x[n, k, h*bs + i, w*bs + j] (DCR: the output as
+        # [N, bs, bs, C, H/bs, W/bs]) or y[n, k*bs*bs + i*bs + j, h, w] (CRD: [N, C, bs, bs, ...])
+        if mode == "DCR":
+            return [N, bs, bs, C, H // bs, W // bs], [C * H * W, W, 1, H * W, bs * W, bs]
+        return [N, C, bs, bs, H // bs, W // bs], [C * H * W, H * W, W, 1, bs * W, bs]
 
     def op_DepthToSpace(self, node, name):
         shape, strides = self._space_depth_view(node, name, node.input[0], True)
