@@ -142,6 +142,7 @@ def _cases():
     out.append(("hardsigmoid", *_float_op("HardSigmoid", (3, 40), low=-5, high=5, alpha=0.3, beta=0.4),
                 "unary_f32", False))
     out.append(("pow-square", *_float_op("Pow", (2, 9), [("p", np.float32(2.0))]), "binary_f32", False))
+    out.append(("pow-int-exponent", *_float_op("Pow", (2, 9), [("p", np.int64(3))]), "binary_f32", False))
     out.append(("pow-sqrt", *_float_op("Pow", (2, 9), [("p", np.float32(0.5))], low=0.1), "binary_f32", False))
     # Split: given sizes, equal parts, a negative axis
     out.append(("split-sizes", *_float_op("Split", (2, 7, 3), [("sp", np.int64([2, 5]))], n_out=2, axis=1),

@@ -104,7 +104,10 @@ class FloatOps:
         """Add, Sub, Mul, Div, Max, Min: one broadcasting kernel, the registry's code."""
         if len(node.input) != 2:
             self.unsupported(node, name, f"{node.op_type} with {len(node.input)} inputs is not supported")
-        self._check_float(node, name, [node.input[0], node.input[1], node.output[0]])
+        # Pow's exponent may be an integer constant (its value is baked in as float)
+        checked = [t for t in node.input[:2] if not (node.op_type == "Pow" and t == node.input[1]
+                                                     and self.is_static(t))]
+        self._check_float(node, name, checked + [node.output[0]])
         y = node.output[0]
         ys = self.shape(y)
         ops, strides = [], []
