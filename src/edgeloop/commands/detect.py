@@ -89,18 +89,24 @@ class ImageClassifier:
         else:
             side = int(round(np.sqrt(shape[1])))
             self.chw, self.nchw = (1, side, side), False
+        # The bundle runtime's preprocessing (the model's own `preprocessing` metadata, else the
+        # bundle's default), so `predict` and a served bundle give the same scores.
+        c, h, w = self.chw
+        pre = meta.get("preprocessing")
+        if not (isinstance(pre, dict) and pre.get("type") == "image"):
+            pre = {"type": "image", "layout": "NCHW" if self.nchw else "NHWC", "channels": c, "height": h,
+                   "width": w, "scale": 1.0 / 255.0, "mean": [0.0] * c, "std": [1.0] * c}
+        self.preprocessing = pre
 
     def preprocess(self, img) -> np.ndarray:
         """The input tensor of a PIL image (or an RGB array)."""
         from PIL import Image
 
+        from edgeloop.runtime.model import image_tensor
+
         if isinstance(img, np.ndarray):
             img = Image.fromarray(img)
-        c, h, w = self.chw
-        g = img.convert("L" if c == 1 else "RGB").resize((w, h))
-        x = np.asarray(g, dtype=np.float32) / 255.0
-        x = x.reshape(h, w, c)
-        x = np.transpose(x, (2, 0, 1))[None] if self.nchw else x[None]
+        x = image_tensor(img, {**self.preprocessing, "layout": "NCHW" if self.nchw else "NHWC"})
         return x.reshape(self.shape).astype(np.float32)
 
     def infer(self, x: np.ndarray):

@@ -221,24 +221,7 @@ class BundleModel:
 
     def image_batch(self, img: Any) -> np.ndarray:
         """A decoded (PIL) image as a batch of one, preprocessed as the manifest says."""
-        from PIL import Image
-
-        pre = self.preprocessing
-        channels = int(pre.get("channels", 1))
-        img = img.convert("L" if channels == 1 else "RGB")
-        size = (int(pre["width"]), int(pre["height"]))
-        if img.size != size:
-            img = img.resize(size, Image.BILINEAR)
-        x = np.asarray(img, dtype=np.float32)
-        if x.ndim == 2:
-            x = x[:, :, None]
-        x = x * np.float32(pre.get("scale", 1.0 / 255.0))
-        mean = np.asarray(pre.get("mean", [0.0] * channels), dtype=np.float32)
-        std = np.asarray(pre.get("std", [1.0] * channels), dtype=np.float32)
-        x = (x - mean) / std
-        if pre.get("layout", "NCHW") == "NCHW":
-            x = np.transpose(x, (2, 0, 1))
-        return self._batch(x.astype(self.input_dtype))
+        return self._batch(image_tensor(img, self.preprocessing, self.input_dtype))
 
     # -- inference ---------------------------------------------------------------------------
     def run(self, batch: np.ndarray) -> Dict[str, np.ndarray]:
@@ -302,3 +285,26 @@ def _first_line(e: BaseException) -> str:
 
 def _fmt_shape(shape: Sequence[Any]) -> str:
     return "[" + ", ".join("N" if not isinstance(d, int) or d <= 0 else str(d) for d in shape) + "]"
+
+
+def image_tensor(img: Any, pre: Dict[str, Any], dtype: Any = np.float32) -> np.ndarray:
+    """One decoded (PIL) image as the model's input (no batch axis), as a ``preprocessing``
+    dict (manifest.json, or the model's metadata) says: converted, resized bilinear, scaled,
+    normalised, laid out. ``edgeloop predict`` uses this too, so both give the same scores."""
+    from PIL import Image
+
+    channels = int(pre.get("channels", 1))
+    img = img.convert("L" if channels == 1 else "RGB")
+    size = (int(pre["width"]), int(pre["height"]))
+    if img.size != size:
+        img = img.resize(size, Image.BILINEAR)
+    x = np.asarray(img, dtype=np.float32)
+    if x.ndim == 2:
+        x = x[:, :, None]
+    x = x * np.float32(pre.get("scale", 1.0 / 255.0))
+    mean = np.asarray(pre.get("mean", [0.0] * channels), dtype=np.float32)
+    std = np.asarray(pre.get("std", [1.0] * channels), dtype=np.float32)
+    x = (x - mean) / std
+    if pre.get("layout", "NCHW") == "NCHW":
+        x = np.transpose(x, (2, 0, 1))
+    return x.astype(dtype)
