@@ -182,11 +182,21 @@ def apply_pass(model: onnx.ModelProto, config: Any, data: PassData | None = None
     src.CopyFrom(model)
     recipe = list(get_metadata(model).get("recipe") or [])
     out = fn(src, config, data)
+    config = _RESOLVED.pop(id(out), config)  # the choices a pass made on the data, so the recipe replays them
     recipe.append({"pass": name, "config": config_to_dict(config)})
     strip_debug_info(out)
     compact_names(out)
     set_metadata(out, recipe=recipe)
     return out
+
+
+_RESOLVED: dict[int, Any] = {}
+
+
+def record_config(model: onnx.ModelProto, config: Any) -> None:
+    """Record the config a pass resolved while running (e.g. the per-tensor calibration it chose) as the
+    one :func:`apply_pass` writes into ``model``'s recipe, instead of the config it was given."""
+    _RESOLVED[id(model)] = config
 
 
 def compact_names(model: onnx.ModelProto) -> onnx.ModelProto:
