@@ -20,7 +20,7 @@ scikit-learn estimator or its .joblib path) for refits. It has no place for a
 Passes:
 
 ========================  =====================================================
-``int8_static``           int8 QDQ, calibrated (MinMax/Percentile/Entropy), TFLite scheme
+``int8_static``           int8 QDQ, calibrated (MinMax/Percentile/Entropy/MSE or per tensor), TFLite scheme
 ``int8_dynamic``          int8 weights, activations quantized at run time
 ``float16``               float16 weights (and optionally activations)
 ``mixed_precision``       int8 static with the named layers kept float
