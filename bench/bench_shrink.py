@@ -1,6 +1,11 @@
 """Benchmark for `edgeloop shrink` against onnxruntime's own quantizers, on real data.
 
-    .venv/bin/python bench/bench_shrink.py [--skip-fashion] [--skip-search] [--peers-only]
+    .venv/bin/python bench/bench_shrink.py [--skip-fashion] [--skip-search] [--peers-only] [--skip-ocr] [--only WORD..]
+
+Peers: onnxruntime's quantize_static and NNCF's nncf.quantize defaults (NNCF from a separate venv,
+/work/bench-venv-nncf: ``python3 -m venv /work/bench-venv-nncf && /work/bench-venv-nncf/bin/pip install
+nncf==3.4.0 onnx onnxruntime``; a row says so when it is missing). Fashion-MNIST comes from Debian's
+``dataset-fashion-mnist`` (apt); PaddleOCR's direction classifier from the rapidocr-onnxruntime wheel.
 
 The first table (``peers``) puts edgeloop's whole search (``shrink_files`` with --max-drop 0.01)
 beside onnxruntime's ``quantize_static`` (QDQ, per-channel, MinMax) on the digits CNN, the
