@@ -79,7 +79,7 @@ def test_int8_static_is_3_5x_smaller_and_loses_at_most_one_point(cnn):
         assert get_metadata(q)["recipe"] == [{"pass": "int8_static", "config": {
             "calibration": calib, "per_channel": True, "percentile": 99.999, "max_calib_samples": 256,
             "exclude": [], "op_types": [], "bias_correction": False,
-            "weight_rounding": "nearest", "rounding_iters": 300}}]
+            "weight_rounding": "nearest", "rounding_iters": 300, "rounding_seconds": 20.0, "choices": []}}]
     from edgeloop.profile import profile_model
 
     assert profile_model(q, latency=False)["precision"] == "int8"

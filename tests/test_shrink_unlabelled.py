@@ -205,3 +205,51 @@ def test_sklearn_mlp_onnx_shrinks_at_least_3_5x(tmp_path):
                 "-o", str(out), "--quick") == 0
     ratio = (tmp_path / "mlp.onnx").stat().st_size / (out / "model.onnx").stat().st_size
     assert ratio >= 3.5, ratio
+
+
+# ----- detectors: --metric agreement is box agreement with the float model at IoU 0.5 -----------
+
+def _det(box, label="face", score=0.9):
+    return {"box": list(map(float, box)), "label": label, "score": score}
+
+
+def test_box_agreement_matches_boxes_at_iou_half():
+    from edgeloop.search.unlabelled import box_agreement
+
+    ref = [[_det((10, 10, 50, 50)), _det((60, 60, 100, 100))], [], [_det((0, 0, 20, 20))]]
+    assert box_agreement(ref, ref) == 1.0
+    # a box shifted to IoU 0.8 still agrees; one shifted to IoU ~0.33 does not; an empty image is no evidence
+    moved = [[_det((14, 10, 54, 50)), _det((80, 60, 120, 100))], [], [_det((0, 0, 20, 20))]]
+    assert box_agreement(moved, ref) == pytest.approx(2 * 2 / 6)
+    # a missed box and an extra box both count against it; so does a wrong label
+    assert box_agreement([[_det((10, 10, 50, 50))], [_det((1, 1, 9, 9))], [_det((0, 0, 20, 20), "cat")]],
+                         ref) == pytest.approx(2 * 1 / 6)
+    assert box_agreement([[], [], []], [[], [], []]) == 1.0
+
+
+def test_detector_agreement_against_its_float_self():
+    """MediaPipe's face detector on photo crops, no labels: the float model agrees with itself (1.0),
+    its int8 (min-max) is scored by boxes, and the splits say detection."""
+    from PIL import Image
+
+    from edgeloop.data.readers import _unlabelled_arrays
+    from edgeloop.detect import attach_head
+    from edgeloop.frontends import load_file
+    from edgeloop.passes import Int8Static, PassData, apply_pass
+    from edgeloop.search.unlabelled import evaluate_unlabelled, unlabelled_splits
+    from test_detect import FACE_HEAD
+    from wheel_assets import mediapipe_model, photo
+
+    m = load_file(str(mediapipe_model("face_detection/face_detection_short_range.tflite")))
+    attach_head(m, FACE_HEAD)
+    faces = np.load(photo("lfw_subset.npy"))[:60]
+    x = np.stack([np.repeat(np.asarray(Image.fromarray((f * 255).astype(np.uint8)).resize((128, 128)),
+                                       np.float32)[:, :, None], 3, axis=2) / 127.5 - 1.0 for f in faces])
+    sp = unlabelled_splits(m, _unlabelled_arrays(x, None, "faces"), "agreement")
+    assert sp.task == "detection"
+    xv, yv = sp["validation"]
+    assert sum(len(d) for d in yv) > 0  # the float model finds faces: there is something to agree on
+    assert evaluate_unlabelled(m, xv, yv, "agreement") == 1.0
+    q = apply_pass(m, Int8Static(), PassData(x_calib=sp.x_calib))
+    got = evaluate_unlabelled(q, xv, yv, "agreement")
+    assert 0.0 <= got <= 1.0

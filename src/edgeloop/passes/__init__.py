@@ -20,7 +20,7 @@ scikit-learn estimator or its .joblib path) for refits. It has no place for a
 Passes:
 
 ========================  =====================================================
-``int8_static``           int8 QDQ, calibrated (MinMax/Percentile/Entropy), TFLite scheme
+``int8_static``           int8 QDQ, calibrated (MinMax/Percentile/Entropy/MSE or per tensor), TFLite scheme
 ``int8_dynamic``          int8 weights, activations quantized at run time
 ``float16``               float16 weights (and optionally activations)
 ``mixed_precision``       int8 static with the named layers kept float
@@ -182,11 +182,37 @@ def apply_pass(model: onnx.ModelProto, config: Any, data: PassData | None = None
     src.CopyFrom(model)
     recipe = list(get_metadata(model).get("recipe") or [])
     out = fn(src, config, data)
-    recipe.append({"pass": name, "config": config_to_dict(config)})
+    recipe.append({"pass": name, "config": _resolved_config(out, name) or config_to_dict(config)})
     strip_debug_info(out)
     compact_names(out)
     set_metadata(out, recipe=recipe)
     return out
+
+
+_RESOLVED_KEY = "edgeloop.resolved_config"
+
+
+def record_config(model: onnx.ModelProto, config: Any) -> None:
+    """Record the config a pass resolved while running (e.g. the per-tensor calibration it chose) as the
+    one :func:`apply_pass` writes into ``model``'s recipe instead of the config it was given (only for
+    a step of that same pass; the note itself is removed)."""
+    import json
+
+    _resolved_config(model, "")  # one note at most
+    p = model.metadata_props.add()
+    p.key, p.value = _RESOLVED_KEY, json.dumps({"pass": config.NAME, "config": config_to_dict(config)})
+
+
+def _resolved_config(model: onnx.ModelProto, name: str) -> dict | None:
+    import json
+
+    found = None
+    for i in reversed(range(len(model.metadata_props))):
+        if model.metadata_props[i].key == _RESOLVED_KEY:
+            note = json.loads(model.metadata_props[i].value)
+            found = note["config"] if note.get("pass") == name else found
+            del model.metadata_props[i]
+    return found
 
 
 def compact_names(model: onnx.ModelProto) -> onnx.ModelProto:

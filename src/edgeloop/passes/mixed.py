@@ -27,6 +27,19 @@ class MixedPrecision:
     calibration: str = "minmax"
     per_channel: bool = True
     op_types: tuple[str, ...] = ()  # as Int8Static: () = the integer backends' operators
+    choices: tuple[str, ...] = ()  # as Int8Static (calibration="auto"): the per-tensor choices replayed
+    bias_correction: bool = False
+
+    @classmethod
+    def from_int8(cls, q: Int8Static, float_layers) -> "MixedPrecision":
+        """The int8 config ``q`` (its calibration, per-tensor choices, weights) with ``float_layers`` float."""
+        return cls(float_layers=tuple(float_layers), calibration=q.calibration, per_channel=q.per_channel,
+                   op_types=tuple(q.op_types), choices=tuple(q.choices), bias_correction=q.bias_correction)
+
+    def int8(self, exclude: tuple[str, ...] = ()) -> Int8Static:
+        return Int8Static(calibration=self.calibration, per_channel=self.per_channel,
+                          exclude=tuple(self.float_layers) + tuple(exclude), op_types=tuple(self.op_types),
+                          choices=tuple(self.choices), bias_correction=self.bias_correction)
 
 
 def quantizable_layers(model: onnx.ModelProto) -> list[str]:
@@ -75,7 +88,7 @@ def last_layers(model: onnx.ModelProto, n: int, skip: tuple[str, ...] = ()) -> l
 
 def rank_sensitivity(model: onnx.ModelProto, data: PassData, calibration: str = "minmax",
                      max_layers: int = 8, layers: list[str] | None = None,
-                     keep_float: tuple[str, ...] = ()) -> list[tuple[str, float]]:
+                     keep_float: tuple[str, ...] = (), int8: Int8Static | None = None) -> list[tuple[str, float]]:
     """[(layer, metric gain on validation when that layer alone stays float)], best gain first.
 
     ``layers``: the layers to measure (default: the first ``max_layers``); ``keep_float``: layers
@@ -87,14 +100,19 @@ def rank_sensitivity(model: onnx.ModelProto, data: PassData, calibration: str = 
     xv, yv = data.split("validation", "measuring layer sensitivity for mixed precision")
     sign = 1.0 if HIGHER_IS_BETTER[data.metric] else -1.0
     keep = tuple(keep_float)
-    full = run_static(model, Int8Static(calibration=calibration, exclude=keep), data)
+    import dataclasses
+
+    q = int8 if int8 is not None else Int8Static(calibration=calibration)
+    if q.calibration == "auto" and not q.choices:  # choose once, replay in every measurement
+        q = dataclasses.replace(q, calibration="minmax")
+    full = run_static(model, dataclasses.replace(q, exclude=keep), data)
     ref = evaluate(full, xv, yv, data.metric)
     if layers is None:
         layers = quantizable_layers(model)[:max_layers * 4]
     gains = []
     for name in layers[:max_layers] if len(layers) > max_layers else layers:
-        q = run_static(model, Int8Static(calibration=calibration, exclude=keep + (name,)), data)
-        gains.append((name, sign * (evaluate(q, xv, yv, data.metric) - ref)))
+        one = run_static(model, dataclasses.replace(q, exclude=keep + (name,)), data)
+        gains.append((name, sign * (evaluate(one, xv, yv, data.metric) - ref)))
     gains.sort(key=lambda t: -t[1])
     return gains
 
@@ -102,9 +120,7 @@ def rank_sensitivity(model: onnx.ModelProto, data: PassData, calibration: str = 
 def run(model: onnx.ModelProto, config: MixedPrecision, data: PassData | None) -> onnx.ModelProto:
     from edgeloop.graph import set_metadata
 
-    out = run_static(model, Int8Static(calibration=config.calibration, per_channel=config.per_channel,
-                                       exclude=tuple(config.float_layers), op_types=tuple(config.op_types)),
-                     data)
+    out = run_static(model, config.int8(), data)
     set_metadata(out, float_layers=list(config.float_layers))
     return out
 

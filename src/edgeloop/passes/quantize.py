@@ -1,8 +1,10 @@
 """int8 quantization with onnxruntime.quantization, in the TFLite-compatible QDQ scheme.
 
 ``int8_static``: activations int8 asymmetric per tensor (calibrated on
-samples: MinMax, Percentile or Entropy), weights int8 symmetric per output
-channel, bias int32 (scale = input scale x weight scale); the graph is in QDQ
+samples: MinMax, Percentile, Entropy, MSE, or ``auto``: the method chosen per
+tensor, and per-channel or per-tensor weights per layer, by the whole model's
+output error against the float model on the calibration samples), weights int8
+symmetric per output channel (or per tensor), bias int32 (scale = input scale x weight scale); the graph is in QDQ
 form (DequantizeLinear -> float op -> QuantizeLinear), which the profiler and
 the C backend read as int8 kernels. ``int8_dynamic``: weights int8 stored,
 activations quantized at run time (MatMulInteger/ConvInteger); a host-side
@@ -12,6 +14,7 @@ option, not an MCU one.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import io
 import logging
 import os
@@ -27,7 +30,10 @@ from edgeloop.backends.c import registry as _registry
 from edgeloop.errors import EdgeloopError, UsageError
 from edgeloop.passes import PassData, register_pass
 
-CALIBRATIONS = ("minmax", "percentile", "entropy")
+# onnxruntime's calibrators, "mse" (the clipping range that minimises each tensor's own int8 error) and
+# "auto" (one of those four per tensor, chosen by the model's output error; see _choose_per_tensor)
+CALIBRATIONS = ("minmax", "percentile", "entropy", "mse", "auto")
+METHODS = ("minmax", "percentile", "entropy", "mse")
 
 # The operators our integer backends run as int8 kernels: the C backend's operator registry
 # (edgeloop.backends.c.registry lowers exactly these QDQ patterns). Anything else (e.g. a
@@ -49,6 +55,11 @@ class Int8Static:
     bias_correction: bool = False  # fold each layer's mean int8 output error into its bias (kept if it helps)
     weight_rounding: str = "nearest"  # nearest | adaround (rounding learnt per layer on x_calib, kept if it helps)
     rounding_iters: int = 300
+    rounding_seconds: float = 20.0  # AdaRound's time budget for the whole model (later layers keep nearest)
+    # calibration="auto": the choices made, "tensor=method" (activations) and "weight=per_tensor|per_channel"
+    # (weights), plus "*=method" (the global method the rest uses). Empty: chosen on x_calib and recorded
+    # here, so the recipe replays the same choices without measuring again.
+    choices: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -191,15 +202,47 @@ def _unique_node_names(model: onnx.ModelProto) -> None:
         seen.add(n.name)
 
 
-def run_static(model: onnx.ModelProto, config: Int8Static, data: PassData | None) -> onnx.ModelProto:
+def _quantize(src: onnx.ModelProto, x: np.ndarray, config: Int8Static, method: str, per_channel: bool,
+              overrides: dict | None = None) -> onnx.ModelProto:
+    """One onnxruntime ``quantize_static`` call (QDQ, int8) with per-tensor ``TensorQuantOverrides``."""
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
+
+    ort_method = {"percentile": CalibrationMethod.Percentile, "entropy": CalibrationMethod.Entropy}.get(
+        method, CalibrationMethod.MinMax)  # mse ranges come in as overrides over MinMax
+    extra: dict[str, Any] = {"ActivationSymmetric": False, "WeightSymmetric": True}
+    if method == "percentile":
+        extra["CalibPercentile"] = config.percentile
+    if overrides:
+        extra["TensorQuantOverrides"] = overrides
+    with tempfile.TemporaryDirectory(prefix="edgeloop-q-") as d:
+        out_path = os.path.join(d, "q.onnx")
+        try:
+            with _quiet():
+                given = onnx.ModelProto()  # onnxruntime may move the given model's weights to external data
+                given.CopyFrom(src)
+                quantize_static(given, out_path, _Reader(src, x), quant_format=QuantFormat.QDQ,
+                                per_channel=per_channel, activation_type=QuantType.QInt8,
+                                weight_type=QuantType.QInt8, calibrate_method=ort_method,
+                                nodes_to_exclude=list(config.exclude) or None, extra_options=extra,
+                                op_types_to_quantize=_op_types(config.op_types))
+        except EdgeloopError:
+            raise
+        except Exception as e:
+            first = (str(e).strip().splitlines() or [type(e).__name__])[0]
+            raise EdgeloopError(f"int8 static quantization failed: {first}") from None
+        return onnx.load(out_path)
+
+
+def run_static(model: onnx.ModelProto, config: Int8Static, data: PassData | None) -> onnx.ModelProto:
+    from edgeloop.graph import set_metadata
+    from edgeloop.passes import record_config
 
     if config.calibration not in CALIBRATIONS:
         raise UsageError(f"calibration must be one of {', '.join(CALIBRATIONS)}, got {config.calibration!r}")
+    if config.weight_rounding not in ("nearest", "adaround"):
+        raise UsageError(f"weight_rounding must be nearest or adaround, got {config.weight_rounding!r}")
     if data is None or data.x_calib is None or len(data.x_calib) == 0:
         raise UsageError("int8 static quantization needs calibration samples (x_calib)")
-    method = {"minmax": CalibrationMethod.MinMax, "percentile": CalibrationMethod.Percentile,
-              "entropy": CalibrationMethod.Entropy}[config.calibration]
     src = _prepared(model)
     _unique_node_names(src)
     known = {n.name for n in src.graph.node}
@@ -210,34 +253,244 @@ def run_static(model: onnx.ModelProto, config: Int8Static, data: PassData | None
     x = np.asarray(data.x_calib)
     if len(x) > config.max_calib_samples:
         x = x[rng.choice(len(x), config.max_calib_samples, replace=False)]
-    reader = _Reader(src, x)
-    extra: dict[str, Any] = {"ActivationSymmetric": False, "WeightSymmetric": True}
-    if config.calibration == "percentile":
-        extra["CalibPercentile"] = config.percentile
-    with tempfile.TemporaryDirectory(prefix="edgeloop-q-") as d:
-        out_path = os.path.join(d, "q.onnx")
-        try:
-            with _quiet():
-                given = onnx.ModelProto()  # onnxruntime may move the given model's weights to external data
-                given.CopyFrom(src)
-                quantize_static(given, out_path, reader, quant_format=QuantFormat.QDQ,
-                                per_channel=config.per_channel, activation_type=QuantType.QInt8,
-                                weight_type=QuantType.QInt8, calibrate_method=method,
-                                nodes_to_exclude=list(config.exclude) or None, extra_options=extra,
-                                op_types_to_quantize=_op_types(config.op_types))
-        except EdgeloopError:
-            raise
-        except Exception as e:
-            first = (str(e).strip().splitlines() or [type(e).__name__])[0]
-            raise EdgeloopError(f"int8 static quantization failed: {first}") from None
-        out = onnx.load(out_path)
-    if config.weight_rounding not in ("nearest", "adaround"):
-        raise UsageError(f"weight_rounding must be nearest or adaround, got {config.weight_rounding!r}")
+    report, resolved = None, config
+    if config.calibration == "auto":
+        choices, report = (_parse_choices(config.choices), None) if config.choices else \
+            _choose_per_tensor(src, x, config)
+        out = _quantize(src, x, config, choices["*"], True, _overrides(src, x, config, choices))
+        resolved = dataclasses.replace(config, choices=_format_choices(choices))
+        set_metadata(out, int8_calibration={"choices": _format_choices(choices), **(report or {})})
+    elif config.calibration == "mse":
+        out = _quantize(src, x, config, "mse", config.per_channel,
+                        _overrides(src, x, config, {"*": "mse"}))
+    else:
+        out = _quantize(src, x, config, config.calibration, config.per_channel)
     if config.weight_rounding == "adaround":
-        out = _adarounded(src, out, x, config.rounding_iters)
+        out = _adarounded(src, out, x, config.rounding_iters, config.rounding_seconds)
     if config.bias_correction:
         out = _bias_corrected(src, out, x)
-    return _keep_metadata(model, out)
+    out = _keep_metadata(model, out)
+    record_config(out, resolved)
+    return out
+
+
+# --------------------------------------------------------------------------- per-tensor calibration
+
+def _parse_choices(entries: tuple[str, ...]) -> dict[str, str]:
+    out = {}
+    for e in entries:
+        name, sep, value = e.rpartition("=")
+        if not sep or value not in METHODS + ("per_tensor", "per_channel"):
+            raise UsageError(f"int8_static: a choice must be 'tensor=method' or 'weight=per_tensor', got {e!r}")
+        out[name] = value
+    out.setdefault("*", "minmax")
+    return out
+
+
+def _format_choices(choices: dict[str, str]) -> tuple[str, ...]:
+    return tuple(f"{k}={v}" for k, v in choices.items())
+
+
+def _activation_qparams(q: onnx.ModelProto) -> dict[str, tuple[str, str]]:
+    """{activation tensor: (scale initializer, zero-point initializer)} of a QDQ graph's QuantizeLinear nodes."""
+    inits = {i.name for i in q.graph.initializer}
+    return {n.input[0]: (n.input[1], n.input[2]) for n in q.graph.node
+            if n.op_type == "QuantizeLinear" and n.input[0] not in inits and len(n.input) > 2
+            and n.input[1] in inits and n.input[2] in inits}
+
+
+def _ranges(q: onnx.ModelProto) -> dict[str, tuple[float, float]]:
+    """{activation tensor: (rmin, rmax)} the int8 grid of each QuantizeLinear covers (scale, zero point)."""
+    from onnx import numpy_helper
+
+    inits = {i.name: i for i in q.graph.initializer}
+    out = {}
+    for t, (s, z) in _activation_qparams(q).items():
+        scale = float(numpy_helper.to_array(inits[s]).reshape(-1)[0])
+        zp = float(numpy_helper.to_array(inits[z]).reshape(-1)[0])
+        out[t] = ((-128 - zp) * scale, (127 - zp) * scale)
+    return out
+
+
+def _mse_ranges(src: onnx.ModelProto, tensors: list[str], x: np.ndarray,
+                full: dict[str, tuple[float, float]]) -> dict[str, tuple[float, float]]:
+    """Per tensor, the clipping of its min-max range (both ends shrunk by one factor) whose int8 grid
+    reproduces the tensor's values on the calibration samples with the least squared error.
+
+    onnxruntime has no MSE calibrator; its own ``compute_scale_zp`` makes each candidate grid."""
+    from onnxruntime.quantization.quant_utils import compute_scale_zp
+
+    have = {t for n in src.graph.node for t in n.output} | {i.name for i in src.graph.input}
+    tensors = [t for t in tensors if t in have]  # not the names the quantizer adds (e.g. before an output)
+    vals = _run_with(src, tensors, x[:32])[len(src.graph.output):]
+    rng = np.random.default_rng(0)
+    out = {}
+    for t, v in zip(tensors, vals):
+        v = np.asarray(v, dtype=np.float32).reshape(-1)
+        if v.size > 200_000:
+            v = v[rng.choice(v.size, 200_000, replace=False)]
+        lo, hi = full[t]
+        best = (np.inf, (lo, hi))
+        for a in np.linspace(1.0, 0.3, 15):
+            zp, scale = compute_scale_zp(np.float32(lo * a), np.float32(hi * a), np.int8(-128), np.int8(127))
+            scale, zp = float(scale), float(zp)
+            if scale <= 0:
+                continue
+            err = float(np.mean(((np.clip(np.round(v / scale) + zp, -128, 127) - zp) * scale - v) ** 2))
+            if err < best[0]:
+                best = (err, ((-128 - zp) * scale, (127 - zp) * scale))
+        out[t] = best[1]
+    return out
+
+
+def _method_ranges(src: onnx.ModelProto, x: np.ndarray, config: Int8Static,
+                   wanted: set[str]) -> dict[str, dict[str, tuple[float, float]]]:
+    """{method: {activation tensor: range}} for the methods in ``wanted`` (onnxruntime's calibrators)."""
+    got: dict[str, dict[str, tuple[float, float]]] = {}
+    for m in ("minmax", "percentile", "entropy"):
+        if m in wanted or (m == "minmax" and "mse" in wanted):
+            got[m] = _ranges(_quantize(src, x, config, m, config.per_channel))
+    if "mse" in wanted:
+        got["mse"] = _mse_ranges(src, list(got["minmax"]), x, got["minmax"])
+    return got
+
+
+def _overrides(src: onnx.ModelProto, x: np.ndarray, config: Int8Static, choices: dict[str, str],
+               ranges: dict | None = None) -> dict:
+    """onnxruntime ``TensorQuantOverrides`` for the choices: rmin/rmax per activation, per-tensor weights."""
+    wanted = {v for v in choices.values() if v in METHODS} - {choices["*"]} | (
+        {"mse"} if choices["*"] == "mse" else set())
+    ranges = ranges if ranges is not None else _method_ranges(src, x, config, wanted)
+    out: dict[str, list[dict]] = {}
+    base = choices["*"]
+    for m, table in ranges.items():
+        for t, (lo, hi) in table.items():
+            if choices.get(t, base) == m and (m != base or m == "mse"):
+                out[t] = [{"rmin": np.float32(lo), "rmax": np.float32(hi)}]
+    for w in _weight_names(src):
+        if choices.get(w, "per_channel" if config.per_channel else "per_tensor") == "per_tensor":
+            out[w] = [{"symmetric": True}]  # per tensor; the rest per channel (quantize with per_channel=True)
+    return out
+
+
+def _weight_names(src: onnx.ModelProto) -> list[str]:
+    inits = {i.name for i in src.graph.initializer}
+    return [n.input[1] for n in src.graph.node
+            if n.op_type in ("Conv", "Gemm", "MatMul", "ConvTranspose") and len(n.input) > 1 and n.input[1] in inits]
+
+
+def _set_qparams(q: onnx.ModelProto, scale_name: str, zp_name: str, rng: tuple[float, float]) -> None:
+    from onnx import numpy_helper
+    from onnxruntime.quantization.quant_utils import compute_scale_zp
+
+    inits = {i.name: i for i in q.graph.initializer}
+    zp, scale = compute_scale_zp(np.float32(rng[0]), np.float32(rng[1]), np.int8(-128), np.int8(127))
+    old_s, old_z = numpy_helper.to_array(inits[scale_name]), numpy_helper.to_array(inits[zp_name])
+    inits[scale_name].CopyFrom(numpy_helper.from_array(np.asarray(scale, old_s.dtype).reshape(old_s.shape),
+                                                       scale_name))
+    inits[zp_name].CopyFrom(numpy_helper.from_array(np.asarray(zp, old_z.dtype).reshape(old_z.shape), zp_name))
+
+
+def _weight_inits(q: onnx.ModelProto) -> dict[str, tuple[list[str], list]]:
+    """{float weight name: (the initializers holding its int8 form and its layer's int32 bias, their
+    DequantizeLinear nodes)} per layer."""
+    inits = {i.name for i in q.graph.initializer}
+    producers = {o: n for n in q.graph.node for o in n.output}
+    out = {}
+    for n in q.graph.node:
+        if n.op_type not in ("Conv", "Gemm", "MatMul", "ConvTranspose") or len(n.input) < 2:
+            continue
+        dq = producers.get(n.input[1])
+        if dq is None or dq.op_type != "DequantizeLinear" or not all(t in inits for t in dq.input if t):
+            continue
+        names, nodes = [t for t in dq.input if t], [dq]
+        if len(n.input) > 2 and n.input[2]:
+            bq = producers.get(n.input[2])
+            if bq is not None and bq.op_type == "DequantizeLinear" and all(t in inits for t in bq.input if t):
+                names += [t for t in bq.input if t]
+                nodes.append(bq)
+        w = dq.input[0][:-len("_quantized")] if dq.input[0].endswith("_quantized") else dq.input[0]
+        out[w] = (names, nodes)
+    return out
+
+
+def _swap(mine: dict, donor: dict, names: list[str], nodes: list, donor_nodes: list) -> None:
+    """Put the donor's initializers and DequantizeLinear attributes (the channel axis) in place."""
+    for n in names:
+        mine[n].CopyFrom(donor[n])
+    for a, b in zip(nodes, donor_nodes):
+        del a.attribute[:]
+        a.attribute.extend(b.attribute)
+
+
+def _choose_per_tensor(src: onnx.ModelProto, x: np.ndarray, config: Int8Static) -> tuple[dict, dict]:
+    """Calibration chosen per tensor by output error, measured against the float model on ``x``.
+
+    Every method's ranges come from onnxruntime's calibrators (plus the MSE clipping); the method
+    whose whole-model output error is lowest is the base, then, tensor by tensor in graph order,
+    each other method's range is tried and kept where the output error goes down; then each
+    layer's weights per tensor instead of per channel (or the reverse), the same way. The
+    measurements edit the QDQ graph's scales in place (a session per try); the shipped graph is
+    made by one ``quantize_static`` call with the choices as ``TensorQuantOverrides``.
+    """
+    from onnx import numpy_helper
+
+    x_eval = x[:128]
+    ref = _run_with(src, [], x_eval)
+    n_out = len(src.graph.output)
+
+    def err(m: onnx.ModelProto) -> float:
+        return _output_error(ref, _run_with(m, [], x_eval)[:n_out])
+
+    ranges = _method_ranges(src, x, config, set(METHODS))
+    global_err = {}
+    models = {}
+    for m in METHODS:
+        models[m] = _quantize(src, x, config, m, config.per_channel,
+                              _overrides(src, x, config, {"*": m}, ranges) if m == "mse" else None)
+        global_err[m] = err(models[m])
+    base = min(METHODS, key=lambda m: global_err[m])
+    choices = {"*": base}
+    cur = onnx.ModelProto()
+    cur.CopyFrom(models[base])
+    best = global_err[base]
+    qparams = _activation_qparams(cur)
+    for t, (s_name, z_name) in qparams.items():
+        keep = ranges[base].get(t)
+        for m in METHODS:
+            r = ranges[m].get(t)
+            if m == base or r is None or keep is None or np.allclose(r, keep):
+                continue
+            _set_qparams(cur, s_name, z_name, r)
+            e = err(cur)
+            if e < best * (1 - 1e-4):
+                best, keep, choices[t] = e, r, m
+        if keep is not None:
+            _set_qparams(cur, s_name, z_name, keep)
+    # weights: per channel or per tensor, layer by layer (the other granularity's int8 weights and bias)
+    other = _quantize(src, x, config, base, not config.per_channel)
+    donor = {i.name: i for i in other.graph.initializer}
+    mine = {i.name: i for i in cur.graph.initializer}
+    theirs = _weight_inits(other)
+    for w, (names, nodes) in _weight_inits(cur).items():
+        if w not in theirs or theirs[w][0] != names or not all(n in donor for n in names):
+            continue
+        saved = {n: onnx.TensorProto() for n in names}
+        for n in names:
+            saved[n].CopyFrom(mine[n])
+        saved_nodes = [onnx.NodeProto() for _ in nodes]
+        for a, b in zip(saved_nodes, nodes):
+            a.CopyFrom(b)
+        _swap(mine, donor, names, nodes, theirs[w][1])
+        e = err(cur)
+        if e < best * (1 - 1e-4):
+            best = e
+            choices[w] = "per_channel" if not config.per_channel else "per_tensor"
+        else:
+            _swap(mine, saved, names, nodes, saved_nodes)
+    report = {"calib_error_global": {m: round(v, 6) for m, v in global_err.items()}, "base": base,
+              "calib_error_chosen": round(best, 6), "tensors_changed": len(choices) - 1}
+    return choices, report
 
 
 def _run_with(model: onnx.ModelProto, names: list[str], x: np.ndarray) -> list[np.ndarray]:
@@ -337,15 +590,19 @@ def _attr(node: onnx.NodeProto, name: str, default: Any) -> Any:
     return default if a is None else onnx.helper.get_attribute_value(a)
 
 
-def _adarounded(float_model: onnx.ModelProto, q: onnx.ModelProto, x: np.ndarray, iters: int) -> onnx.ModelProto:
+def _adarounded(float_model: onnx.ModelProto, q: onnx.ModelProto, x: np.ndarray, iters: int,
+                seconds: float = 20.0) -> onnx.ModelProto:
     """AdaRound-style weight rounding (Nagel et al. 2020): per Conv/Gemm layer, in graph order,
     learn whether each int8 weight rounds up or down so that the layer's output on the quantized
     model's own inputs matches the float layer's output, instead of rounding to nearest.
 
     A soft rounding variable per weight (rectified sigmoid), a regulariser pushing it to 0 or 1
     with an annealed exponent, ``iters`` Adam steps per layer on the CPU (torch). Kept only if the
-    whole model's relative output error on the calibration samples goes down.
+    whole model's relative output error on the calibration samples goes down. ``seconds`` caps the
+    whole pass: layers not reached in time keep round-to-nearest (the count is in the metadata).
     """
+    import time
+
     import torch
     from onnx import numpy_helper
 
@@ -369,7 +626,10 @@ def _adarounded(float_model: onnx.ModelProto, q: onnx.ModelProto, x: np.ndarray,
     layers = [n for n in fixed.graph.node if n.op_type in ("Conv", "Gemm")]
     done = 0
     torch.manual_seed(0)
+    t0 = time.perf_counter()
     for (f, k), y_ref in zip(pairs, ref_all[n_out:]):
+        if time.perf_counter() - t0 > seconds:
+            break
         g = layers[k]
         dq = producers.get(g.input[1])
         if dq is None or dq.op_type != "DequantizeLinear" or dq.input[0] not in inits or dq.input[1] not in inits:

@@ -35,27 +35,57 @@ def _has_layers(model, ops=("Conv", "Gemm", "MatMul")) -> bool:
     return any(n.op_type in ops for n in model.graph.node)
 
 
+def _over_budget(s: Any, cand) -> bool:
+    """True if ``cand`` failed or already loses more than --max-drop: a candidate built on it (int8 on a
+    pruned model, more pruning) would be dominated, so the search skips it."""
+    if cand is None or cand.error is not None:
+        return True
+    return cand.metrics.get("drop", 0.0) > s.limits.max_drop + 1e-12
+
+
+def int8_base(cand) -> Any:
+    """The Int8Static config a candidate's last step ran with (its per-tensor choices included)."""
+    from edgeloop.passes import config_from_dict
+
+    step = cand.recipe[-1]
+    return config_from_dict("int8_static", step["config"]) if step["pass"] == "int8_static" else None
+
+
+def global_calibration(cand) -> str:
+    """The global calibration method of an int8 candidate (the base of a per-tensor choice)."""
+    if cand is None:
+        return "minmax"
+    cfg = cand.recipe[-1]["config"]
+    if cfg.get("calibration") != "auto":
+        return cfg.get("calibration", "minmax")
+    return next((c.split("=", 1)[1] for c in cfg.get("choices", []) if c.startswith("*=")), "minmax")
+
+
 def quantize_family(s: Any, parent, quick: bool = False) -> Any:
-    """int8 static (each calibration) on ``parent``; returns the best by the validation metric."""
+    """int8 static on ``parent``: min-max (onnxruntime's default), the calibration chosen per tensor by
+    output error (from per-channel and, unless quick, per-tensor weights), then bias correction and
+    learnt rounding on the best; returns the best by the validation metric."""
+    import dataclasses
+
     from edgeloop.passes import Int8Static
 
     model = parent.model if parent is not None else s.base_model
     if not _has_layers(model):
         return None
-    calibs = ("minmax",) if quick else ("minmax", "percentile", "entropy")
-    got = [s.add(parent, Int8Static(calibration=c)) for c in calibs]
+    got = [s.add(parent, Int8Static(calibration="minmax")),
+           s.add(parent, Int8Static(calibration="auto"), label="int8_static (calibration per tensor)")]
+    if not quick:
+        got.append(s.add(parent, Int8Static(calibration="auto", per_channel=False),
+                         label="int8_static (calibration per tensor, per-tensor weights)"))
     hib = HIGHER_IS_BETTER[s.splits.metric]
     best = _best(got, s.splits.metric, higher=hib)
     if best is None:
         return None
-    # refinements of the best calibration, each a candidate of its own (measured on validation, kept
-    # by the search only where it helps): bias correction, per-tensor weights (fewer scales to store)
-    calib = best.recipe[-1]["config"]["calibration"]
-    extra = [s.add(parent, Int8Static(calibration=calib, bias_correction=True)),
-             s.add(parent, Int8Static(calibration=calib, per_channel=False))]
-    if not quick and _n_weights(model) <= ADAROUND_MAX_WEIGHTS:  # learnt rounding: a few seconds per layer
-        extra.append(s.add(parent, Int8Static(calibration=calib, weight_rounding="adaround",
-                                              bias_correction=True)))
+    base = int8_base(best)
+    extra = [s.add(parent, dataclasses.replace(base, bias_correction=True), label="int8_static + bias correction")]
+    if not quick and _n_weights(model) <= ADAROUND_MAX_WEIGHTS:  # learnt rounding: seconds per layer, capped
+        extra.append(s.add(parent, dataclasses.replace(base, weight_rounding="adaround", bias_correction=True),
+                           label="int8_static + AdaRound"))
     return _best([best] + extra, s.splits.metric, higher=hib)
 
 
@@ -67,7 +97,7 @@ def detector_mixed(s: Any, best_q: Any, loss: float, quick: bool = False) -> Non
 
     metric = s.splits.metric
     base_val = s.baseline.metrics[metric]
-    calib = best_q.recipe[-1]["config"]["calibration"]
+    calib = global_calibration(best_q)
     head = head_layers(s.base_model)
     report: dict = {"metric": metric, "split": "validation", "float": base_val, "int8": best_q.metrics[metric],
                     "drop": loss, "max_drop": s.limits.max_drop, "int8_candidate": best_q.id,
@@ -115,6 +145,7 @@ def explore(s: Any, quick: bool = False) -> None:
             s.add(None, Int8Dynamic())
         best_q = quantize_family(s, None, quick)
         s.info["calibration"] = best_q.recipe[-1]["config"]["calibration"] if best_q else None
+        calib = global_calibration(best_q)  # what later int8 steps (on pruned models) use: one global method
 
         # mixed precision: layers whose int8 costs the most stay float, by measurement on validation
         if best_q is not None and "mixed_precision" in names:
@@ -123,20 +154,23 @@ def explore(s: Any, quick: bool = False) -> None:
 
             if s.splits.task == "detection":
                 detector_mixed(s, best_q, loss, quick)
-            elif loss > 0 and len(quantizable_layers(base)) > 1:
-                calib = best_q.recipe[-1]["config"]["calibration"]
+            elif loss > s.limits.max_drop and len(quantizable_layers(base)) > 1:
+                # the best int8 (its per-tensor choices, weights, bias correction) with layers kept float
+                q_cfg = int8_base(best_q)
                 s.progress("measuring layer sensitivity to int8")
                 try:
-                    ranking = rank_sensitivity(base, s.data, calib, max_layers=4 if quick else 8)
+                    ranking = rank_sensitivity(base, s.data, max_layers=4 if quick else 12, int8=q_cfg)
                 except Exception as e:  # a measurement that fails only removes these candidates
                     s.info["layer_sensitivity_error"] = f"{type(e).__name__}: {e}"
                     ranking = []
                 s.info["layer_sensitivity"] = [{"layer": n, "gain": g} for n, g in ranking]
                 helpful = [n for n, g in ranking if g > 0]
                 for k in range(1, min(3, len(helpful)) + 1):
-                    s.add(None, MixedPrecision(float_layers=tuple(helpful[:k]), calibration=calib))
+                    c = s.add(None, MixedPrecision.from_int8(q_cfg, helpful[:k]),
+                              label=f"mixed precision: {k} layer(s) float")
+                    if c is not None and not c.misses:
+                        break  # more float layers: larger, and this one already meets the limits
 
-        calib = s.info.get("calibration") or "minmax"
         from edgeloop.passes import Int8Static
 
         # structured pruning, then int8
@@ -146,8 +180,9 @@ def explore(s: Any, quick: bool = False) -> None:
             if prunable_layers(base):
                 for ratio in ((0.5,) if quick else (0.25, 0.5, 0.75)):
                     p = s.add(None, ChannelPrune(ratio=ratio))
-                    if p is not None:
-                        s.add(p, Int8Static(calibration=calib))
+                    if _over_budget(s, p):
+                        break  # dominated: int8 on top, and more pruning, only lose more
+                    s.add(p, Int8Static(calibration=calib))
 
         # unstructured pruning, int8, compact storage
         if "magnitude_prune" in names and _has_layers(base):
@@ -158,22 +193,27 @@ def explore(s: Any, quick: bool = False) -> None:
 
             if not quick and _torch_source(s.data) is not None:  # a PyTorch source: fine-tune too
                 settings += [MagnitudePrune(sparsity=sp, refit=False, finetune_epochs=2) for sp in (0.85, 0.9)]
+            failed_refit = False
             for cfg in settings:
+                if failed_refit and cfg.refit:
+                    continue  # a lower sparsity already lost more than --max-drop
                 p = s.add(None, cfg)
-                if p is not None:
-                    q = s.add(p, Int8Static(calibration=calib))
-                    # The compact form is decoded by onnxruntime when a session starts. A
-                    # microcontroller backend would have to store the decoded (dense) weights,
-                    # so the saving is only real off microcontrollers.
-                    if q is not None and not (s.target is not None and s.target.kind == "mcu"):
-                        s.add(q, SparseStorage())
+                if _over_budget(s, p):
+                    failed_refit = failed_refit or cfg.refit
+                    continue  # dominated: int8 and sparse storage on top only lose as much or more
+                q = s.add(p, Int8Static(calibration=calib))
+                # The compact form is decoded by onnxruntime when a session starts. A
+                # microcontroller backend would have to store the decoded (dense) weights,
+                # so the saving is only real off microcontrollers.
+                if not _over_budget(s, q) and not (s.target is not None and s.target.kind == "mcu"):
+                    s.add(q, SparseStorage())
 
         if "layer_removal" in names:
             from edgeloop.passes.layers import LayerRemoval, removable_layers
 
             for layer in removable_layers(base)[:2 if quick else 4]:
                 r = s.add(None, LayerRemoval(layers=(layer,)))
-                if r is not None:
+                if not _over_budget(s, r):
                     s.add(r, Int8Static(calibration=calib))
 
     # refits of a scikit-learn source

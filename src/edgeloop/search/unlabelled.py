@@ -4,6 +4,12 @@
 samples whose arg-max class is the float model's); ``--max-drop`` is the
 largest loss of agreement accepted (the float model agrees with itself: 1.0).
 
+For a detector (a model with a ``head`` in its metadata) ``agreement`` is box
+agreement: per image, the model's boxes are matched to the float model's (same
+label, IoU >= 0.5, best score first, each float box used once), and the score
+is ``2 * matched / (boxes + float boxes)`` over all images (1.0 for the float
+model; a missed and an extra box both count against it).
+
 ``--metric fidelity``: relative output error against the float model,
 ``||out - ref|| / ||ref||`` over every float output of every sample (0.0 for
 the float model); ``--max-drop`` is the largest relative error accepted.
@@ -51,6 +57,51 @@ def image_spec(model: onnx.ModelProto) -> dict | None:
     return {"layout": layout, "size": [int(h), int(w)], "channels": int(c), "range": [lo, hi]}
 
 
+BOX_IOU = 0.5
+
+
+def is_detector(model: onnx.ModelProto) -> bool:
+    from edgeloop.graph import get_metadata
+
+    return isinstance(get_metadata(model).get("head"), dict)
+
+
+def boxes(model: onnx.ModelProto, x: np.ndarray) -> np.ndarray:
+    """Each image's detections (at the head's own score threshold, in input-tensor pixels): object array."""
+    from edgeloop.data.scoring import DetectionPredictor
+    from edgeloop.runtime.detect import Letterbox
+
+    p = DetectionPredictor(model)
+    w, h = p.head["input"]["size"]
+    same = Letterbox(int(w), int(h), 1.0, 1.0, 0.0, 0.0)
+    dets = p.detect(np.asarray(x), [same] * len(x), min_score=None)
+    out = np.empty(len(dets), dtype=object)
+    out[:] = dets
+    return out
+
+
+def box_agreement(preds, refs, iou: float = BOX_IOU) -> float:
+    """2 * matched / (boxes + reference boxes) over all images (see the module docstring)."""
+    from edgeloop.runtime.detect import box_iou
+
+    if len(preds) != len(refs):
+        raise DataError(f"{len(preds)} images of detections for {len(refs)} reference images")
+    matched = total = 0
+    for dets, ref in zip(preds, refs):
+        total += len(dets) + len(ref)
+        if not dets or not ref:
+            continue
+        ious = box_iou(np.asarray([d["box"] for d in dets]), np.asarray([r["box"] for r in ref]))
+        taken = np.zeros(len(ref), dtype=bool)
+        for i in sorted(range(len(dets)), key=lambda k: -float(dets[k].get("score", 1.0))):
+            ok = [j for j in range(len(ref)) if not taken[j] and str(ref[j]["label"]) == str(dets[i]["label"])
+                  and ious[i, j] >= iou]
+            if ok:
+                taken[max(ok, key=lambda j: ious[i, j])] = True
+                matched += 1
+    return 1.0 if total == 0 else float(2 * matched / total)
+
+
 def top1(model: onnx.ModelProto, x: np.ndarray) -> np.ndarray:
     """Each sample's top-1: the label a classifier predicts, else the arg-max of the first output."""
     from edgeloop.data.scoring import Predictor, feature_view
@@ -78,6 +129,8 @@ def outputs_flat(model: onnx.ModelProto, x: np.ndarray) -> np.ndarray:
 
 def evaluate_unlabelled(model: onnx.ModelProto, x: np.ndarray, y: np.ndarray, metric: str) -> float:
     """agreement (higher is better) or fidelity (relative error, lower is better) against ``y``."""
+    if metric == "agreement" and is_detector(model):
+        return box_agreement(boxes(model, x), list(y))
     if metric == "agreement":
         pred = top1(model, x)
         y = np.asarray(y).reshape(-1)
@@ -106,11 +159,12 @@ def unlabelled_splits(model: onnx.ModelProto, raw: RawData, metric: str, *, seed
                         where=where)
     try:
         feature_view(model, x[:2], where)  # shape check with one line
-        y = top1(model, x) if metric == "agreement" else outputs_flat(model, x)
+        detector = metric == "agreement" and is_detector(model)
+        y = boxes(model, x) if detector else top1(model, x) if metric == "agreement" else outputs_flat(model, x)
     except DataError as e:
         raise e.with_where(where)
     # stratify by the float model's top-1 for agreement; one bin for fidelity
-    if metric == "agreement":
+    if metric == "agreement" and not detector:
         _, strat = np.unique(np.asarray(y).astype(str), return_inverse=True)
         classes = [str(i) for i in range(int(strat.max()) + 1)]
     else:
@@ -127,5 +181,5 @@ def unlabelled_splits(model: onnx.ModelProto, raw: RawData, metric: str, *, seed
     parts = {k: (x[idx[k]], np.asarray(y)[idx[k]]) for k in SPLITS}
     held = ("no labels: the float model's outputs are the reference; a seeded validation split chooses, "
             "a test split is reported once")
-    return Splits(parts, x_calib, "classification" if metric == "agreement" else "regression", metric, where,
-                  held)
+    task = "detection" if detector else "classification" if metric == "agreement" else "regression"
+    return Splits(parts, x_calib, task, metric, where, held)
