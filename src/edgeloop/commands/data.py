@@ -252,7 +252,7 @@ def print_train(result: dict) -> None:
                   f"{row['train_seconds']:.1f} s", mark)
     out.print(t)
     if tgt:
-        out.print("* estimated from MACs and the target's calibrated throughput, not measured.")
+        out.print(result.get("estimate_note") or "* estimated from MACs and the target's calibrated throughput, not measured.")
     out.print(result["summary"])
     for note in result.get("warnings") or []:
         out.print(f"warning: {note}")
