@@ -4,14 +4,20 @@
 tries, smallest first:
 
 1. ``fomo``: a centroid detector in the FOMO style. A truncated MobileNet-like
-   backbone (depthwise-separable convolutions; the width multiplier is the
-   largest of 0.25/0.35/0.5 whose int8 weights and activations fit the target
-   with room to spare) ends at 1/8 of the input resolution in a per-cell softmax
-   over background + classes. Trained with a weighted cross-entropy on cell
-   targets (the cell holding a box's centre gets the box's class), then
-   quantized to int8 (QDQ, per-channel weights, calibrated on train images, the
-   project's :mod:`edgeloop.passes.quantize`). Scored by centroid F1
-   (:func:`edgeloop.detect.metrics.centroid_f1`). Head kind ``centroids``.
+   backbone (depthwise-separable convolutions, thin in the first layers at 1/2 and
+   1/4 resolution, which hold most of the MACs; :func:`fomo_widths`) ends at 1/8 of
+   the input resolution in a per-cell softmax over background + classes, channels
+   last (the ``NHWC`` heatmap the int8 C backend runs). The width multiplier is the
+   largest of ALPHAS whose int8 weights and activations fit the target with room to
+   spare and, on a Cortex-M, whose estimated instructions per frame
+   (:func:`estimate_instructions`, calibrated on the C backend under QEMU) run at 10
+   fps on the target's clock (:func:`instruction_budget`). Trained with a weighted
+   cross-entropy on cell targets (the cell holding a box's centre gets the box's
+   class), then quantized to int8 (QDQ, per-channel weights, calibrated on train
+   images, the project's :mod:`edgeloop.passes.quantize`) with the heatmap left int8.
+   Scored by centroid F1 (:func:`edgeloop.detect.metrics.centroid_f1`). Head kind
+   ``centroids``. Its estimated fps in the candidate table comes from those
+   instructions and the target's cycles per instruction.
 2. ``yolo``: a small anchor-free box detector (a few hundred thousand
    parameters; for Linux boards). One stride-8 level; each cell predicts a
    centre offset, a width and height and sigmoid class scores, decoded in the
@@ -23,7 +29,9 @@ crops, colour jitter), a progress bar per epoch (loss and validation score) and
 early stopping on the validation score (the best epoch's weights are kept).
 Each candidate is scored on ``validation`` through the ONNX graph that would
 ship (the same preprocessing and decoding as ``edgeloop predict``); ``test``
-is touched once, by the chosen model. The model carries its head
+is touched once, by the chosen model. Without ``--candidates``, the float box
+detector is not trained for a target it cannot fit (its weights beyond the
+flash, or its activations beyond the RAM). The model carries its head
 (:func:`edgeloop.detect.attach_head`), so ``predict`` needs no head file; a
 centroid model reports the box of the cells it found around each centre.
 """
@@ -47,7 +55,7 @@ CANDIDATE_NAMES = ("fomo", "yolo")
 METRIC_OF = {"fomo": "centroid_f1", "yolo": "map50"}
 ALPHAS = (0.25, 0.35, 0.5, 0.75, 1.0)
 DEFAULT_SIZE = (96, 96)
-DEFAULT_EPOCHS = 60
+DEFAULT_EPOCHS = 120
 
 
 def parse_size(text: str | None) -> tuple[int, int] | None:
@@ -302,9 +310,12 @@ def choose_alpha(tgt, n_classes: int, size: tuple[int, int]) -> float:
     a target."""
     if tgt is None:
         return 0.35
+    import torch
+
     budget = instruction_budget(tgt)
     for alpha in reversed(ALPHAS):
-        net = build_fomo(n_classes, alpha)
+        with torch.random.fork_rng():  # sizing nets must not move the seeded RNG the trained net draws from
+            net = build_fomo(n_classes, alpha)
         params, peak = arch_estimate(net, size)
         flash_ok = tgt.flash_bytes == 0 or params <= tgt.flash_bytes / 2
         fast_ok = budget is None or estimate_instructions(net, size) <= budget
@@ -573,7 +584,8 @@ def _train_candidate(name: str, ds, train: _Split, val: _Split, size, tgt, *, ep
                   augmentation=["hflip", "crop 0.7-1.0", "colour jitter 0.7-1.3"])
     return {"net": net, "ship": ship, "model": model, "score": scores[metric], "metric": metric,
             "float_score": fit["best_validation"], "train_seconds": train_s, "fit": fit, "config": config,
-            "description": (f"FOMO centroids, MobileNet-like alpha {config['arch']['alpha']}, int8"
+            "description": (f"FOMO centroids, MobileNet-like alpha {config['arch']['alpha']} (widths "
+                            f"{'-'.join(map(str, fomo_widths(config['arch']['alpha'])))}), int8"
                             if name == "fomo" else "anchor-free boxes (YOLO-style head), float32")}
 
 
