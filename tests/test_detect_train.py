@@ -206,8 +206,8 @@ def test_trained_fomo_runs_on_cortex_m4_as_estimated(trained, tmp_path):
 
 def test_width_is_chosen_for_the_target_instruction_budget():
     from edgeloop.hardware import get_target
-    from edgeloop.train.detect import (ALPHAS, build_fomo, choose_alpha, estimate_fps, estimate_instructions,
-                                       instruction_budget)
+    from edgeloop.train.detect import (THIN_ALPHAS, build_fomo, choose_alpha, estimate_fps,
+                                       estimate_instructions, instruction_budget)
 
     m7, m4 = get_target("stm32f746"), get_target("stm32l4r5")
     budget = instruction_budget(m7)
@@ -215,11 +215,11 @@ def test_width_is_chosen_for_the_target_instruction_budget():
     assert estimate_fps(m7, budget) == pytest.approx(10, rel=1e-3)
     assert instruction_budget(m4) < budget  # a slower clock, more cycles per instruction
     assert instruction_budget(get_target("raspberry-pi-4")) is None
-    cost = {a: estimate_instructions(build_fomo(2, a), (96, 96)) for a in ALPHAS}
+    cost = {a: estimate_instructions(build_fomo(2, a, thin=True), (96, 96)) for a in THIN_ALPHAS}
     assert list(cost.values()) == sorted(cost.values())
     a = choose_alpha(m7, 2, (96, 96))
     assert cost[a] <= min(budget, 10_000_000)  # the aim: under 10 M on the Cortex-M4
-    wider = [w for w in ALPHAS if w > a]
+    wider = [w for w in THIN_ALPHAS if w > a]
     assert wider and cost[wider[0]] > budget  # the widest that fits, not merely a narrow one
     assert choose_alpha(get_target("stm32h743"), 2, (96, 96)) > a  # a 480 MHz M7 affords more
 

@@ -8,8 +8,8 @@ tries, smallest first:
    1/4 resolution, which hold most of the MACs; :func:`fomo_widths`) ends at 1/8 of
    the input resolution in a per-cell softmax over background + classes, channels
    last (the ``NHWC`` heatmap the int8 C backend runs). The width multiplier is the
-   largest of ALPHAS whose int8 weights and activations fit the target with room to
-   spare and, on a Cortex-M, whose estimated instructions per frame
+   largest whose int8 weights and activations fit the target with room to spare
+   and, on a Cortex-M (the thin variant), whose estimated instructions per frame
    (:func:`estimate_instructions`, calibrated on the C backend under QEMU) run at 10
    fps on the target's clock (:func:`instruction_budget`). Trained with a weighted
    cross-entropy on cell targets (the cell holding a box's centre gets the box's
@@ -53,7 +53,8 @@ from edgeloop.train.detect_data import (  # noqa: F401  (re-exported: the fine-t
 
 CANDIDATE_NAMES = ("fomo", "yolo")
 METRIC_OF = {"fomo": "centroid_f1", "yolo": "map50"}
-ALPHAS = (0.25, 0.35, 0.5, 0.75, 1.0)
+ALPHAS = (0.25, 0.35, 0.5)
+THIN_ALPHAS = (0.25, 0.35, 0.5, 0.75, 1.0)  # the thin variant, on microcontrollers
 DEFAULT_SIZE = (96, 96)
 DEFAULT_EPOCHS = 120
 
@@ -100,21 +101,24 @@ def _backbone(widths: tuple[int, ...]):
         _dw(c0, c1, 2), _dw(c1, c2, 1), _dw(c2, c3, 2), _dw(c3, c4, 1))
 
 
-def fomo_widths(alpha: float) -> tuple[int, int, int, int, int]:
+def fomo_widths(alpha: float, thin: bool = False) -> tuple[int, ...]:
     """Channel widths of the FOMO backbone at width multiplier ``alpha``: MobileNetV1's
-    (32, 64, 128, 256) halved in the first three layers and three quarters in the last. The
-    layers at 1/2 and 1/4 resolution hold most of the MACs and run at the most instructions per
-    MAC on a Cortex-M4 (few channels per pixel), so they are kept thin; the stem keeps 8
+    (32, 64, 128, 256) times ``alpha``. ``thin`` (the microcontroller variant, sized by
+    instructions per frame): halved in the first three layers and three quarters in the last.
+    The layers at 1/2 and 1/4 resolution hold most of the MACs and run at the most instructions
+    per MAC on a Cortex-M4 (few channels per pixel), so they are kept thin; the stem keeps 8
     channels at least (fewer lose the colour and edge filters)."""
+    if not thin:
+        return tuple(_ch(c, alpha) for c in (32, 64, 128, 256))
     return (max(8, _ch(16, alpha)), max(8, _ch(32, alpha)), _ch(64, alpha), _ch(128, alpha), _ch(192, alpha))
 
 
-def build_fomo(n_classes: int, alpha: float, head_width: int = 32):
+def build_fomo(n_classes: int, alpha: float, head_width: int = 32, thin: bool = False):
     """Backbone at width ``alpha`` (:func:`fomo_widths`) -> 1x1 conv -> 1x1 conv to background +
     classes (logits, [B, 1 + classes, H/8, W/8])."""
     import torch.nn as nn
 
-    widths = fomo_widths(alpha)
+    widths = fomo_widths(alpha, thin)
     return nn.Sequential(_backbone(widths), nn.Conv2d(widths[-1], head_width, 1), nn.ReLU(),
                          nn.Conv2d(head_width, n_classes + 1, 1))
 
@@ -302,26 +306,33 @@ def estimate_fps(tgt, instructions: float) -> float | None:
     return None if cpi is None or not instructions else tgt.clock_mhz * 1e6 / (instructions * cpi)
 
 
-def choose_alpha(tgt, n_classes: int, size: tuple[int, int]) -> float:
-    """The widest FOMO backbone whose int8 arena takes at most half the target's usable RAM, whose
-    int8 weights at most half its flash (room for the runtime, the image and the app) and, on a
-    microcontroller, whose estimated instructions per frame run at AIM_FPS
-    (:func:`instruction_budget`); the narrowest when none does; 0.35 (FOMO's usual width) without
-    a target."""
-    if tgt is None:
-        return 0.35
+def choose_arch(tgt, n_classes: int, size: tuple[int, int]) -> dict[str, Any]:
+    """``{"alpha", "thin"}`` of the FOMO backbone for ``tgt``. On a Cortex-M (an instruction budget,
+    :func:`instruction_budget`): the widest thin variant (THIN_ALPHAS) whose estimated
+    instructions per frame run at AIM_FPS, whose int8 arena takes at most half the usable RAM and
+    whose int8 weights at most half the flash; the narrowest when none does. Elsewhere the widest
+    of ALPHAS that fits RAM and flash so; 0.35 (FOMO's usual width) without a target."""
     import torch
 
+    if tgt is None:
+        return {"alpha": 0.35, "thin": False}
     budget = instruction_budget(tgt)
-    for alpha in reversed(ALPHAS):
+    thin = budget is not None
+    ladder = THIN_ALPHAS if thin else ALPHAS
+    for alpha in reversed(ladder):
         with torch.random.fork_rng():  # sizing nets must not move the seeded RNG the trained net draws from
-            net = build_fomo(n_classes, alpha)
+            net = build_fomo(n_classes, alpha, thin=thin)
         params, peak = arch_estimate(net, size)
         flash_ok = tgt.flash_bytes == 0 or params <= tgt.flash_bytes / 2
         fast_ok = budget is None or estimate_instructions(net, size) <= budget
         if peak <= tgt.usable_ram_bytes / 2 and flash_ok and fast_ok:
-            return alpha
-    return ALPHAS[0]
+            return {"alpha": alpha, "thin": thin}
+    return {"alpha": ladder[0], "thin": thin}
+
+
+def choose_alpha(tgt, n_classes: int, size: tuple[int, int]) -> float:
+    """The width multiplier :func:`choose_arch` picks for ``tgt``."""
+    return choose_arch(tgt, n_classes, size)["alpha"]
 
 
 def _giou(a, b):
@@ -540,13 +551,14 @@ def _train_candidate(name: str, ds, train: _Split, val: _Split, size, tgt, *, ep
     w, h = size
     gh, gw = h // STRIDE, w // STRIDE
     if name == "fomo":
-        alpha = choose_alpha(tgt, nc, size)
-        net = build_fomo(nc, alpha)
+        arch = choose_arch(tgt, nc, size)
+        alpha = arch["alpha"]
+        net = build_fomo(nc, alpha, thin=arch["thin"])
         weight = torch.ones(nc + 1)
         weight[1:] = _object_weight(train, gh, gw)
         ce = torch.nn.CrossEntropyLoss(weight=weight)
         head_kind, lr = "centroids", 1e-2
-        config = {"builder": "edgeloop.train.detect.build_fomo", "arch": {"n_classes": nc, "alpha": alpha},
+        config = {"builder": "edgeloop.train.detect.build_fomo", "arch": {"n_classes": nc, **arch},
                   "object_weight": float(weight[1])}
 
         def loss_of(m, xb, bb):
@@ -585,7 +597,7 @@ def _train_candidate(name: str, ds, train: _Split, val: _Split, size, tgt, *, ep
     return {"net": net, "ship": ship, "model": model, "score": scores[metric], "metric": metric,
             "float_score": fit["best_validation"], "train_seconds": train_s, "fit": fit, "config": config,
             "description": (f"FOMO centroids, MobileNet-like alpha {config['arch']['alpha']} (widths "
-                            f"{'-'.join(map(str, fomo_widths(config['arch']['alpha'])))}), int8"
+                            f"{'-'.join(map(str, fomo_widths(config['arch']['alpha'], config['arch']['thin'])))}), int8"
                             if name == "fomo" else "anchor-free boxes (YOLO-style head), float32")}
 
 
