@@ -1,6 +1,6 @@
 """Benchmark: detectors from data, smallest first (issue 12).
 
-    PYTHONPATH=src .venv/bin/python bench/bench_detect_train.py [--images 600] [--size 96] [--epochs 120]
+    PYTHONPATH=src .venv/bin/python bench/bench_detect_train.py [--images 600] [--size 96] [--epochs 200]
 
 Builds the detection set of tests/test_detect_train.py (scikit-learn's handwritten
 digits pasted on crops of scikit-image photographs, written in the detection
@@ -54,7 +54,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--images", type=int, default=600, help="images in the generated set")
     ap.add_argument("--size", type=int, default=96, help="image and input size (square)")
-    ap.add_argument("--epochs", type=int, default=120, help="most epochs for the centroid detector (early stopping)")
+    ap.add_argument("--epochs", type=int, default=200, help="most epochs for the centroid detector (early stopping)")
     ap.add_argument("--box-epochs", type=int, default=40, help="most epochs for the box detector")
     ap.add_argument("--only", default="fomo,yolo", help="comma-separated detectors to run")
     args = ap.parse_args()

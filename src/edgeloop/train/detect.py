@@ -56,7 +56,7 @@ METRIC_OF = {"fomo": "centroid_f1", "yolo": "map50"}
 ALPHAS = (0.25, 0.35, 0.5)
 THIN_ALPHAS = (0.25, 0.35, 0.5, 0.75, 1.0)  # the thin variant, on microcontrollers
 DEFAULT_SIZE = (96, 96)
-DEFAULT_EPOCHS = 120
+DEFAULT_EPOCHS = 200
 
 
 def parse_size(text: str | None) -> tuple[int, int] | None:
