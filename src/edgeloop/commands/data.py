@@ -193,7 +193,7 @@ def register(app: typer.Typer) -> None:
         min_score: Optional[float] = typer.Option(None, "--min-score", help="Stop at the first (smallest) candidate reaching this validation score (for mae: at most this error). Without it every candidate is tried and the best kept."),
         candidates: Optional[str] = typer.Option(None, "--candidates", help="Comma-separated subset of candidate names to try (see the table), in size order."),
         seed: int = typer.Option(0, "--seed", help="Seed for every candidate's training."),
-        epochs: Optional[int] = typer.Option(None, "--epochs", help="Epochs for the CNN candidate (images; default 4); for detectors the most epochs, with early stopping (default 60)."),
+        epochs: Optional[int] = typer.Option(None, "--epochs", help="Epochs for the CNN candidate (images; default 4); for detectors the most epochs, with early stopping (default 200)."),
         size: Optional[str] = typer.Option(None, "--size", help="Detection datasets: the detector's input size WIDTHxHEIGHT in pixels, multiples of 8 (default 96x96)."),
         as_json: bool = typer.Option(False, "--json", help="Print the result as one JSON object."),
     ) -> None:
@@ -252,7 +252,7 @@ def print_train(result: dict) -> None:
                   f"{row['train_seconds']:.1f} s", mark)
     out.print(t)
     if tgt:
-        out.print("* estimated from MACs and the target's calibrated throughput, not measured.")
+        out.print(result.get("estimate_note") or "* estimated from MACs and the target's calibrated throughput, not measured.")
     out.print(result["summary"])
     for note in result.get("warnings") or []:
         out.print(f"warning: {note}")

@@ -122,15 +122,15 @@ def train_dataset(dataset: str | os.PathLike, output: str | os.PathLike, *, targ
     A detection dataset (card kind "detection") goes to :func:`edgeloop.train.detect.train_detector`
     (``size``: the input WxH; ``epochs`` None = its own default, with early stopping)."""
     from edgeloop.data import load_dataset
-    from edgeloop.train.detect_data import card_kind
 
-    if card_kind(dataset) == "detection":
+    ds = load_dataset(dataset)  # checksums checked; a DetectionDataset for images with boxes
+    if ds.kind == "detection":
         from edgeloop.train.detect import train_detector
 
         if metric is not None:
             raise UsageError("--metric does not apply to a detection dataset (detectors are scored by "
                              "centroid F1 or mAP@0.5)")
-        return train_detector(dataset, output, target=target, min_score=min_score, size=size,
+        return train_detector(ds, output, target=target, min_score=min_score, size=size,
                               candidates=candidates, seed=seed, epochs=epochs, progress=progress,
                               threads=cnn_threads)
     if size is not None:
@@ -145,7 +145,6 @@ def train_dataset(dataset: str | os.PathLike, output: str | os.PathLike, *, targ
         from edgeloop.hardware import get_target
 
         tgt = get_target(target)
-    ds = load_dataset(dataset)
     task = ds.task
     metric = metric or ("accuracy" if task == "classification" else "mae")
     if metric not in METRICS:

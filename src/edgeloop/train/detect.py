@@ -4,14 +4,20 @@
 tries, smallest first:
 
 1. ``fomo``: a centroid detector in the FOMO style. A truncated MobileNet-like
-   backbone (depthwise-separable convolutions; the width multiplier is the
-   largest of 0.25/0.35/0.5 whose int8 weights and activations fit the target
-   with room to spare) ends at 1/8 of the input resolution in a per-cell softmax
-   over background + classes. Trained with a weighted cross-entropy on cell
-   targets (the cell holding a box's centre gets the box's class), then
-   quantized to int8 (QDQ, per-channel weights, calibrated on train images, the
-   project's :mod:`edgeloop.passes.quantize`). Scored by centroid F1
-   (:func:`edgeloop.detect.metrics.centroid_f1`). Head kind ``centroids``.
+   backbone (depthwise-separable convolutions, thin in the first layers at 1/2 and
+   1/4 resolution, which hold most of the MACs; :func:`fomo_widths`) ends at 1/8 of
+   the input resolution in a per-cell softmax over background + classes, channels
+   last (the ``NHWC`` heatmap the int8 C backend runs). The width multiplier is the
+   largest whose int8 weights and activations fit the target with room to spare
+   and, on a Cortex-M (the thin variant), whose estimated instructions per frame
+   (:func:`estimate_instructions`, calibrated on the C backend under QEMU) run at 10
+   fps on the target's clock (:func:`instruction_budget`). Trained with a weighted
+   cross-entropy on cell targets (the cell holding a box's centre gets the box's
+   class), then quantized to int8 (QDQ, per-channel weights, calibrated on train
+   images, the project's :mod:`edgeloop.passes.quantize`) with the heatmap left int8.
+   Scored by centroid F1 (:func:`edgeloop.detect.metrics.centroid_f1`). Head kind
+   ``centroids``. Its estimated fps in the candidate table comes from those
+   instructions and the target's cycles per instruction.
 2. ``yolo``: a small anchor-free box detector (a few hundred thousand
    parameters; for Linux boards). One stride-8 level; each cell predicts a
    centre offset, a width and height and sigmoid class scores, decoded in the
@@ -23,7 +29,9 @@ crops, colour jitter), a progress bar per epoch (loss and validation score) and
 early stopping on the validation score (the best epoch's weights are kept).
 Each candidate is scored on ``validation`` through the ONNX graph that would
 ship (the same preprocessing and decoding as ``edgeloop predict``); ``test``
-is touched once, by the chosen model. The model carries its head
+is touched once, by the chosen model. Without ``--candidates``, the float box
+detector is not trained for a target it cannot fit (its weights beyond the
+flash, or its activations beyond the RAM). The model carries its head
 (:func:`edgeloop.detect.attach_head`), so ``predict`` needs no head file; a
 centroid model reports the box of the cells it found around each centre.
 """
@@ -40,13 +48,15 @@ import numpy as np
 
 from edgeloop.data.readers import DataError
 from edgeloop.errors import UsageError
+from edgeloop.train.detect_data import (  # noqa: F401  (re-exported: the fine-tuner imports them from here)
+    STRIDE, _augment, _cell_targets, _head_spec, _object_weight, _Split)
 
 CANDIDATE_NAMES = ("fomo", "yolo")
 METRIC_OF = {"fomo": "centroid_f1", "yolo": "map50"}
 ALPHAS = (0.25, 0.35, 0.5)
+THIN_ALPHAS = (0.25, 0.35, 0.5, 0.75, 1.0)  # the thin variant, on microcontrollers
 DEFAULT_SIZE = (96, 96)
-DEFAULT_EPOCHS = 60
-STRIDE = 8
+DEFAULT_EPOCHS = 200
 
 
 def parse_size(text: str | None) -> tuple[int, int] | None:
@@ -79,20 +89,36 @@ def _dw(cin: int, cout: int, stride: int):
 
 def _backbone(widths: tuple[int, ...]):
     """MobileNetV1's first blocks, truncated at stride 8: a strided 3x3 stem, then depthwise-separable
-    blocks (the full-resolution block after the stem is left out: it costs the most MACs)."""
+    blocks (the full-resolution block after the stem is left out: it costs the most MACs).
+    ``widths`` (c0, c1, c2, c3[, c4]): stem, then the blocks at 1/4, 1/4, 1/8 and 1/8 resolution
+    (the last block widens c3 to c4 when given)."""
     import torch.nn as nn
 
-    c0, c1, c2, c3 = widths
+    c0, c1, c2, c3 = widths[:4]
+    c4 = widths[4] if len(widths) > 4 else c3
     return nn.Sequential(
         nn.Sequential(nn.Conv2d(3, c0, 3, 2, 1, bias=False), nn.BatchNorm2d(c0), nn.ReLU()),
-        _dw(c0, c1, 2), _dw(c1, c2, 1), _dw(c2, c3, 2), _dw(c3, c3, 1))
+        _dw(c0, c1, 2), _dw(c1, c2, 1), _dw(c2, c3, 2), _dw(c3, c4, 1))
 
 
-def build_fomo(n_classes: int, alpha: float, head_width: int = 32):
-    """Backbone at width ``alpha`` -> 1x1 conv -> 1x1 conv to background + classes (logits)."""
+def fomo_widths(alpha: float, thin: bool = False) -> tuple[int, ...]:
+    """Channel widths of the FOMO backbone at width multiplier ``alpha``: MobileNetV1's
+    (32, 64, 128, 256) times ``alpha``. ``thin`` (the microcontroller variant, sized by
+    instructions per frame): halved in the first three layers and three quarters in the last.
+    The layers at 1/2 and 1/4 resolution hold most of the MACs and run at the most instructions
+    per MAC on a Cortex-M4 (few channels per pixel), so they are kept thin; the stem keeps 8
+    channels at least (fewer lose the colour and edge filters)."""
+    if not thin:
+        return tuple(_ch(c, alpha) for c in (32, 64, 128, 256))
+    return (max(8, _ch(16, alpha)), max(8, _ch(32, alpha)), _ch(64, alpha), _ch(128, alpha), _ch(192, alpha))
+
+
+def build_fomo(n_classes: int, alpha: float, head_width: int = 32, thin: bool = False):
+    """Backbone at width ``alpha`` (:func:`fomo_widths`) -> 1x1 conv -> 1x1 conv to background +
+    classes (logits, [B, 1 + classes, H/8, W/8])."""
     import torch.nn as nn
 
-    widths = tuple(_ch(c, alpha) for c in (32, 64, 128, 256))
+    widths = fomo_widths(alpha, thin)
     return nn.Sequential(_backbone(widths), nn.Conv2d(widths[-1], head_width, 1), nn.ReLU(),
                          nn.Conv2d(head_width, n_classes + 1, 1))
 
@@ -167,9 +193,16 @@ def _fused(module):
 
 
 def _with_softmax(net):
+    """The shipped centroid graph: logits [B, C, h, w] -> channels last -> softmax over the last
+    axis ([B, h, w, C], the ``NHWC`` heatmap the head names). Channels last because the int8
+    C backend runs Softmax over the last axis only."""
     import torch.nn as nn
 
-    return nn.Sequential(net, nn.Softmax(dim=1))
+    class ChannelsLastSoftmax(nn.Module):
+        def forward(self, y):
+            return y.permute(0, 2, 3, 1).softmax(dim=-1)
+
+    return nn.Sequential(net, ChannelsLastSoftmax())
 
 
 def arch_estimate(net, size: tuple[int, int]) -> tuple[int, int]:
@@ -194,109 +227,112 @@ def arch_estimate(net, size: tuple[int, int]) -> tuple[int, int]:
     return sum(p.numel() for p in net.parameters()), peak[0]
 
 
-def choose_alpha(tgt, n_classes: int, size: tuple[int, int]) -> float:
-    """The widest FOMO backbone whose int8 arena takes at most half the target's usable RAM and
-    whose int8 weights at most half its flash (room for the runtime, the image and the app);
-    0.35 (FOMO's usual width) without a target."""
+# Instructions per frame of the int8 FOMO graph on the Cortex-M4 (the C backend's fast kernels),
+# calibrated against `edgeloop export MODEL --target stm32l4r5 --verify --json` (QEMU mps2-an386,
+# per-layer profile) on FOMO graphs of this module at widths 0.25-1.0, 96x96 input: each kernel
+# costs a part per MAC and a part per output value (loop and requantisation overhead, which is
+# what makes thin layers dear per MAC). Within 1 % of the measured totals at widths 0.25-0.5.
+M4_INSTRUCTIONS = {
+    "input_quantize": 46.5,          # per float input value (QuantizeLinear)
+    "conv_per_mac": 2.53,            # full 3x3 convolution (the stem)
+    "conv_per_pixel": 180.0,         # ... per output pixel (im2col of the patch)
+    "pointwise_per_mac": 1.0,        # 1x1 convolution
+    "pointwise_per_value": 44.0,     # ... per output value
+    "depthwise_per_value": 45.0,     # depthwise 3x3, stride 1, per output value
+    "depthwise_s2_per_value": 72.0,  # depthwise 3x3, stride 2
+    "heatmap_per_value": 535.0,      # int8 Softmax + dequantisation, per heatmap value
+    "per_frame": 190_000.0,          # the rest (layout change, calls), fitted on the totals
+}
+# CMSIS-NN's instructions per MAC on MLPerf Tiny KWS on the Cortex-M4 (7,697,382 instructions for
+# 2.66 M MACs, ../shared/mlperf-tiny/README.md): the catalogue's MAC rates come from that model's
+# published latency, so (clock / MAC rate) / this = the target's cycles per instruction.
+KWS_INSTRUCTIONS_PER_MAC = 7_697_382 / 2.66e6
+AIM_FPS = 10.0  # the centroid detector's aim on a microcontroller (issue 12: 10+ fps)
+
+
+def estimate_instructions(net, size: tuple[int, int]) -> int:
+    """Estimated Cortex-M4 instructions per frame of ``net`` exported int8 (see M4_INSTRUCTIONS):
+    every Conv2d by its kind, plus the input quantisation and the heatmap softmax."""
+    import torch
+    import torch.nn as nn
+
+    k = M4_INSTRUCTIONS
+    w, h = size
+    total = [3 * w * h * k["input_quantize"] + k["per_frame"]]
+    last = [0]
+
+    def hook(mod, inp, out):
+        values = out.numel()
+        pixels = values // mod.out_channels
+        macs = values * (mod.in_channels // mod.groups) * mod.kernel_size[0] * mod.kernel_size[1]
+        if mod.groups > 1 and mod.groups == mod.in_channels:
+            total[0] += values * (k["depthwise_s2_per_value"] if max(mod.stride) > 1 else k["depthwise_per_value"])
+        elif mod.kernel_size == (1, 1):
+            total[0] += macs * k["pointwise_per_mac"] + values * k["pointwise_per_value"]
+        else:
+            total[0] += macs * k["conv_per_mac"] + pixels * k["conv_per_pixel"]
+        last[0] = values
+
+    handles = [m.register_forward_hook(hook) for m in net.modules() if isinstance(m, nn.Conv2d)]
+    try:
+        with torch.no_grad():
+            net.eval()(torch.zeros(1, 3, h, w))
+    finally:
+        for hd in handles:
+            hd.remove()
+    return int(round(total[0] + last[0] * k["heatmap_per_value"]))
+
+
+def cycles_per_instruction(tgt) -> float | None:
+    """Cycles per (QEMU-counted) instruction on a microcontroller target, from its calibrated int8
+    MAC rate (see KWS_INSTRUCTIONS_PER_MAC); None for a target without a clock or an int8 rate."""
+    rate = (tgt.macs_per_second or {}).get("int8") if tgt is not None else None
+    if tgt is None or not str(tgt.arch).startswith("cortex-m") or not rate or not tgt.clock_mhz:
+        return None
+    return tgt.clock_mhz * 1e6 / rate / KWS_INSTRUCTIONS_PER_MAC
+
+
+def instruction_budget(tgt, fps: float = AIM_FPS) -> int | None:
+    """Instructions per frame a microcontroller runs at ``fps``: its clock / fps / its cycles per
+    instruction (a Cortex-M7 at 216 MHz needs about 1.9 cycles per instruction, so 10 fps leaves
+    about 11 M instructions, not 21.6 M). None off microcontrollers."""
+    cpi = cycles_per_instruction(tgt)
+    return None if cpi is None else int(tgt.clock_mhz * 1e6 / fps / cpi)
+
+
+def estimate_fps(tgt, instructions: float) -> float | None:
+    """Frames per second on ``tgt`` for a graph of ``instructions`` (Cortex-M4 count) per frame."""
+    cpi = cycles_per_instruction(tgt)
+    return None if cpi is None or not instructions else tgt.clock_mhz * 1e6 / (instructions * cpi)
+
+
+def choose_arch(tgt, n_classes: int, size: tuple[int, int]) -> dict[str, Any]:
+    """``{"alpha", "thin"}`` of the FOMO backbone for ``tgt``. On a Cortex-M (an instruction budget,
+    :func:`instruction_budget`): the widest thin variant (THIN_ALPHAS) whose estimated
+    instructions per frame run at AIM_FPS, whose int8 arena takes at most half the usable RAM and
+    whose int8 weights at most half the flash; the narrowest when none does. Elsewhere the widest
+    of ALPHAS that fits RAM and flash so; 0.35 (FOMO's usual width) without a target."""
+    import torch
+
     if tgt is None:
-        return 0.35
-    for alpha in reversed(ALPHAS):
-        params, peak = arch_estimate(build_fomo(n_classes, alpha), size)
+        return {"alpha": 0.35, "thin": False}
+    budget = instruction_budget(tgt)
+    thin = budget is not None
+    ladder = THIN_ALPHAS if thin else ALPHAS
+    for alpha in reversed(ladder):
+        with torch.random.fork_rng():  # sizing nets must not move the seeded RNG the trained net draws from
+            net = build_fomo(n_classes, alpha, thin=thin)
+        params, peak = arch_estimate(net, size)
         flash_ok = tgt.flash_bytes == 0 or params <= tgt.flash_bytes / 2
-        if peak <= tgt.usable_ram_bytes / 2 and flash_ok:
-            return alpha
-    return ALPHAS[0]
+        fast_ok = budget is None or estimate_instructions(net, size) <= budget
+        if peak <= tgt.usable_ram_bytes / 2 and flash_ok and fast_ok:
+            return {"alpha": alpha, "thin": thin}
+    return {"alpha": ladder[0], "thin": thin}
 
 
-# ------------------------------------------------------------------ data
-
-def _head_spec(kind: str, labels: list[str], size: tuple[int, int]) -> dict[str, Any]:
-    spec: dict[str, Any] = {"kind": kind, "labels": list(labels),
-                            "input": {"size": list(size), "layout": "NCHW", "range": [0.0, 1.0],
-                                      "resize": "letterbox"}}
-    if kind == "centroids":
-        spec["heatmap"] = {"activation": "none", "layout": "NCHW", "background": True}
-    return spec
-
-
-class _Split:
-    """One split as input tensors (the runtime's own preprocessing) and boxes in input pixels."""
-
-    def __init__(self, ds, indices: list[int], size: tuple[int, int]):
-        from edgeloop.runtime.detect import parse_head, preprocess
-
-        head = parse_head(_head_spec("centroids", ds.labels, size))
-        index = {name: k for k, name in enumerate(ds.labels)}
-        self.indices = list(indices)
-        xs, self.boxes, self.letterboxes = [], [], []
-        for i in self.indices:
-            img = ds.image(i)
-            x, lb = preprocess(img, head)
-            xs.append(x[0])
-            rows = [[b["box"][0] * lb.sx + lb.pad_x, b["box"][1] * lb.sy + lb.pad_y,
-                     b["box"][2] * lb.sx + lb.pad_x, b["box"][3] * lb.sy + lb.pad_y, index[b["label"]]]
-                    for b in ds.truths(i)]
-            self.boxes.append(np.asarray(rows, np.float32).reshape(-1, 5))
-            self.letterboxes.append(lb)
-        w, h = size
-        self.x = np.stack(xs).astype(np.float32) if xs else np.zeros((0, 3, h, w), np.float32)
-        self.truths = [ds.truths(i) for i in self.indices]
-
-
-def _augment(x, boxes: list[np.ndarray], gen: np.random.Generator):
-    """Horizontal flip, a random crop (70-100 % of each side) resized back, colour jitter
-    (brightness, contrast, saturation); boxes follow, those whose centre leaves the crop go."""
-    import torch
-    import torch.nn.functional as F
-
-    n, _, h, w = x.shape
-    out = torch.empty_like(x)
-    new_boxes = []
-    for k in range(n):
-        img = x[k]
-        b = boxes[k].copy()
-        if gen.random() < 0.5:
-            img = torch.flip(img, dims=[2])
-            b[:, [0, 2]] = w - b[:, [2, 0]]
-        s = gen.uniform(0.7, 1.0)
-        cw, chh = max(STRIDE, int(round(w * s))), max(STRIDE, int(round(h * s)))
-        ox, oy = int(gen.integers(0, w - cw + 1)), int(gen.integers(0, h - chh + 1))
-        img = F.interpolate(img[None, :, oy:oy + chh, ox:ox + cw], size=(h, w), mode="bilinear",
-                            align_corners=False)[0]
-        if len(b):
-            cx, cy = (b[:, 0] + b[:, 2]) / 2, (b[:, 1] + b[:, 3]) / 2
-            keep = (cx >= ox) & (cx < ox + cw) & (cy >= oy) & (cy < oy + chh)
-            b = b[keep]
-            b[:, [0, 2]] = np.clip((b[:, [0, 2]] - ox) * (w / cw), 0, w)
-            b[:, [1, 3]] = np.clip((b[:, [1, 3]] - oy) * (h / chh), 0, h)
-        bright, contrast, sat = gen.uniform(0.7, 1.3, 3)
-        grey = img.mean(0, keepdim=True)
-        img = grey + (img - grey) * float(sat)
-        img = (img - img.mean()) * float(contrast) + img.mean()
-        out[k] = (img * float(bright)).clamp(0, 1)
-        new_boxes.append(b)
-    return out, new_boxes
-
-
-def _cell_targets(boxes: list[np.ndarray], gh: int, gw: int):
-    """[B, gh, gw] int64: 0 background, class + 1 in the cell holding each box's centre."""
-    import torch
-
-    t = torch.zeros(len(boxes), gh, gw, dtype=torch.int64)
-    for k, b in enumerate(boxes):
-        for x1, y1, x2, y2, c in b:
-            cx = min(gw - 1, max(0, int((x1 + x2) / 2 // STRIDE)))
-            cy = min(gh - 1, max(0, int((y1 + y2) / 2 // STRIDE)))
-            t[k, cy, cx] = int(c) + 1
-    return t
-
-
-def _object_weight(train: _Split, gh: int, gw: int) -> float:
-    """Weight of an object cell in the cross-entropy: the background-to-object cell ratio,
-    held between 1 and 25 so rare objects are not drowned out nor overcounted."""
-    n_obj = sum(len(b) for b in train.boxes)
-    n_cells = len(train.boxes) * gh * gw
-    return float(np.clip((n_cells - n_obj) / max(1, n_obj), 1.0, 25.0))
+def choose_alpha(tgt, n_classes: int, size: tuple[int, int]) -> float:
+    """The width multiplier :func:`choose_arch` picks for ``tgt``."""
+    return choose_arch(tgt, n_classes, size)["alpha"]
 
 
 def _giou(a, b):
@@ -370,12 +406,10 @@ def _predict_torch(kind: str, net, split: _Split, head: dict, min_score: float |
 
     outs = []
     net.eval()
+    run = _with_softmax(net) if kind == "centroids" else net
     with torch.no_grad():
         for s in range(0, len(split.x), 64):
-            y = net(torch.from_numpy(split.x[s:s + 64]))
-            if kind == "centroids":
-                y = torch.softmax(y, dim=1)
-            outs.append(y.numpy())
+            outs.append(run(torch.from_numpy(split.x[s:s + 64])).numpy())
     y = np.concatenate(outs) if outs else np.zeros((0,))
     return [decode(head, {"out": y[k:k + 1]}, split.letterboxes[k], min_score) for k in range(len(split.x))]
 
@@ -393,7 +427,7 @@ def _best_threshold(net, split: _Split, head: dict) -> tuple[float, float]:
 
     net.eval()
     with torch.no_grad():
-        y = torch.softmax(net(torch.from_numpy(split.x)), dim=1).numpy()
+        y = _with_softmax(net)(torch.from_numpy(split.x)).numpy()
     best = (THRESHOLDS[0], -1.0)
     for t in THRESHOLDS:
         preds = [decode(head, {"out": y[k:k + 1]}, split.letterboxes[k], t) for k in range(len(y))]
@@ -468,6 +502,28 @@ def _int8(model, train: _Split):
                       PassData(x_calib=train.x))
 
 
+def _int8_heatmap(model):
+    """The int8 graph with its heatmap left int8: the trailing DequantizeLinear is dropped, so the
+    output is the int8 softmax the C decoder reads directly (per-cell argmax over int8 scores);
+    :func:`edgeloop.detect.attach_head` records its scale and zero point (``output_quant``), with
+    which ``predict`` turns it into probabilities."""
+    import onnx
+
+    g = model.graph
+    out = g.output[0]
+    dq = next((n for n in g.node if n.op_type == "DequantizeLinear" and out.name in n.output), None)
+    if dq is None or sum(dq.input[0] in n.input for n in g.node) != 1:
+        return model
+    q_name = dq.input[0]
+    g.node.remove(dq)
+    for n in g.node:
+        for k, name in enumerate(n.output):
+            if name == q_name:
+                n.output[k] = out.name
+    out.type.tensor_type.elem_type = onnx.TensorProto.INT8
+    return model
+
+
 def _score_graph(model, kind_metric: str, ds, indices: list[int], min_score: float | None = None) -> dict:
     """Run the shipped graph as ``predict`` does (Detector: preprocess, run, decode) on a split."""
     from edgeloop.detect import Detector
@@ -495,13 +551,14 @@ def _train_candidate(name: str, ds, train: _Split, val: _Split, size, tgt, *, ep
     w, h = size
     gh, gw = h // STRIDE, w // STRIDE
     if name == "fomo":
-        alpha = choose_alpha(tgt, nc, size)
-        net = build_fomo(nc, alpha)
+        arch = choose_arch(tgt, nc, size)
+        alpha = arch["alpha"]
+        net = build_fomo(nc, alpha, thin=arch["thin"])
         weight = torch.ones(nc + 1)
         weight[1:] = _object_weight(train, gh, gw)
         ce = torch.nn.CrossEntropyLoss(weight=weight)
         head_kind, lr = "centroids", 1e-2
-        config = {"builder": "edgeloop.train.detect.build_fomo", "arch": {"n_classes": nc, "alpha": alpha},
+        config = {"builder": "edgeloop.train.detect.build_fomo", "arch": {"n_classes": nc, **arch},
                   "object_weight": float(weight[1])}
 
         def loss_of(m, xb, bb):
@@ -531,7 +588,7 @@ def _train_candidate(name: str, ds, train: _Split, val: _Split, size, tgt, *, ep
     model = _export_onnx(ship, size, f"<{name} detector>")
     precision = "float32"
     if name == "fomo":
-        model = _int8(model, train)
+        model = _int8_heatmap(_int8(model, train))
         precision = "int8"
     model = attach_head(model, spec, where=f"{name} head")
     scores = _score_graph(model, metric, ds, val.indices)
@@ -539,15 +596,19 @@ def _train_candidate(name: str, ds, train: _Split, val: _Split, size, tgt, *, ep
                   augmentation=["hflip", "crop 0.7-1.0", "colour jitter 0.7-1.3"])
     return {"net": net, "ship": ship, "model": model, "score": scores[metric], "metric": metric,
             "float_score": fit["best_validation"], "train_seconds": train_s, "fit": fit, "config": config,
-            "description": (f"FOMO centroids, MobileNet-like alpha {config['arch']['alpha']}, int8"
+            "description": (f"FOMO centroids, MobileNet-like alpha {config['arch']['alpha']} (widths "
+                            f"{'-'.join(map(str, fomo_widths(config['arch']['alpha'], config['arch']['thin'])))}), int8"
                             if name == "fomo" else "anchor-free boxes (YOLO-style head), float32")}
 
 
-def train_detector(dataset: str | os.PathLike, output: str | os.PathLike, *, target: str | None = None,
+def train_detector(dataset: Any, output: str | os.PathLike, *, target: str | None = None,
                    min_score: float | None = None, size: tuple[int, int] | str | None = None,
                    candidates: list[str] | None = None, seed: int = 0, epochs: int | None = None,
                    progress: bool = False, threads: int | None = None) -> dict[str, Any]:
-    """Train detectors smallest first; write the chosen one; return the report (module docstring)."""
+    """Train detectors smallest first; write the chosen one; return the report (module docstring).
+
+    ``dataset``: a detection dataset folder, or the DetectionDataset
+    :func:`edgeloop.data.store.load_dataset` returned for one."""
     import torch
 
     from edgeloop.train.detect_data import load_detection
@@ -574,7 +635,10 @@ def train_detector(dataset: str | os.PathLike, output: str | os.PathLike, *, tar
         from edgeloop.hardware import get_target
 
         tgt = get_target(target)
-    ds = load_detection(dataset)
+    # a DetectionDataset already loaded (train_dataset loads it once) or a folder to load
+    ds = dataset if getattr(dataset, "kind", None) == "detection" and hasattr(dataset, "records") \
+        else load_detection(dataset)
+    dataset = str(ds.path)
     tr_idx, va_idx, te_idx = ds.split("train"), ds.split("validation"), ds.split("test")
     if not tr_idx or not va_idx:
         raise DataError("the dataset has an empty train or validation split", where=str(dataset))
@@ -586,13 +650,32 @@ def train_detector(dataset: str | os.PathLike, output: str | os.PathLike, *, tar
     previous_threads = torch.get_num_threads()
     torch.set_num_threads(threads or 1)
     try:
-        return _train_detector(dataset, ds, out, tgt, min_score, size, pool, seed, epochs, progress)
+        return _train_detector(dataset, ds, out, tgt, min_score, size, pool, seed, epochs, progress,
+                               explicit=bool(candidates))
     finally:
         torch.set_num_threads(previous_threads)
 
 
+def _box_misfit(tgt, n_classes: int, size: tuple[int, int]) -> str | None:
+    """Why the float32 box detector cannot fit ``tgt`` (its weights beyond the flash, or its
+    largest layer's float activations beyond the RAM), or None: checked before training, so a
+    microcontroller target does not spend minutes on a model it cannot hold."""
+    from edgeloop.hardware import format_bytes
+
+    if tgt is None:
+        return None
+    w, h = size
+    params, peak = arch_estimate(_box_net_class()(n_classes, w, h), size)
+    if tgt.flash_bytes and params * 4 > tgt.flash_bytes:
+        return f"its float32 weights ({format_bytes(params * 4)}) exceed {tgt.id}'s {format_bytes(tgt.flash_bytes)} flash"
+    if peak * 4 > tgt.usable_ram_bytes:
+        return (f"its float32 activations ({format_bytes(peak * 4)} in one layer) exceed {tgt.id}'s "
+                f"{format_bytes(tgt.usable_ram_bytes)} RAM")
+    return None
+
+
 def _train_detector(dataset, ds, out: Path, tgt, min_score, size, pool, seed: int, epochs: int,
-                    progress: bool) -> dict[str, Any]:
+                    progress: bool, explicit: bool = False) -> dict[str, Any]:
     from edgeloop.train import _profile_row, _progress
 
     tr_idx, va_idx, te_idx = ds.split("train"), ds.split("validation"), ds.split("test")
@@ -604,6 +687,10 @@ def _train_detector(dataset, ds, out: Path, tgt, min_score, size, pool, seed: in
     chosen = None
     with _progress(progress) as bar:
         for i, name in enumerate(pool):
+            misfit = _box_misfit(tgt, len(ds.labels), size) if name == "yolo" and not explicit else None
+            if misfit:  # asked for by name (--candidates), it is trained anyway and shown as not fitting
+                rows.append({"name": name, "description": "", "skipped": f"not tried: {misfit}"})
+                continue
             job = bar.add_task(f"training {name}", total=epochs) if bar is not None else None
 
             def on_epoch(e: int, loss: float, score: float, _n=name, _job=job) -> None:
@@ -620,7 +707,13 @@ def _train_detector(dataset, ds, out: Path, tgt, min_score, size, pool, seed: in
                    "float_score": res["float_score"], "train_seconds": res["train_seconds"], "converged": True,
                    "epochs_run": res["fit"]["epochs_run"], "best_epoch": res["fit"]["best_epoch"],
                    "early_stopped": res["fit"]["early_stopped"], **prof,
-                   "est_fps": (1000.0 / lat) if lat else None}
+                   "est_fps": (1000.0 / lat) if lat else None, "est_basis": "macs" if lat else None}
+            if name == "fomo":
+                # the int8 centroid graph on a Cortex-M: from its calibrated instructions per frame
+                row["est_instructions"] = estimate_instructions(res["net"], size)
+                fps = estimate_fps(tgt, row["est_instructions"])
+                if fps:
+                    row.update(est_fps=fps, est_latency_ms=1000.0 / fps, est_basis="instructions")
             row["reached"] = min_score is not None and res["score"] >= min_score and row["fits"] is not False
             rows.append(row)
             fitted[name] = res
@@ -641,7 +734,8 @@ def _train_detector(dataset, ds, out: Path, tgt, min_score, size, pool, seed: in
             summary = (f"no detector reached {min_score:g}" + (f" while fitting {tgt.id}" if tgt else "")
                        + f"; kept the best, {chosen} ({best['metric']} {best['score']:.4f})")
         else:
-            summary = f"no --min-score: tried every detector and kept the best on validation, {chosen}"
+            summary = ("no --min-score: tried every detector" + ("" if tried == [r for r in rows] else " that can fit")
+                       + f" and kept the best on validation, {chosen}")
         if tgt is not None and best["fits"] is False:
             summary += f" (it does not fit {tgt.id}: {'; '.join(best['reasons'])})"
     res = fitted[chosen]
@@ -654,7 +748,15 @@ def _train_detector(dataset, ds, out: Path, tgt, min_score, size, pool, seed: in
     if chosen == "fomo":
         notes.append("a centroid model finds object centres: predict reports the box of the heatmap cells "
                      f"({STRIDE}x{STRIDE} input pixels each) around each centre, not the object's extent")
+    est = next((r for r in rows if r.get("est_basis") == "instructions"), None)
+    estimate_note = None
+    if est is not None:
+        estimate_note = (f"* {est['name']}: estimated from its calibrated Cortex-M4 instructions per frame "
+                         f"(~{est['est_instructions'] / 1e6:.1f} M; `edgeloop export --verify` measures them) and "
+                         f"{tgt.id}'s cycles per instruction; other rows from MACs and the target's calibrated "
+                         "throughput. Estimates, not measurements.")
     return {"dataset": str(dataset), "dataset_checksum": ds.checksum, "task": "detection", "metric": metric,
+            "estimate_note": estimate_note,
             "min_score": min_score, "target": tgt.id if tgt else None, "size": list(size), "candidates": rows,
             "chosen": chosen, "summary": summary, "warnings": notes,
             "test_score": test.get(metric), "test_metrics": test, "test_samples": len(te_idx),

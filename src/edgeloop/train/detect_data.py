@@ -1,17 +1,15 @@
-"""The detection dataset folder (images/, boxes.json, splits.json, card.json), read for training.
+"""A detection dataset as training tensors: letterboxed input tensors, boxes in input pixels,
+augmentation and FOMO cell targets.
 
-The importer (``edgeloop data import`` on YOLO/COCO/VOC) and its
-``edgeloop.data.store.load_dataset`` returning a ``DetectionDataset`` live on
-another branch; :func:`load_detection` uses that loader when it understands the
-folder and otherwise reads the agreed format itself (same attributes: ``labels``,
-``records``, ``split(name)``, ``image(i)``, ``truths(i)``, ``card``, ``checksum``).
+The dataset itself is read by :func:`edgeloop.data.store.load_dataset` (a
+:class:`edgeloop.data.detection.DetectionDataset`, checksums checked); this module only
+turns its images and boxes into what the trainer feeds PyTorch, through the runtime's own
+preprocessing (:func:`edgeloop.runtime.detect.preprocess`), so training sees exactly the
+tensors ``predict`` will.
 """
 
 from __future__ import annotations
 
-import hashlib
-import json
-import os
 from pathlib import Path
 from typing import Any
 
@@ -19,109 +17,110 @@ import numpy as np
 
 from edgeloop.data.readers import DataError
 
-SPLIT_NAMES = ("train", "validation", "test")
+STRIDE = 8  # every detector here predicts on a grid of 8x8 input pixels
 
 
-def card_kind(path: str | os.PathLike) -> str | None:
-    """The card's ``kind`` ("detection", "image", ...), or None when there is no readable card."""
-    try:
-        card = json.loads((Path(path) / "card.json").read_text())
-    except (OSError, ValueError):
-        return None
-    return card.get("kind") if isinstance(card, dict) else None
+def load_detection(path):
+    """The detection dataset folder at ``path`` through the one data layer
+    (:func:`edgeloop.data.store.load_dataset`, checksums checked); a one-line DataError for a
+    folder holding another kind of dataset."""
+    from edgeloop.data.store import load_dataset
+
+    ds = load_dataset(path)
+    if getattr(ds, "kind", None) != "detection":
+        raise DataError(f"not a detection dataset (its card says kind '{ds.kind}')", where=str(path))
+    return ds
 
 
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
+def _head_spec(kind: str, labels: list[str], size: tuple[int, int]) -> dict[str, Any]:
+    spec: dict[str, Any] = {"kind": kind, "labels": list(labels),
+                            "input": {"size": list(size), "layout": "NCHW", "range": [0.0, 1.0],
+                                      "resize": "letterbox"}}
+    if kind == "centroids":
+        spec["heatmap"] = {"activation": "none", "layout": "NHWC", "background": True}
+    return spec
 
 
-class DetectionDataset:
-    """A detection dataset folder, loaded and checked."""
+class _Split:
+    """One split as input tensors (the runtime's own preprocessing) and boxes in input pixels."""
 
-    def __init__(self, path: Path, card: dict, labels: list[str], records: list[dict],
-                 splits: dict[str, list[int]], checksum: str):
-        self.path = path
-        self.card = card
-        self.labels = labels
-        self.records = records
-        self.splits = splits
-        self.checksum = checksum
+    def __init__(self, ds, indices: list[int], size: tuple[int, int]):
+        from edgeloop.runtime.detect import parse_head, preprocess
 
-    task = "detection"
-    kind = "detection"
-
-    def split(self, name: str) -> list[int]:
-        return list(self.splits.get(name, []))
-
-    def image(self, i: int) -> np.ndarray:
-        from PIL import Image
-
-        f = self.path / self.records[i]["file"]
-        try:
-            with Image.open(f) as im:
-                return np.asarray(im.convert("RGB"), dtype=np.uint8)
-        except (OSError, ValueError) as e:
-            raise DataError(f"cannot read image ({e})", where=str(f)) from None
-
-    def truths(self, i: int) -> list[dict[str, Any]]:
-        return [{"box": [float(v) for v in b["box"]], "label": str(b["label"])} for b in self.records[i]["boxes"]]
+        head = parse_head(_head_spec("centroids", ds.labels, size))
+        index = {name: k for k, name in enumerate(ds.labels)}
+        self.indices = list(indices)
+        xs, self.boxes, self.letterboxes = [], [], []
+        for i in self.indices:
+            img = ds.image(i)
+            x, lb = preprocess(img, head)
+            xs.append(x[0])
+            truths = ds.truths(i)
+            unknown = [b["label"] for b in truths if b["label"] not in index]
+            if unknown:
+                raise DataError(f"{ds.records[i]['file']}: box label {unknown[0]!r} is not one of the dataset's "
+                                f"labels ({', '.join(ds.labels)})", where=str(Path(ds.path) / "boxes.json"))
+            rows = [[b["box"][0] * lb.sx + lb.pad_x, b["box"][1] * lb.sy + lb.pad_y,
+                     b["box"][2] * lb.sx + lb.pad_x, b["box"][3] * lb.sy + lb.pad_y, index[b["label"]]]
+                    for b in truths]
+            self.boxes.append(np.asarray(rows, np.float32).reshape(-1, 5))
+            self.letterboxes.append(lb)
+        w, h = size
+        self.x = np.stack(xs).astype(np.float32) if xs else np.zeros((0, 3, h, w), np.float32)
+        self.truths = [ds.truths(i) for i in self.indices]
 
 
-def _own_loader(p: Path) -> DetectionDataset:
-    where = str(p)
-    try:
-        card_bytes = (p / "card.json").read_bytes()
-        card = json.loads(card_bytes)
-        boxes = json.loads((p / "boxes.json").read_text())
-        split_doc = json.loads((p / "splits.json").read_text())
-    except FileNotFoundError as e:
-        raise DataError(f"not a detection dataset folder: missing {Path(e.filename).name}", where=where) from None
-    except (OSError, ValueError) as e:
-        raise DataError(f"cannot read the dataset ({e})", where=where) from None
-    sums = card.get("checksums") or card.get("sha256") or {}
-    for name, digest in (sums.items() if isinstance(sums, dict) else ()):
-        f = p / name
-        if not f.is_file():
-            raise DataError(f"missing {name}", where=where)
-        if _sha256(f) != str(digest).removeprefix("sha256:"):
-            raise DataError(f"{name} does not match its checksum in card.json (changed after import?)", where=where)
-    labels = boxes.get("labels")
-    records = boxes.get("images")
-    if not isinstance(labels, list) or not labels or not isinstance(records, list):
-        raise DataError("boxes.json needs 'labels' (a non-empty list) and 'images'", where=str(p / "boxes.json"))
-    known = set(labels)
-    for k, r in enumerate(records):
-        for b in r.get("boxes", []):
-            if b.get("label") not in known:
-                raise DataError(f"image {k} ({r.get('file')}): box label {b.get('label')!r} is not in 'labels'",
-                                where=str(p / "boxes.json"))
-    splits = {}
-    for name in SPLIT_NAMES:
-        idx = [int(i) for i in split_doc.get(name, [])]
-        if any(i < 0 or i >= len(records) for i in idx):
-            raise DataError(f"splits.json: '{name}' holds indices outside 0..{len(records) - 1}", where=where)
-        splits[name] = idx
-    return DetectionDataset(p, card, [str(x) for x in labels], records, splits,
-                            "sha256:" + hashlib.sha256(card_bytes).hexdigest())
+def _augment(x, boxes: list[np.ndarray], gen: np.random.Generator):
+    """Horizontal flip, a random crop (70-100 % of each side) resized back, colour jitter
+    (brightness, contrast, saturation); boxes follow, those whose centre leaves the crop go."""
+    import torch
+    import torch.nn.functional as F
+
+    n, _, h, w = x.shape
+    out = torch.empty_like(x)
+    new_boxes = []
+    for k in range(n):
+        img = x[k]
+        b = boxes[k].copy()
+        if gen.random() < 0.5:
+            img = torch.flip(img, dims=[2])
+            b[:, [0, 2]] = w - b[:, [2, 0]]
+        s = gen.uniform(0.7, 1.0)
+        cw, chh = max(STRIDE, int(round(w * s))), max(STRIDE, int(round(h * s)))
+        ox, oy = int(gen.integers(0, w - cw + 1)), int(gen.integers(0, h - chh + 1))
+        img = F.interpolate(img[None, :, oy:oy + chh, ox:ox + cw], size=(h, w), mode="bilinear",
+                            align_corners=False)[0]
+        if len(b):
+            cx, cy = (b[:, 0] + b[:, 2]) / 2, (b[:, 1] + b[:, 3]) / 2
+            keep = (cx >= ox) & (cx < ox + cw) & (cy >= oy) & (cy < oy + chh)
+            b = b[keep]
+            b[:, [0, 2]] = np.clip((b[:, [0, 2]] - ox) * (w / cw), 0, w)
+            b[:, [1, 3]] = np.clip((b[:, [1, 3]] - oy) * (h / chh), 0, h)
+        bright, contrast, sat = gen.uniform(0.7, 1.3, 3)
+        grey = img.mean(0, keepdim=True)
+        img = grey + (img - grey) * float(sat)
+        img = (img - img.mean()) * float(contrast) + img.mean()
+        out[k] = (img * float(bright)).clamp(0, 1)
+        new_boxes.append(b)
+    return out, new_boxes
 
 
-def load_detection(path: str | os.PathLike) -> DetectionDataset:
-    """The detection dataset at ``path`` (through edgeloop.data.store when it reads this format)."""
-    p = Path(path)
-    if card_kind(p) != "detection":
-        raise DataError("not a detection dataset folder (card.json kind is not 'detection')", where=str(p))
-    try:
-        from edgeloop.data.store import load_dataset
+def _cell_targets(boxes: list[np.ndarray], gh: int, gw: int):
+    """[B, gh, gw] int64: 0 background, class + 1 in the cell holding each box's centre."""
+    import torch
 
-        ds = load_dataset(p)
-    except DataError as e:
-        if (p / "x.npy").exists() or "x.npy" not in str(e):
-            raise
-        ds = None  # this branch's store does not read detection folders yet
-    if ds is not None and hasattr(ds, "records") and hasattr(ds, "truths"):
-        return ds
-    return _own_loader(p)
+    t = torch.zeros(len(boxes), gh, gw, dtype=torch.int64)
+    for k, b in enumerate(boxes):
+        for x1, y1, x2, y2, c in b:
+            cx = min(gw - 1, max(0, int((x1 + x2) / 2 // STRIDE)))
+            cy = min(gh - 1, max(0, int((y1 + y2) / 2 // STRIDE)))
+            t[k, cy, cx] = int(c) + 1
+    return t
+
+
+def _object_weight(train: _Split, gh: int, gw: int) -> float:
+    """Weight of an object cell in the cross-entropy: the background-to-object cell ratio,
+    held between 1 and 25 so rare objects are not drowned out nor overcounted."""
+    n_obj = sum(len(b) for b in train.boxes)
+    n_cells = len(train.boxes) * gh * gw
+    return float(np.clip((n_cells - n_obj) / max(1, n_obj), 1.0, 25.0))

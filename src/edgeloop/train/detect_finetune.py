@@ -171,8 +171,11 @@ def _wrappers() -> dict:
             return self.m(x) if x.shape[0] == 1 else torch.cat([self.m(x[i:i + 1]) for i in range(x.shape[0])])
 
     class LogProbs(Fixed):
+        channels_last = False  # the shipped heatmap is [B, h, w, C] (NHWC): back to the trainer's [B, C, h, w]
+
         def forward(self, x):
-            return torch.log(super().forward(x).clamp_min(1e-7))
+            y = torch.log(super().forward(x).clamp_min(1e-7))
+            return y.permute(0, 3, 1, 2) if self.channels_last else y
 
     class Boxes(Fixed):
         def raw(self, x):
@@ -217,6 +220,7 @@ def finetune_detector(src: Path, trainer: dict, head: dict, train: Images, val, 
         for p in module.parameters():
             p.requires_grad_(True)
         net, ship = _adapters(name, module, len(labels), size)
+        net.channels_last = name == "fomo" and head.get("heatmap", {}).get("layout") == "NHWC"
         tr, va = _Split(train, list(range(len(train))), size), _Split(val, val.split("validation"), size)
         if not any(len(b) for b in tr.boxes):
             raise DataError("no boxes in the training images: nothing to fine-tune on", where=str(train.path))
@@ -255,6 +259,7 @@ def finetune_detector(src: Path, trainer: dict, head: dict, train: Images, val, 
             module.load_state_dict(start)
         spec = _head_spec(kind, labels, size)
         if name == "fomo":
+            spec["heatmap"]["layout"] = head["heatmap"]["layout"]  # the shipped net's own layout
             spec["min_score"] = _best_threshold(net, va, dec)[0]
         model = _export_onnx(ship, size, f"<fine-tuned {name} detector>")
         if name == "fomo":
