@@ -25,7 +25,6 @@
 #include <string.h>
 #include "../fx.h"
 #include "fx_dsp.h"
-#include "../fx_add.h"
 
 #if defined(__GNUC__)
 #define EL_FAST_NOINLINE __attribute__((noinline, unused))
@@ -54,6 +53,46 @@ static EL_INLINE int32_t el_fast_mbqm(int32_t x, int32_t m, int shift)
 static EL_INLINE int8_t el_fast_out(int32_t acc, int32_t m, int shift, int y_zp, int lo, int hi)
 {
     return (int8_t)el_clamp(el_fast_mbqm(acc, m, shift) + y_zp, lo, hi);
+}
+
+/* The requantization of the conv, depthwise and Add kernels: r is one channel's entry
+ * (m, K, E, L) of backends/c/fast.py's rq_table, which also holds the output zero point
+ * and checked at export that no step below overflows for any input. SMMULR of x << L
+ * (L = 1 + left shift) is the rounded doubling high multiply of el_fast_mbqm; the
+ * rounding shift right by E - 1 and the zero point add as (K + 2h + (h < 0 ? -1 : 0)) >> E.
+ * Four instructions and the shift on the DSP path (SMMULR). */
+static EL_INLINE int32_t el_fast_mulhr(int32_t a, int32_t b)
+{
+#if defined(EL_DSP)
+    int32_t r;
+    __asm__("smmulr %0, %1, %2" : "=r"(r) : "r"(a), "r"(b));
+    return r;
+#else
+    return (int32_t)(((int64_t)a * b + ((int64_t)1 << 31)) >> 32);
+#endif
+}
+
+static EL_INLINE int32_t el_fast_rq(int32_t x, int32_t m, int32_t k, int32_t e, int32_t l)
+{
+    int32_t h = el_fast_mulhr((int32_t)((uint32_t)x << l), m);
+    return (int32_t)((uint32_t)k + ((uint32_t)h << 1) + (uint32_t)(h >> 31)) >> e;
+}
+
+/* v to int8, then to [lo, hi] (which lie within int8) */
+static EL_INLINE int32_t el_fast_sat(int32_t v, int32_t lo, int32_t hi)
+{
+#if defined(EL_DSP)
+    v = __ssat(v, 8);
+#endif
+    return v < lo ? lo : (v > hi ? hi : v);
+}
+
+/* TFLite's int8 Add of a and b (fx_add.h's el_add_s8) on el_fast_rq: q is
+ * backends/c/fast.py's add_table, a_zp b_zp lo hi and the entries of a, b and the sum */
+static EL_INLINE int8_t el_fast_add(int32_t a, int32_t b, const int32_t *q)
+{
+    int32_t s = el_fast_rq(a - q[0], q[4], q[5], q[6], q[7]) + el_fast_rq(b - q[1], q[8], q[9], q[10], q[11]);
+    return (int8_t)el_fast_sat(el_fast_rq(s, q[12], q[13], q[14], q[15]), q[2], q[3]);
 }
 
 /* Two int16 in one word, a in the low half (PKHBT), stored through memcpy (one STR). */
@@ -135,43 +174,43 @@ static EL_INLINE void el_fast_taps(const int8_t *s, int16_t *q, int C, int W, lo
     __asm__("ldrd %0, %1, [%2], #8" : "=r"(a), "=r"(b), "+r"(p) : : "memory")
 #endif
 
-/* Store v at p, or with a residual (rq: fx_add.h's parameters of add(conv, r), r being
+/* Store v at p, or with a residual (rq: fast.py's add_table of add(conv, r), r being
  * the output itself) the int8 sum of v and the skip value p holds: each output is read
  * and written at its own place only. */
-#define EL_FAST_ST(p, v) ((p) = (int8_t)(rq ? el_add_s8((v), (p), rq) : (v)))
+#define EL_FAST_ST(p, v) ((p) = (int8_t)(rq ? el_fast_add((v), (p), rq) : (v)))
 
 /* The 2x2 product for one pixel pair: ya, yb point at the two pixels' outputs of
- * channel 0, channel m is at + m * ysa (+ m * ysb). w: 4-byte aligned (LDRD). */
+ * channel 0, channel m is at + m * ysa (+ m * ysb). w: 4-byte aligned (LDRD).
+ * t: the rq_table (4 words per channel). */
 static EL_FAST_NOINLINE void el_fast_gemm_s8(const int16_t *col, const int8_t *w, int KP,
-                                             const int32_t *b, const int32_t *mult,
-                                             const int32_t *shift, int M, int8_t *ya,
-                                             int8_t *yb, long ysa, long ysb, int y_zp, int lo,
+                                             const int32_t *b, const int32_t *t, int M,
+                                             int8_t *ya, int8_t *yb, long ysa, long ysb, int lo,
                                              int hi, const int32_t *rq)
 {
     int m;
     const int8_t *pw = w;
-    for (m = 0; m + 2 <= M; m += 2) {
+    for (m = 0; m + 2 <= M; m += 2, t += 8) {
         int32_t a00 = b[m], a01 = a00, a10 = b[m + 1], a11 = a10;
         const int16_t *pc = col;
         int g;
 #if defined(EL_DSP)
         for (g = KP >> 2; g > 0; --g) {
-            int32_t xa, xb, wa, wb, t;
+            int32_t xa, xb, wa, wb, u;
             EL_FAST_LDRD(xa, xb, pc);
             EL_FAST_LDRD(wa, wb, pw);
-            t = __sxtb16(wa);
-            a00 = __smlad(xa, t, a00);
-            a01 = __smlad(xb, t, a01);
-            t = __sxtb16(wb);
-            a10 = __smlad(xa, t, a10);
-            a11 = __smlad(xb, t, a11);
+            u = __sxtb16(wa);
+            a00 = __smlad(xa, u, a00);
+            a01 = __smlad(xb, u, a01);
+            u = __sxtb16(wb);
+            a10 = __smlad(xa, u, a10);
+            a11 = __smlad(xb, u, a11);
             EL_FAST_LDRD(xa, xb, pc);
-            t = el_sxtb16_r8(wa);
-            a00 = __smlad(xa, t, a00);
-            a01 = __smlad(xb, t, a01);
-            t = el_sxtb16_r8(wb);
-            a10 = __smlad(xa, t, a10);
-            a11 = __smlad(xb, t, a11);
+            u = el_sxtb16_r8(wa);
+            a00 = __smlad(xa, u, a00);
+            a01 = __smlad(xb, u, a01);
+            u = el_sxtb16_r8(wb);
+            a10 = __smlad(xa, u, a10);
+            a11 = __smlad(xb, u, a11);
         }
 #else
         for (g = KP >> 2; g > 0; --g, pc += 8, pw += 8) {
@@ -181,10 +220,18 @@ static EL_FAST_NOINLINE void el_fast_gemm_s8(const int16_t *col, const int8_t *w
             a11 += pc[2] * pw[4] + pc[3] * pw[6] + pc[6] * pw[5] + pc[7] * pw[7];
         }
 #endif
-        EL_FAST_ST(ya[m * ysa], el_fast_out(a00, mult[m], shift[m], y_zp, lo, hi));
-        EL_FAST_ST(yb[m * ysb], el_fast_out(a01, mult[m], shift[m], y_zp, lo, hi));
-        EL_FAST_ST(ya[(m + 1) * ysa], el_fast_out(a10, mult[m + 1], shift[m + 1], y_zp, lo, hi));
-        EL_FAST_ST(yb[(m + 1) * ysb], el_fast_out(a11, mult[m + 1], shift[m + 1], y_zp, lo, hi));
+        {
+            const int32_t m0 = t[0], k0 = t[1], e0 = t[2], l0 = t[3];
+            const int32_t m1 = t[4], k1 = t[5], e1 = t[6], l1 = t[7];
+            int32_t v00 = el_fast_sat(el_fast_rq(a00, m0, k0, e0, l0), lo, hi);
+            int32_t v01 = el_fast_sat(el_fast_rq(a01, m0, k0, e0, l0), lo, hi);
+            int32_t v10 = el_fast_sat(el_fast_rq(a10, m1, k1, e1, l1), lo, hi);
+            int32_t v11 = el_fast_sat(el_fast_rq(a11, m1, k1, e1, l1), lo, hi);
+            EL_FAST_ST(ya[m * ysa], v00);
+            EL_FAST_ST(yb[m * ysb], v01);
+            EL_FAST_ST(ya[(m + 1) * ysa], v10);
+            EL_FAST_ST(yb[(m + 1) * ysb], v11);
+        }
     }
     if (m < M) {   /* the odd last channel: its row alone */
         int32_t a00 = b[m], a01 = a00;
@@ -192,19 +239,23 @@ static EL_FAST_NOINLINE void el_fast_gemm_s8(const int16_t *col, const int8_t *w
         int g;
         for (g = KP >> 2; g > 0; --g, pc += 8, pw += 4) {
 #if defined(EL_DSP)
-            int32_t wa = el_ld32(pw), t = __sxtb16(wa);
-            a00 = __smlad(el_ld32(pc), t, a00);
-            a01 = __smlad(el_ld32(pc + 2), t, a01);
-            t = el_sxtb16_r8(wa);
-            a00 = __smlad(el_ld32(pc + 4), t, a00);
-            a01 = __smlad(el_ld32(pc + 6), t, a01);
+            int32_t wa = el_ld32(pw), u = __sxtb16(wa);
+            a00 = __smlad(el_ld32(pc), u, a00);
+            a01 = __smlad(el_ld32(pc + 2), u, a01);
+            u = el_sxtb16_r8(wa);
+            a00 = __smlad(el_ld32(pc + 4), u, a00);
+            a01 = __smlad(el_ld32(pc + 6), u, a01);
 #else
             a00 += pc[0] * pw[0] + pc[1] * pw[2] + pc[4] * pw[1] + pc[5] * pw[3];
             a01 += pc[2] * pw[0] + pc[3] * pw[2] + pc[6] * pw[1] + pc[7] * pw[3];
 #endif
         }
-        EL_FAST_ST(ya[m * ysa], el_fast_out(a00, mult[m], shift[m], y_zp, lo, hi));
-        EL_FAST_ST(yb[m * ysb], el_fast_out(a01, mult[m], shift[m], y_zp, lo, hi));
+        {
+            int32_t v00 = el_fast_sat(el_fast_rq(a00, t[0], t[1], t[2], t[3]), lo, hi);
+            int32_t v01 = el_fast_sat(el_fast_rq(a01, t[0], t[1], t[2], t[3]), lo, hi);
+            EL_FAST_ST(ya[m * ysa], v00);
+            EL_FAST_ST(yb[m * ysb], v01);
+        }
     }
 }
 
@@ -221,12 +272,11 @@ static EL_FAST_NOINLINE void el_fast_gemm_s8(const int16_t *col, const int8_t *w
 typedef void (*el_fast_taps_fn)(const int8_t *s, int16_t *q, int C, int W, long hw, int KP);
 
 static EL_FAST_NOINLINE void el_fast_conv_s8(const int8_t *x, int8_t *y, const int8_t *w,
-                                             const int32_t *b, const int32_t *mult,
-                                             const int32_t *shift, int16_t *col, int8_t *rows,
-                                             el_fast_taps_fn taps, int C, int H, int W, int M,
-                                             int OH, int OW, int KH, int KW, int SH, int SW,
-                                             int PT, int PL, int x_zp, int y_zp, int lo, int hi,
-                                             const int32_t *rq)
+                                             const int32_t *b, const int32_t *t, int16_t *col,
+                                             int8_t *rows, el_fast_taps_fn taps, int C, int H,
+                                             int W, int M, int OH, int OW, int KH, int KW,
+                                             int SH, int SW, int PT, int PL, int x_zp, int lo,
+                                             int hi, const int32_t *rq)
 {
     int KP = (C * KH * KW + 3) & ~3;
     long n = (long)OH * OW, hw = (long)H * W, p;
@@ -240,11 +290,10 @@ static EL_FAST_NOINLINE void el_fast_conv_s8(const int8_t *x, int8_t *y, const i
             taps(x + (long)oy * SH * W + ox * SW, col, C, W, hw, KP);
             if (p + 1 < n) {
                 taps(x + (long)oyb * SH * W + oxb * SW, col + 2, C, W, hw, KP);
-                el_fast_gemm_s8(col, w, KP, b, mult, shift, M, y + p, y + p + 1, n, n, y_zp,
-                                lo, hi, rq);
+                el_fast_gemm_s8(col, w, KP, b, t, M, y + p, y + p + 1, n, n, lo, hi, rq);
             } else {
                 taps(x + (long)oy * SH * W + ox * SW, col + 2, C, W, hw, KP);
-                el_fast_gemm_s8(col, w, KP, b, mult, shift, M, y + p, spare, n, 0, y_zp, lo, hi, rq);
+                el_fast_gemm_s8(col, w, KP, b, t, M, y + p, spare, n, 0, lo, hi, rq);
             }
             ox = oxb + 1;
             oy = oyb;
@@ -276,12 +325,11 @@ static EL_FAST_NOINLINE void el_fast_conv_s8(const int8_t *x, int8_t *y, const i
                 taps(rows + ox * SW, col, C, WR, hr, KP);
                 if (ox + 1 < OW) {
                     taps(rows + (ox + 1) * SW, col + 2, C, WR, hr, KP);
-                    el_fast_gemm_s8(col, w, KP, b, mult, shift, M, yr + ox, yr + ox + 1, n, n,
-                                    y_zp, lo, hi, rq);
+                    el_fast_gemm_s8(col, w, KP, b, t, M, yr + ox, yr + ox + 1, n, n, lo, hi,
+                                    rq);
                 } else {
                     taps(rows + ox * SW, col + 2, C, WR, hr, KP);
-                    el_fast_gemm_s8(col, w, KP, b, mult, shift, M, yr + ox, spare, n, 0, y_zp,
-                                    lo, hi, rq);
+                    el_fast_gemm_s8(col, w, KP, b, t, M, yr + ox, spare, n, 0, lo, hi, rq);
                 }
             }
         }

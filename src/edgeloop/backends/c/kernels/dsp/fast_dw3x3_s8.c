@@ -6,7 +6,7 @@
  * (SMLAD for taps 0 and 2, SMLAxy for tap 1), at stride 2 one output per load.
  * s: NULL, or the planned scratch plane of the in-place scheme (each channel's output
  * is computed into s, then copied over the consumed input, as conv_s8_grp_ip does).
- * Uses el_fast_out (fast_conv_s8.h). */
+ * t: the requantization table (fast.py's rq_table; el_fast_rq of fast_conv_s8.h). */
 #ifndef EL_FAST_DW3X3_S8_C
 #define EL_FAST_DW3X3_S8_C
 
@@ -19,14 +19,14 @@
 /* one channel: P holds the padded plane, HP rows of RS bytes (row r = input row r - PT,
  * column j = input column j - PL, x_zp outside the input) */
 static EL_FAST_NOINLINE void el_fast_dw3x3_plane(const int8_t *x, int8_t *y, const int8_t *w,
-                                                 int32_t bias, int32_t qm, int qs, int H,
+                                                 int32_t bias, const int32_t *t, int H,
                                                  int W, int OH, int OW, int S, int PT, int PL,
-                                                 int x_zp, int y_zp, int lo, int hi,
-                                                 int8_t *P, int RS)
+                                                 int x_zp, int lo, int hi, int8_t *P, int RS)
 {
     int HP = (OH - 1) * S + 3, left = PL < RS ? PL : RS;
     int copy = W < RS - left ? W : RS - left;
     int oy, ox, r, i;
+    const int32_t qm = t[0], qk = t[1], qe = t[2], ql = t[3];
     int32_t zp4 = (int32_t)(0x01010101u * (uint8_t)x_zp);
 #if defined(EL_DSP)
     int32_t p02 = EL_DW_PAIR(w[0], w[2]), p35 = EL_DW_PAIR(w[3], w[5]), p68 = EL_DW_PAIR(w[6], w[8]);
@@ -68,8 +68,8 @@ static EL_FAST_NOINLINE void el_fast_dw3x3_plane(const int8_t *x, int8_t *y, con
                 c = __smlad(o, p68, c);
                 a = __smlabb(o, p7, a);
                 c = __smlatb(e, p7, c);
-                yr[ox] = el_fast_out(a, qm, qs, y_zp, lo, hi);
-                yr[ox + 1] = el_fast_out(c, qm, qs, y_zp, lo, hi);
+                yr[ox] = (int8_t)el_fast_sat(el_fast_rq(a, qm, qk, qe, ql), lo, hi);
+                yr[ox + 1] = (int8_t)el_fast_sat(el_fast_rq(c, qm, qk, qe, ql), lo, hi);
             }
         }
         for (; ox < OW; ++ox) {   /* stride 2, or the odd last output at stride 1 */
@@ -82,24 +82,23 @@ static EL_FAST_NOINLINE void el_fast_dw3x3_plane(const int8_t *x, int8_t *y, con
             v = el_ld32(r2 + ix);
             a = __smlad(__sxtb16(v), p68, a);
             a = __smlabb(el_sxtb16_r8(v), p7, a);
-            yr[ox] = el_fast_out(a, qm, qs, y_zp, lo, hi);
+            yr[ox] = (int8_t)el_fast_sat(el_fast_rq(a, qm, qk, qe, ql), lo, hi);
         }
 #else
         for (; ox < OW; ++ox) {
             const int8_t *a0 = r0 + ox * S, *a1 = r1 + ox * S, *a2 = r2 + ox * S;
             int32_t a = bias + a0[0] * w[0] + a0[1] * w[1] + a0[2] * w[2] + a1[0] * w[3]
                       + a1[1] * w[4] + a1[2] * w[5] + a2[0] * w[6] + a2[1] * w[7] + a2[2] * w[8];
-            yr[ox] = el_fast_out(a, qm, qs, y_zp, lo, hi);
+            yr[ox] = (int8_t)el_fast_sat(el_fast_rq(a, qm, qk, qe, ql), lo, hi);
         }
 #endif
     }
 }
 
 static EL_FAST_NOINLINE void k_fast_dw3x3_s8(const int8_t *x, int8_t *y, const int8_t *w,
-                                             const int32_t *b, const int32_t *mult,
-                                             const int32_t *shift, int C, int H, int W, int OH,
-                                             int OW, int S, int PT, int PL, int x_zp, int y_zp,
-                                             int lo, int hi, int8_t *s)
+                                             const int32_t *b, const int32_t *t, int C, int H,
+                                             int W, int OH, int OW, int S, int PT, int PL,
+                                             int x_zp, int lo, int hi, int8_t *s)
 {
     /* the padded plane: rows of the WR bytes the windows read plus the 4th byte of the
        last load, rounded up to words */
@@ -108,8 +107,8 @@ static EL_FAST_NOINLINE void k_fast_dw3x3_s8(const int8_t *x, int8_t *y, const i
     EL_FAST_COL(plane, (((OH - 1) * S + 3) * RS + 1) / 2);
     for (c = 0; c < C; ++c) {
         int8_t *out = s ? s : y + c * ohw;
-        el_fast_dw3x3_plane(x + c * hw, out, w + 9 * c, b[c], mult[c], shift[c], H, W, OH, OW, S,
-                            PT, PL, x_zp, y_zp, lo, hi, (int8_t *)(void *)plane, RS);
+        el_fast_dw3x3_plane(x + c * hw, out, w + 9 * c, b[c], t + 4 * c, H, W, OH, OW, S, PT,
+                            PL, x_zp, lo, hi, (int8_t *)(void *)plane, RS);
         if (s) memcpy(y + c * ohw, s, (size_t)ohw);
     }
 }
