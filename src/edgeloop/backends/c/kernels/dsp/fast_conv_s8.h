@@ -78,21 +78,28 @@ static EL_INLINE int32_t el_fast_rq(int32_t x, int32_t m, int32_t k, int32_t e, 
     return (int32_t)((uint32_t)k + ((uint32_t)h << 1) + (uint32_t)(h >> 31)) >> e;
 }
 
-/* v to int8, then to [lo, hi] (which lie within int8) */
-static EL_INLINE int32_t el_fast_sat(int32_t v, int32_t lo, int32_t hi)
+/* v to int8, then to [lo, hi] (which lie within int8). clip: lo > -128 or hi < 127; the
+ * DSP path saturates with SSAT and compares only then (kernels compute it once). */
+static EL_INLINE int32_t el_fast_sat(int32_t v, int32_t lo, int32_t hi, int clip)
 {
 #if defined(EL_DSP)
     v = __ssat(v, 8);
+    if (!clip) return v;
+#else
+    (void)clip;
 #endif
     return v < lo ? lo : (v > hi ? hi : v);
 }
+
+#define EL_FAST_CLIP(lo, hi) ((lo) > -128 || (hi) < 127)
 
 /* TFLite's int8 Add of a and b (fx_add.h's el_add_s8) on el_fast_rq: q is
  * backends/c/fast.py's add_table, a_zp b_zp lo hi and the entries of a, b and the sum */
 static EL_INLINE int8_t el_fast_add(int32_t a, int32_t b, const int32_t *q)
 {
     int32_t s = el_fast_rq(a - q[0], q[4], q[5], q[6], q[7]) + el_fast_rq(b - q[1], q[8], q[9], q[10], q[11]);
-    return (int8_t)el_fast_sat(el_fast_rq(s, q[12], q[13], q[14], q[15]), q[2], q[3]);
+    return (int8_t)el_fast_sat(el_fast_rq(s, q[12], q[13], q[14], q[15]), q[2], q[3],
+                                EL_FAST_CLIP(q[2], q[3]));
 }
 
 /* Two int16 in one word, a in the low half (PKHBT), stored through memcpy (one STR). */
@@ -189,6 +196,7 @@ static EL_FAST_NOINLINE void el_fast_gemm_s8(const int16_t *col, const int8_t *w
 {
     int m;
     const int8_t *pw = w;
+    const int clip = EL_FAST_CLIP(lo, hi);
     for (m = 0; m + 2 <= M; m += 2, t += 8) {
         int32_t a00 = b[m], a01 = a00, a10 = b[m + 1], a11 = a10;
         const int16_t *pc = col;
@@ -223,10 +231,10 @@ static EL_FAST_NOINLINE void el_fast_gemm_s8(const int16_t *col, const int8_t *w
         {
             const int32_t m0 = t[0], k0 = t[1], e0 = t[2], l0 = t[3];
             const int32_t m1 = t[4], k1 = t[5], e1 = t[6], l1 = t[7];
-            int32_t v00 = el_fast_sat(el_fast_rq(a00, m0, k0, e0, l0), lo, hi);
-            int32_t v01 = el_fast_sat(el_fast_rq(a01, m0, k0, e0, l0), lo, hi);
-            int32_t v10 = el_fast_sat(el_fast_rq(a10, m1, k1, e1, l1), lo, hi);
-            int32_t v11 = el_fast_sat(el_fast_rq(a11, m1, k1, e1, l1), lo, hi);
+            int32_t v00 = el_fast_sat(el_fast_rq(a00, m0, k0, e0, l0), lo, hi, clip);
+            int32_t v01 = el_fast_sat(el_fast_rq(a01, m0, k0, e0, l0), lo, hi, clip);
+            int32_t v10 = el_fast_sat(el_fast_rq(a10, m1, k1, e1, l1), lo, hi, clip);
+            int32_t v11 = el_fast_sat(el_fast_rq(a11, m1, k1, e1, l1), lo, hi, clip);
             EL_FAST_ST(ya[m * ysa], v00);
             EL_FAST_ST(yb[m * ysb], v01);
             EL_FAST_ST(ya[(m + 1) * ysa], v10);
@@ -251,8 +259,8 @@ static EL_FAST_NOINLINE void el_fast_gemm_s8(const int16_t *col, const int8_t *w
 #endif
         }
         {
-            int32_t v00 = el_fast_sat(el_fast_rq(a00, t[0], t[1], t[2], t[3]), lo, hi);
-            int32_t v01 = el_fast_sat(el_fast_rq(a01, t[0], t[1], t[2], t[3]), lo, hi);
+            int32_t v00 = el_fast_sat(el_fast_rq(a00, t[0], t[1], t[2], t[3]), lo, hi, clip);
+            int32_t v01 = el_fast_sat(el_fast_rq(a01, t[0], t[1], t[2], t[3]), lo, hi, clip);
             EL_FAST_ST(ya[m * ysa], v00);
             EL_FAST_ST(yb[m * ysb], v01);
         }

@@ -27,6 +27,7 @@ static EL_FAST_NOINLINE void el_fast_dw3x3_plane(const int8_t *x, int8_t *y, con
     int copy = W < RS - left ? W : RS - left;
     int oy, ox, r, i;
     const int32_t qm = t[0], qk = t[1], qe = t[2], ql = t[3];
+    const int clip = EL_FAST_CLIP(lo, hi);
     int32_t zp4 = (int32_t)(0x01010101u * (uint8_t)x_zp);
 #if defined(EL_DSP)
     int32_t p02 = EL_DW_PAIR(w[0], w[2]), p35 = EL_DW_PAIR(w[3], w[5]), p68 = EL_DW_PAIR(w[6], w[8]);
@@ -68,8 +69,8 @@ static EL_FAST_NOINLINE void el_fast_dw3x3_plane(const int8_t *x, int8_t *y, con
                 c = __smlad(o, p68, c);
                 a = __smlabb(o, p7, a);
                 c = __smlatb(e, p7, c);
-                yr[ox] = (int8_t)el_fast_sat(el_fast_rq(a, qm, qk, qe, ql), lo, hi);
-                yr[ox + 1] = (int8_t)el_fast_sat(el_fast_rq(c, qm, qk, qe, ql), lo, hi);
+                yr[ox] = (int8_t)el_fast_sat(el_fast_rq(a, qm, qk, qe, ql), lo, hi, clip);
+                yr[ox + 1] = (int8_t)el_fast_sat(el_fast_rq(c, qm, qk, qe, ql), lo, hi, clip);
             }
         }
         for (; ox < OW; ++ox) {   /* stride 2, or the odd last output at stride 1 */
@@ -82,14 +83,14 @@ static EL_FAST_NOINLINE void el_fast_dw3x3_plane(const int8_t *x, int8_t *y, con
             v = el_ld32(r2 + ix);
             a = __smlad(__sxtb16(v), p68, a);
             a = __smlabb(el_sxtb16_r8(v), p7, a);
-            yr[ox] = (int8_t)el_fast_sat(el_fast_rq(a, qm, qk, qe, ql), lo, hi);
+            yr[ox] = (int8_t)el_fast_sat(el_fast_rq(a, qm, qk, qe, ql), lo, hi, clip);
         }
 #else
         for (; ox < OW; ++ox) {
             const int8_t *a0 = r0 + ox * S, *a1 = r1 + ox * S, *a2 = r2 + ox * S;
             int32_t a = bias + a0[0] * w[0] + a0[1] * w[1] + a0[2] * w[2] + a1[0] * w[3]
                       + a1[1] * w[4] + a1[2] * w[5] + a2[0] * w[6] + a2[1] * w[7] + a2[2] * w[8];
-            yr[ox] = (int8_t)el_fast_sat(el_fast_rq(a, qm, qk, qe, ql), lo, hi);
+            yr[ox] = (int8_t)el_fast_sat(el_fast_rq(a, qm, qk, qe, ql), lo, hi, clip);
         }
 #endif
     }
