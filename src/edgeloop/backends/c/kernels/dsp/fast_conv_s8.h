@@ -181,6 +181,15 @@ static EL_INLINE void el_fast_taps(const int8_t *s, int16_t *q, int C, int W, lo
     __asm__("ldrd %0, %1, [%2], #8" : "=r"(a), "=r"(b), "+r"(p) : : "memory")
 #endif
 
+/* one channel's rq_table entry into four variables (two LDRD on the DSP path) */
+#if defined(EL_DSP)
+#define EL_FAST_LDQ(m, k, e, l, p) \
+    __asm__("ldrd %0, %1, [%4]\n\tldrd %2, %3, [%4, #8]" \
+            : "=&r"(m), "=&r"(k), "=&r"(e), "=r"(l) : "r"(p) : "memory")
+#else
+#define EL_FAST_LDQ(m, k, e, l, p) ((m) = (p)[0], (k) = (p)[1], (e) = (p)[2], (l) = (p)[3])
+#endif
+
 /* Store v at p, or with a residual (rq: fast.py's add_table of add(conv, r), r being
  * the output itself) the int8 sum of v and the skip value p holds: each output is read
  * and written at its own place only. */
@@ -196,9 +205,10 @@ static EL_FAST_NOINLINE void el_fast_gemm_s8(const int16_t *col, const int8_t *w
 {
     int m;
     const int8_t *pw = w;
-    const int clip = EL_FAST_CLIP(lo, hi);
-    for (m = 0; m + 2 <= M; m += 2, t += 8) {
-        int32_t a00 = b[m], a01 = a00, a10 = b[m + 1], a11 = a10;
+    const int plain = !rq && !EL_FAST_CLIP(lo, hi);   /* outputs need SSAT only */
+    int8_t *pa = ya, *pb = yb;
+    for (m = 0; m + 2 <= M; m += 2, t += 8, b += 2, pa += 2 * ysa, pb += 2 * ysb) {
+        int32_t a00 = b[0], a01 = a00, a10 = b[1], a11 = a10;
         const int16_t *pc = col;
         int g;
 #if defined(EL_DSP)
@@ -229,20 +239,28 @@ static EL_FAST_NOINLINE void el_fast_gemm_s8(const int16_t *col, const int8_t *w
         }
 #endif
         {
-            const int32_t m0 = t[0], k0 = t[1], e0 = t[2], l0 = t[3];
-            const int32_t m1 = t[4], k1 = t[5], e1 = t[6], l1 = t[7];
-            int32_t v00 = el_fast_sat(el_fast_rq(a00, m0, k0, e0, l0), lo, hi, clip);
-            int32_t v01 = el_fast_sat(el_fast_rq(a01, m0, k0, e0, l0), lo, hi, clip);
-            int32_t v10 = el_fast_sat(el_fast_rq(a10, m1, k1, e1, l1), lo, hi, clip);
-            int32_t v11 = el_fast_sat(el_fast_rq(a11, m1, k1, e1, l1), lo, hi, clip);
-            EL_FAST_ST(ya[m * ysa], v00);
-            EL_FAST_ST(yb[m * ysb], v01);
-            EL_FAST_ST(ya[(m + 1) * ysa], v10);
-            EL_FAST_ST(yb[(m + 1) * ysb], v11);
+            int32_t qm, qk, qe, ql;
+            EL_FAST_LDQ(qm, qk, qe, ql, t);
+            a00 = el_fast_rq(a00, qm, qk, qe, ql);
+            a01 = el_fast_rq(a01, qm, qk, qe, ql);
+            EL_FAST_LDQ(qm, qk, qe, ql, t + 4);
+            a10 = el_fast_rq(a10, qm, qk, qe, ql);
+            a11 = el_fast_rq(a11, qm, qk, qe, ql);
+        }
+        if (plain) {
+            pa[0] = (int8_t)el_fast_sat(a00, -128, 127, 0);
+            pb[0] = (int8_t)el_fast_sat(a01, -128, 127, 0);
+            pa[ysa] = (int8_t)el_fast_sat(a10, -128, 127, 0);
+            pb[ysb] = (int8_t)el_fast_sat(a11, -128, 127, 0);
+        } else {
+            EL_FAST_ST(pa[0], el_fast_sat(a00, lo, hi, 1));
+            EL_FAST_ST(pb[0], el_fast_sat(a01, lo, hi, 1));
+            EL_FAST_ST(pa[ysa], el_fast_sat(a10, lo, hi, 1));
+            EL_FAST_ST(pb[ysb], el_fast_sat(a11, lo, hi, 1));
         }
     }
     if (m < M) {   /* the odd last channel: its row alone */
-        int32_t a00 = b[m], a01 = a00;
+        int32_t a00 = b[0], a01 = a00;
         const int16_t *pc = col;
         int g;
         for (g = KP >> 2; g > 0; --g, pc += 8, pw += 4) {
@@ -259,10 +277,10 @@ static EL_FAST_NOINLINE void el_fast_gemm_s8(const int16_t *col, const int8_t *w
 #endif
         }
         {
-            int32_t v00 = el_fast_sat(el_fast_rq(a00, t[0], t[1], t[2], t[3]), lo, hi, clip);
-            int32_t v01 = el_fast_sat(el_fast_rq(a01, t[0], t[1], t[2], t[3]), lo, hi, clip);
-            EL_FAST_ST(ya[m * ysa], v00);
-            EL_FAST_ST(yb[m * ysb], v01);
+            int32_t v00 = el_fast_sat(el_fast_rq(a00, t[0], t[1], t[2], t[3]), lo, hi, 1);
+            int32_t v01 = el_fast_sat(el_fast_rq(a01, t[0], t[1], t[2], t[3]), lo, hi, 1);
+            EL_FAST_ST(pa[0], v00);
+            EL_FAST_ST(pb[0], v01);
         }
     }
 }
