@@ -16,6 +16,28 @@
 
 #define EL_DW_PAIR(lo16, hi16) ((int32_t)(((uint32_t)(uint16_t)(hi16) << 16) | (uint16_t)(lo16)))
 
+/* stride 1: two outputs per step, the three row loads shared (see the file comment);
+ * LO, HI, CLIP: el_fast_sat's range (constants for the SSAT-only loop) */
+#define EL_DW_PAIRS(LO, HI, CLIP) \
+    for (; ox + 2 <= OW; ox += 2) { \
+        int32_t v = el_ld32(r0 + ox), e = __sxtb16(v), o = el_sxtb16_r8(v); \
+        int32_t a = __smlad(e, p02, bias), c = __smlad(o, p02, bias); \
+        a = __smlabb(o, p14, a); \
+        c = __smlatb(e, p14, c); \
+        v = el_ld32(r1 + ox); e = __sxtb16(v); o = el_sxtb16_r8(v); \
+        a = __smlad(e, p35, a); \
+        c = __smlad(o, p35, c); \
+        a = __smlabt(o, p14, a); \
+        c = __smlatt(e, p14, c); \
+        v = el_ld32(r2 + ox); e = __sxtb16(v); o = el_sxtb16_r8(v); \
+        a = __smlad(e, p68, a); \
+        c = __smlad(o, p68, c); \
+        a = __smlabb(o, p7, a); \
+        c = __smlatb(e, p7, c); \
+        yr[ox] = (int8_t)el_fast_sat(el_fast_rq(a, qm, qk, qe, ql), LO, HI, CLIP); \
+        yr[ox + 1] = (int8_t)el_fast_sat(el_fast_rq(c, qm, qk, qe, ql), LO, HI, CLIP); \
+    }
+
 /* one channel: P holds the padded plane, HP rows of RS bytes (row r = input row r - PT,
  * column j = input column j - PL, x_zp outside the input) */
 static EL_FAST_NOINLINE void el_fast_dw3x3_plane(const int8_t *x, int8_t *y, const int8_t *w,
@@ -53,25 +75,10 @@ static EL_FAST_NOINLINE void el_fast_dw3x3_plane(const int8_t *x, int8_t *y, con
         const int8_t *r0 = P + (long)oy * S * RS, *r1 = r0 + RS, *r2 = r1 + RS;
         ox = 0;
 #if defined(EL_DSP)
-        if (S == 1) {
-            for (; ox + 2 <= OW; ox += 2) {
-                int32_t v = el_ld32(r0 + ox), e = __sxtb16(v), o = el_sxtb16_r8(v);
-                int32_t a = __smlad(e, p02, bias), c = __smlad(o, p02, bias);
-                a = __smlabb(o, p14, a);
-                c = __smlatb(e, p14, c);
-                v = el_ld32(r1 + ox); e = __sxtb16(v); o = el_sxtb16_r8(v);
-                a = __smlad(e, p35, a);
-                c = __smlad(o, p35, c);
-                a = __smlabt(o, p14, a);
-                c = __smlatt(e, p14, c);
-                v = el_ld32(r2 + ox); e = __sxtb16(v); o = el_sxtb16_r8(v);
-                a = __smlad(e, p68, a);
-                c = __smlad(o, p68, c);
-                a = __smlabb(o, p7, a);
-                c = __smlatb(e, p7, c);
-                yr[ox] = (int8_t)el_fast_sat(el_fast_rq(a, qm, qk, qe, ql), lo, hi, clip);
-                yr[ox + 1] = (int8_t)el_fast_sat(el_fast_rq(c, qm, qk, qe, ql), lo, hi, clip);
-            }
+        if (S == 1 && !clip) {
+            EL_DW_PAIRS(-128, 127, 0);
+        } else if (S == 1) {
+            EL_DW_PAIRS(lo, hi, 1);
         }
         for (; ox < OW; ++ox) {   /* stride 2, or the odd last output at stride 1 */
             const int ix = ox * S;
