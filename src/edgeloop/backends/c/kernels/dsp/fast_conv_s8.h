@@ -181,6 +181,29 @@ static EL_INLINE void el_fast_taps(const int8_t *s, int16_t *q, int C, int W, lo
     __asm__("ldrd %0, %1, [%2], #8" : "=r"(a), "=r"(b), "+r"(p) : : "memory")
 #endif
 
+#if defined(EL_DSP)
+/* 4 taps of the 2x2 tile: two LDRD of the two pixels' pairs, one of the two rows'
+ * 4 weight bytes (t0 t2 t1 t3: SXTB16 gives t0 t1, SXTB16 ROR 8 t2 t3) */
+#define EL_FAST_TILE4() do { \
+        int32_t xa, xb, wa, wb, u; \
+        EL_FAST_LDRD(xa, xb, pc); \
+        EL_FAST_LDRD(wa, wb, pw); \
+        u = __sxtb16(wa); \
+        a00 = __smlad(xa, u, a00); \
+        a01 = __smlad(xb, u, a01); \
+        u = __sxtb16(wb); \
+        a10 = __smlad(xa, u, a10); \
+        a11 = __smlad(xb, u, a11); \
+        EL_FAST_LDRD(xa, xb, pc); \
+        u = el_sxtb16_r8(wa); \
+        a00 = __smlad(xa, u, a00); \
+        a01 = __smlad(xb, u, a01); \
+        u = el_sxtb16_r8(wb); \
+        a10 = __smlad(xa, u, a10); \
+        a11 = __smlad(xb, u, a11); \
+    } while (0)
+#endif
+
 /* one channel's rq_table entry into four variables (two LDRD on the DSP path) */
 #if defined(EL_DSP)
 #define EL_FAST_LDQ(m, k, e, l, p) \
@@ -212,23 +235,12 @@ static EL_FAST_NOINLINE void el_fast_gemm_s8(const int16_t *col, const int8_t *w
         const int16_t *pc = col;
         int g;
 #if defined(EL_DSP)
-        for (g = KP >> 2; g > 0; --g) {
-            int32_t xa, xb, wa, wb, u;
-            EL_FAST_LDRD(xa, xb, pc);
-            EL_FAST_LDRD(wa, wb, pw);
-            u = __sxtb16(wa);
-            a00 = __smlad(xa, u, a00);
-            a01 = __smlad(xb, u, a01);
-            u = __sxtb16(wb);
-            a10 = __smlad(xa, u, a10);
-            a11 = __smlad(xb, u, a11);
-            EL_FAST_LDRD(xa, xb, pc);
-            u = el_sxtb16_r8(wa);
-            a00 = __smlad(xa, u, a00);
-            a01 = __smlad(xb, u, a01);
-            u = el_sxtb16_r8(wb);
-            a10 = __smlad(xa, u, a10);
-            a11 = __smlad(xb, u, a11);
+        /* two groups of 4 taps per pass (half the loop overhead), an odd one first */
+        g = KP >> 2;
+        if (g & 1) EL_FAST_TILE4();
+        for (g >>= 1; g > 0; --g) {
+            EL_FAST_TILE4();
+            EL_FAST_TILE4();
         }
 #else
         for (g = KP >> 2; g > 0; --g, pc += 8, pw += 8) {
