@@ -230,8 +230,12 @@ def acc_bound(w, folded) -> np.ndarray:
 
 def add_table(q):
     """fx_add.h's 11 Add parameters (a_zp b_zp y_zp a_m a_s b_m b_s y_m y_s lo hi) as
-    el_fast_add's 16 words: a_zp b_zp lo hi, then the rq_table entries of a and b (inputs
-    shifted left by 20) and of the sum; None when they could overflow."""
+    el_fast_add's words: a_zp b_zp lo hi, the rq_table entries of a and b (inputs shifted
+    left by 20) and of the sum, then each input's rescaled value for the 256 int8 values
+    (TFLite's MultiplyByQuantizedMultiplier, reference.mbqm: 2 KB of flash that spare
+    the two rescales per output); None when the 32-bit form could overflow."""
+    from edgeloop.backends.c import reference as ref
+
     q = np.asarray(q, np.int64)
     ta = rq_table(q[3], q[4], 0, 255, pre=20)
     tb = rq_table(q[5], q[6], 0, 255, pre=20)
@@ -241,7 +245,10 @@ def add_table(q):
     ty = rq_table(q[7], q[8], q[2], sum(side))
     if ty is None:
         return None
-    return np.concatenate([[q[0], q[1], q[9], q[10]], ta, tb, ty]).astype(np.int32)
+    v = np.arange(-128, 128, dtype=np.int64)
+    la = ref.mbqm((v - q[0]) << 20, q[3], q[4])
+    lb = ref.mbqm((v - q[1]) << 20, q[5], q[6])
+    return np.concatenate([[q[0], q[1], q[9], q[10]], ta, tb, ty, la, lb]).astype(np.int32)
 
 
 def add_params(t) -> np.ndarray:

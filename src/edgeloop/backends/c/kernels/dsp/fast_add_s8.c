@@ -13,10 +13,8 @@
 static EL_FAST_NOINLINE void k_fast_add_s8(const int8_t *a, const int8_t *b, int8_t *y, long n,
                                            const int32_t *q)
 {
-    int32_t t[16];
     long i;
-    memcpy(t, q, sizeof t);   /* in registers or on the stack: y's stores cannot alias it */
-    for (i = 0; i < n; ++i) y[i] = el_fast_add(a[i], b[i], t);
+    for (i = 0; i < n; ++i) y[i] = el_fast_add(a[i], b[i], q);
 }
 
 #endif /* EL_FAST_ADD_S8_C */

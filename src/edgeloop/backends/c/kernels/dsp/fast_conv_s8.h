@@ -93,13 +93,14 @@ static EL_INLINE int32_t el_fast_sat(int32_t v, int32_t lo, int32_t hi, int clip
 
 #define EL_FAST_CLIP(lo, hi) ((lo) > -128 || (hi) < 127)
 
-/* TFLite's int8 Add of a and b (fx_add.h's el_add_s8) on el_fast_rq: q is
- * backends/c/fast.py's add_table, a_zp b_zp lo hi and the entries of a, b and the sum */
+/* TFLite's int8 Add of int8 a and b (fx_add.h's el_add_s8): q is backends/c/fast.py's
+ * add_table (a_zp b_zp lo hi, the rq_table entries of a, b and the sum, then a's and b's
+ * rescaled values for -128..127); the sum's rescale by el_fast_rq */
 static EL_INLINE int8_t el_fast_add(int32_t a, int32_t b, const int32_t *q)
 {
-    int32_t s = el_fast_rq(a - q[0], q[4], q[5], q[6], q[7]) + el_fast_rq(b - q[1], q[8], q[9], q[10], q[11]);
+    int32_t s = q[16 + 128 + a] + q[16 + 384 + b];
     return (int8_t)el_fast_sat(el_fast_rq(s, q[12], q[13], q[14], q[15]), q[2], q[3],
-                                EL_FAST_CLIP(q[2], q[3]));
+                               EL_FAST_CLIP(q[2], q[3]));
 }
 
 /* Two int16 in one word, a in the low half (PKHBT), stored through memcpy (one STR). */
