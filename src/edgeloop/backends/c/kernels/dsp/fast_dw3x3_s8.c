@@ -38,9 +38,18 @@
         yr[ox + 1] = (int8_t)el_fast_sat(el_fast_rq(c, qm, qk, qe, ql), LO, HI, CLIP); \
     }
 
+/* gcc would turn the padded plane's short fill and copy loops into memset and memcpy
+   calls, which cost more than the loops for rows of a few words */
+#if defined(__GNUC__) && !defined(__clang__)
+#define EL_DW_NO_LIBCALLS __attribute__((optimize("no-tree-loop-distribute-patterns")))
+#else
+#define EL_DW_NO_LIBCALLS
+#endif
+
 /* one channel: P holds the padded plane, HP rows of RS bytes (row r = input row r - PT,
  * column j = input column j - PL, x_zp outside the input) */
-static EL_FAST_NOINLINE void el_fast_dw3x3_plane(const int8_t *x, int8_t *y, const int8_t *w,
+static EL_FAST_NOINLINE EL_DW_NO_LIBCALLS void el_fast_dw3x3_plane(const int8_t *x, int8_t *y,
+                                                 const int8_t *w,
                                                  int32_t bias, const int32_t *t, int H,
                                                  int W, int OH, int OW, int S, int PT, int PL,
                                                  int x_zp, int lo, int hi, int8_t *P, int RS)
@@ -55,19 +64,26 @@ static EL_FAST_NOINLINE void el_fast_dw3x3_plane(const int8_t *x, int8_t *y, con
     int32_t p02 = EL_DW_PAIR(w[0], w[2]), p35 = EL_DW_PAIR(w[3], w[5]), p68 = EL_DW_PAIR(w[6], w[8]);
     int32_t p14 = EL_DW_PAIR(w[1], w[4]), p7 = EL_DW_PAIR(w[7], 0);
 #endif
+    /* each row: x_zp words over the whole row, then the input row's bytes at left (word
+       copies, unaligned on the DSP cores, for short rows) */
     for (r = 0; r < HP; ++r) {
         int8_t *dst = P + (long)r * RS;
         int iy = r - PT;
-        if (iy < 0 || iy >= H) {
-            for (i = 0; i < RS; i += 4) el_fast_st32((int16_t *)(void *)(dst + i), zp4);
-            continue;
-        }
-        {
+        for (i = 0; i < RS; i += 4) el_fast_st32((int16_t *)(void *)(dst + i), zp4);
+        if (iy >= 0 && iy < H) {
             const int8_t *src = x + (long)iy * W;
-            for (i = 0; i < left; ++i) dst[i] = (int8_t)x_zp;
-            for (i = 0; i + 4 <= copy; i += 4) memcpy(dst + left + i, src + i, 4);
-            for (; i < copy; ++i) dst[left + i] = src[i];
-            for (i = left + copy; i < RS; ++i) dst[i] = (int8_t)x_zp;
+            int8_t *d = dst + left;
+            i = 0;
+            if (copy >= 32) {   /* long rows: the library's block copy */
+                memcpy(d, src, (size_t)copy);
+                i = copy;
+            }
+            for (; i + 4 <= copy; i += 4) {
+                int32_t v;
+                memcpy(&v, src + i, 4);
+                memcpy(d + i, &v, 4);
+            }
+            for (; i < copy; ++i) d[i] = src[i];
         }
     }
     for (oy = 0; oy < OH; ++oy) {
