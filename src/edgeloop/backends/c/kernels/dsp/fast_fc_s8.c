@@ -10,6 +10,24 @@
 #include <string.h>
 #include "fast_conv_s8.h"
 
+#if defined(EL_DSP)
+/* 4 taps of 4 units: the row's two int16 pairs, then each unit pair's 8 weight bytes */
+#define EL_FC_GROUP4() do { \
+        int32_t x01, x23, wa, wb; \
+        EL_FAST_LDRD(x01, x23, pc); \
+        EL_FAST_LDRD(wa, wb, p0); \
+        a0 = __smlad(x01, __sxtb16(wa), a0); \
+        a1 = __smlad(x01, __sxtb16(wb), a1); \
+        a0 = __smlad(x23, el_sxtb16_r8(wa), a0); \
+        a1 = __smlad(x23, el_sxtb16_r8(wb), a1); \
+        EL_FAST_LDRD(wa, wb, p1); \
+        a2 = __smlad(x01, __sxtb16(wa), a2); \
+        a3 = __smlad(x01, __sxtb16(wb), a3); \
+        a2 = __smlad(x23, el_sxtb16_r8(wa), a2); \
+        a3 = __smlad(x23, el_sxtb16_r8(wb), a3); \
+    } while (0)
+#endif
+
 static EL_FAST_NOINLINE void el_fast_fc_row(const int16_t *col, const int8_t *w, int KP,
                                             const int32_t *b, const int32_t *mult,
                                             const int32_t *shift, int per_channel, int N,
@@ -26,28 +44,23 @@ static EL_FAST_NOINLINE void el_fast_fc_row(const int16_t *col, const int8_t *w,
                 int32_t a0 = b[n], a1 = b[n + 1], a2 = b[n + 2], a3 = b[n + 3];
                 const int16_t *pc = col;
                 const int8_t *p0 = pw, *p1 = pw + 2 * KP;
-                for (g = KP >> 2; g > 0; --g) {
 #if defined(EL_DSP)
-                    int32_t x01, x23, wa, wb;
-                    EL_FAST_LDRD(x01, x23, pc);
-                    EL_FAST_LDRD(wa, wb, p0);
-                    a0 = __smlad(x01, __sxtb16(wa), a0);
-                    a1 = __smlad(x01, __sxtb16(wb), a1);
-                    a0 = __smlad(x23, el_sxtb16_r8(wa), a0);
-                    a1 = __smlad(x23, el_sxtb16_r8(wb), a1);
-                    EL_FAST_LDRD(wa, wb, p1);
-                    a2 = __smlad(x01, __sxtb16(wa), a2);
-                    a3 = __smlad(x01, __sxtb16(wb), a3);
-                    a2 = __smlad(x23, el_sxtb16_r8(wa), a2);
-                    a3 = __smlad(x23, el_sxtb16_r8(wb), a3);
+                /* two groups of 4 taps per pass (half the loop overhead), an odd one first */
+                g = KP >> 2;
+                if (g & 1) EL_FC_GROUP4();
+                for (g >>= 1; g > 0; --g) {
+                    EL_FC_GROUP4();
+                    EL_FC_GROUP4();
+                }
 #else
+                for (g = KP >> 2; g > 0; --g) {
                     a0 += pc[0] * p0[0] + pc[1] * p0[2] + pc[2] * p0[1] + pc[3] * p0[3];
                     a1 += pc[0] * p0[4] + pc[1] * p0[6] + pc[2] * p0[5] + pc[3] * p0[7];
                     a2 += pc[0] * p1[0] + pc[1] * p1[2] + pc[2] * p1[1] + pc[3] * p1[3];
                     a3 += pc[0] * p1[4] + pc[1] * p1[6] + pc[2] * p1[5] + pc[3] * p1[7];
                     pc += 4; p0 += 8; p1 += 8;
-#endif
                 }
+#endif
                 acc[0] = a0; acc[1] = a1; acc[2] = a2; acc[3] = a3;
             } else {
                 /* the last 1-3 units: a pair's rows interleave, an odd last row is alone */
