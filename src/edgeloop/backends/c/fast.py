@@ -23,7 +23,8 @@ call in here at a few marked places:
 The C lives in ``kernels/dsp/fast_*.h`` (one file per kernel, DSP and portable paths
 side by side); a thin wrapper per kernel shape class (``KHxKW`` and stride, on which
 the compiler specialises the im2col) is written here. The requantisation is TFLite's,
-bit for bit (``el_fast_mbqm``); the kernels' work buffers are on the stack, which
+bit for bit (``el_fast_rq`` on the tables of :func:`rq_table`, whose overflow is checked
+here); the kernels' work buffers are on the stack, which
 ``--verify`` measures.
 """
 
@@ -178,11 +179,6 @@ def conv_weights(w: np.ndarray) -> np.ndarray:
 
 # ---------------------------------------------------------------- selection
 
-def _bad_requant(mult, shift) -> bool:
-    """el_fast_mbqm's preconditions fail: a multiplier INT32_MIN or a right shift over 31."""
-    return bool(np.any(np.asarray(mult) == INT32_MIN) or np.any(np.asarray(shift) < -31))
-
-
 RQ_WORDS = 4   # words per channel of a requantization table (see rq_table)
 
 
@@ -280,15 +276,14 @@ def lower_conv(lw, name, x, y, w, bias, mult, shift, xs, ys, g, G, scheme, x_zp,
     inside = (g["PT"] == 0 and g["PL"] == 0 and (OH - 1) * SH + KH <= g["H"]
               and (OW - 1) * SW + KW <= g["W"])
     rows = 1 if inside else C * KH * ((OW - 1) * SW + KW)   # the padded input rows
-    if 4 * kp + rows > MAX_STACK_BYTES or _bad_requant(mult, shift):
+    if 4 * kp + rows > MAX_STACK_BYTES:
         return False
     if res is not None:
         # fused residual: the output is written over the skip tensor, each element read
         # (the skip value) and written at its own place; the input must be another buffer
         out, skip = res["y"][1], res["r"][1]
         if scheme or lw.plan.offset_of(out) != lw.plan.offset_of(skip) \
-                or lw.plan.offset_of(x) == lw.plan.offset_of(skip) \
-                or _bad_requant(res["q"][1][[3, 5, 7]], res["q"][1][[4, 6, 8]]):
+                or lw.plan.offset_of(x) == lw.plan.offset_of(skip):
             return False
         q_add = add_table(res["q"][1])
         if q_add is None:
@@ -324,8 +319,7 @@ def _lower_depthwise(lw, name, x, y, w, bias, mult, shift, xs, g, G, scheme, x_z
     C = int(xs[1])
     if (G != C or w.shape != (C, 1, 3, 3) or xs[0] != 1 or g["DH"] != 1 or g["DW"] != 1
             or g["SH"] != g["SW"] or g["SH"] not in (1, 2) or scheme not in ("", None, "conv_groups")
-            or ((g["OH"] - 1) * g["SH"] + 3) * (((g["OW"] - 1) * g["SH"] + 7) & ~3) > MAX_STACK_BYTES
-            or _bad_requant(mult, shift)):
+            or ((g["OH"] - 1) * g["SH"] + 3) * (((g["OW"] - 1) * g["SH"] + 7) & ~3) > MAX_STACK_BYTES):
         return False
     b = bias[1].astype(np.int64) if bias[0] == "const" else np.zeros(C, np.int64)
     folded = b - int(x_zp) * w.reshape(C, -1).astype(np.int64).sum(axis=1)
@@ -392,7 +386,8 @@ def reference_kernel(name: str):
                         PT, PL, 1, 1, C, x_zp, y_zp, lo, hi)
         return dw
     if name == "fast_fc_s8":
-        def fc(x, y, w, b, mult, shift, per_channel, M, K, N, y_zp, lo, hi):
+        def fc(x, y, w, b, t, per_channel, M, K, N, lo, hi):
+            mult, shift, y_zp = rq_params(t)
             wn = conv_weights_inverse(w, N, K, 1, 1).reshape(N, K)
             ref.fc_s8(x, y, wn, b, mult, shift, per_channel, M, K, N, y_zp, lo, hi)
         return fc
@@ -418,12 +413,15 @@ def lower_fc(lw, name, x, y, wn, bias, mult, shift, per, M, K, N, y_zp, lo, hi) 
     holding b - x_zp * sum(w)); False leaves it to fc_s8."""
     kp = (K + 3) & ~3
     # a layer under 1024 weights stays with fc_s8: too small to pay for a second kernel's code
-    if K * N < 1024 or 2 * kp > MAX_STACK_BYTES or _bad_requant(mult, shift):
+    if K * N < 1024 or 2 * kp > MAX_STACK_BYTES or bias[0] != "const":
+        return False
+    bound = acc_bound(wn, bias[1])
+    table = rq_table(mult, shift, y_zp, bound if per else bound.max())
+    if table is None:
         return False
     lw.emit_fast("fast_fc_s8", name, lw.a.nodes[lw.step.main].op_type, x=("in", x), y=("out", y),
-                 w=("const", conv_weights(wn.reshape(N, K, 1, 1))), b=bias, mult=("const", mult),
-                 shift=("const", shift),
-                 **_ints(per_channel=per, M=M, K=K, N=N, y_zp=y_zp, lo=lo, hi=hi))
+                 w=("const", conv_weights(wn.reshape(N, K, 1, 1))), b=bias, t=("const", table),
+                 **_ints(per_channel=per, M=M, K=K, N=N, lo=lo, hi=hi))
     return True
 
 

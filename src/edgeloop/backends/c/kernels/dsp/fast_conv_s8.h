@@ -16,8 +16,8 @@
  * - the column buffer (int16, 2 * KP values, on the caller's stack): for each pair of
  *   taps j, the word (a_2j, a_2j+1) of pixel A then the word of pixel B.
  *
- * Requantization: el_fast_mbqm is TFLite's MultiplyByQuantizedMultiplier, bit-exact
- * (see its comment). Depends on the "fx" and "fx_dsp" helpers. */
+ * Requantization: el_fast_rq is TFLite's MultiplyByQuantizedMultiplier plus the zero
+ * point, bit-exact (see its comment). Depends on the "fx" and "fx_dsp" helpers. */
 #ifndef EL_FAST_CONV_S8_H
 #define EL_FAST_CONV_S8_H
 
@@ -32,35 +32,17 @@
 #define EL_FAST_NOINLINE
 #endif
 
-/* el_mbqm with one 64-bit multiply-add and a shift. gemmlowp's doubling high multiply
- * adds 2^30 to a non-negative product and 1 - 2^30 to a negative one, then divides by
- * 2^31 rounding toward zero; for a product -k < 0 that is -floor((k + 2^30 - 1) / 2^31),
- * which equals floor((2^30 - k) / 2^31), the arithmetic shift of (product + 2^30) by 31.
- * The one saturating case (both factors INT32_MIN) cannot occur: the export checks that
- * no multiplier is INT32_MIN, and that no right shift exceeds 31 (32-bit masks). */
-static EL_INLINE int32_t el_fast_mbqm(int32_t x, int32_t m, int shift)
-{
-    int left = shift > 0 ? shift : 0;
-    int right = shift > 0 ? 0 : -shift;
-    int64_t p = (int64_t)(int32_t)((uint32_t)x << left) * m + ((int64_t)1 << 30);
-    int32_t h = (int32_t)(p >> 31);
-    int32_t mask = (int32_t)((1u << right) - 1u);   /* right <= 31: checked at export */
-    int32_t rem = h & mask;
-    int32_t thr = (mask >> 1) + (h < 0 ? 1 : 0);
-    return (h >> right) + (rem > thr ? 1 : 0);
-}
-
-static EL_INLINE int8_t el_fast_out(int32_t acc, int32_t m, int shift, int y_zp, int lo, int hi)
-{
-    return (int8_t)el_clamp(el_fast_mbqm(acc, m, shift) + y_zp, lo, hi);
-}
-
 /* The requantization of the conv, depthwise and Add kernels: r is one channel's entry
  * (m, K, E, L) of backends/c/fast.py's rq_table, which also holds the output zero point
  * and checked at export that no step below overflows for any input. SMMULR of x << L
- * (L = 1 + left shift) is the rounded doubling high multiply of el_fast_mbqm; the
- * rounding shift right by E - 1 and the zero point add as (K + 2h + (h < 0 ? -1 : 0)) >> E.
- * Four instructions and the shift on the DSP path (SMMULR). */
+ * (L = 1 + left shift) is gemmlowp's rounded doubling high multiply: that adds 2^30 to a
+ * non-negative product and 1 - 2^30 to a negative one, then divides by 2^31 rounding
+ * toward zero, which for a product -k < 0 is floor((2^30 - k) / 2^31), so in all cases
+ * floor((x m + 2^30) / 2^31) = floor((2x m + 2^31) / 2^32), SMMULR of 2x and m (the one
+ * saturating case, both INT32_MIN, is excluded at export). RoundingDivideByPOT by E - 1
+ * rounds half away from zero; so does the shift right by E of 2h + 2^(E-1) - (h < 0),
+ * and E - 1 = 0 is exact too. K = 2^(E-1) + y_zp 2^E adds the zero point on the way.
+ * Five instructions on the DSP path. */
 static EL_INLINE int32_t el_fast_mulhr(int32_t a, int32_t b)
 {
 #if defined(EL_DSP)
@@ -88,7 +70,7 @@ static EL_INLINE int32_t el_fast_sat(int32_t v, int32_t lo, int32_t hi, int clip
 #else
     (void)clip;
 #endif
-    return v < lo ? lo : (v > hi ? hi : v);
+    return el_clamp(v, lo, hi);
 }
 
 #define EL_FAST_CLIP(lo, hi) ((lo) > -128 || (hi) < 127)

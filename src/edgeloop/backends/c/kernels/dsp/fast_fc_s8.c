@@ -2,7 +2,8 @@
  * the input zero point folded into b at export. Each input row is widened once to
  * int16 (on the stack, zero-padded to KP), then four (or two, or one) output units per
  * pass run SMLAD on it, the weights in the fast_conv_s8 layout (units in pairs, groups
- * of 4 taps stored as t0 t2 t1 t3; 4-byte aligned). Uses el_fast_out (fast_conv_s8.h). */
+ * of 4 taps stored as t0 t2 t1 t3; 4-byte aligned). t: fast.py's rq_table, one entry per
+ * unit or one for all (per_channel 0); el_fast_rq of fast_conv_s8.h. */
 #ifndef EL_FAST_FC_S8_C
 #define EL_FAST_FC_S8_C
 
@@ -29,13 +30,13 @@
 #endif
 
 static EL_FAST_NOINLINE void el_fast_fc_row(const int16_t *col, const int8_t *w, int KP,
-                                            const int32_t *b, const int32_t *mult,
-                                            const int32_t *shift, int per_channel, int N,
-                                            int8_t *y, int y_zp, int lo, int hi)
+                                            const int32_t *b, const int32_t *t,
+                                            int per_channel, int N, int8_t *y, int lo, int hi)
 {
     int n, g, j, u;
     const int8_t *pw = w;
     int32_t acc[4];
+    const int clip = EL_FAST_CLIP(lo, hi);
     {
         n = 0;
         while (n < N) {
@@ -75,8 +76,8 @@ static EL_FAST_NOINLINE void el_fast_fc_row(const int16_t *col, const int8_t *w,
                 }
             }
             for (j = 0; j < u; ++j, ++n) {
-                int q = per_channel ? n : 0;
-                y[n] = el_fast_out(acc[j], mult[q], shift[q], y_zp, lo, hi);
+                const int32_t *r = t + (per_channel ? 4 * n : 0);
+                y[n] = (int8_t)el_fast_sat(el_fast_rq(acc[j], r[0], r[1], r[2], r[3]), lo, hi, clip);
             }
             pw += 4 * KP;
         }
@@ -84,9 +85,8 @@ static EL_FAST_NOINLINE void el_fast_fc_row(const int16_t *col, const int8_t *w,
 }
 
 static EL_FAST_NOINLINE void k_fast_fc_s8(const int8_t *x, int8_t *y, const int32_t *w,
-                                          const int32_t *b, const int32_t *mult,
-                                          const int32_t *shift, int per_channel, int M,
-                                          int K, int N, int y_zp, int lo, int hi)
+                                          const int32_t *b, const int32_t *t,
+                                          int per_channel, int M, int K, int N, int lo, int hi)
 {
     int KP = (K + 3) & ~3, i, k;
     EL_FAST_COL(col, (K + 3) & ~3);
@@ -94,8 +94,8 @@ static EL_FAST_NOINLINE void k_fast_fc_s8(const int8_t *x, int8_t *y, const int3
         const int8_t *xr = x + (long)i * K;
         for (k = 0; k < K; ++k) col[k] = xr[k];
         for (; k < KP; ++k) col[k] = 0;
-        el_fast_fc_row(col, (const int8_t *)w, KP, b, mult, shift, per_channel, N,
-                       y + (long)i * N, y_zp, lo, hi);
+        el_fast_fc_row(col, (const int8_t *)w, KP, b, t, per_channel, N, y + (long)i * N, lo,
+                       hi);
     }
 }
 
