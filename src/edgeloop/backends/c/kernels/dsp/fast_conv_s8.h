@@ -152,6 +152,38 @@ static EL_INLINE void el_fast_taps(const int8_t *s, int16_t *q, int C, int W, lo
     for (; q < end; q += 4) el_fast_st32(q, 0);
 }
 
+#if defined(EL_DSP)
+/* el_fast_taps of a 1x1 filter for two neighbouring pixels s[0] and s[1] at once: one
+ * halfword per channel holds both pixels' bytes, two channels' halfwords make a word
+ * (A_c, B_c, A_c+1, B_c+1), and SXTB16 gives pixel A's pair, SXTB16 ROR 8 pixel B's */
+static EL_FAST_NOINLINE void el_fast_taps_1x1_pair(const int8_t *s, int16_t *q, int C, long hw,
+                                                   int KP)
+{
+    int16_t *end = q + 2 * KP;
+    int c;
+    for (c = 0; c + 2 <= C; c += 2, s += 2 * hw, q += 4) {
+        uint16_t h0, h1;
+        int32_t v;
+        memcpy(&h0, s, 2);
+        memcpy(&h1, s + hw, 2);
+        v = (int32_t)((uint32_t)h0 | ((uint32_t)h1 << 16));
+        el_fast_st32(q, __sxtb16(v));
+        el_fast_st32(q + 2, el_sxtb16_r8(v));
+    }
+    if (c < C) {   /* an odd last channel: its pair's second tap is zero */
+        uint16_t h0;
+        memcpy(&h0, s, 2);
+        el_fast_st32(q, __sxtb16((int32_t)h0));
+        el_fast_st32(q + 2, el_sxtb16_r8((int32_t)h0));
+        q += 4;
+    }
+    for (; q < end; q += 4) {
+        el_fast_st32(q, 0);
+        el_fast_st32(q + 2, 0);
+    }
+}
+#endif
+
 #if defined(__GNUC__)
 #define EL_FAST_COL(name, n) int16_t name[n] __attribute__((aligned(8)))
 #else
@@ -303,6 +335,21 @@ static EL_FAST_NOINLINE void el_fast_conv_s8(const int8_t *x, int8_t *y, const i
     long n = (long)OH * OW, hw = (long)H * W, p;
     int oy, ox, c, ky;
     int8_t spare[2] = {0, 0};
+#if defined(EL_DSP)
+    if (KH == 1 && KW == 1 && SH == 1 && SW == 1 && PT == 0 && PL == 0 && OH == H && OW == W) {
+        /* 1x1 stride 1: pixels p and p + 1 are neighbours in every channel plane */
+        for (p = 0; p + 1 < n; p += 2) {
+            el_fast_taps_1x1_pair(x + p, col, C, hw, KP);
+            el_fast_gemm_s8(col, w, KP, b, t, M, y + p, y + p + 1, n, n, lo, hi, rq);
+        }
+        if (p < n) {
+            taps(x + p, col, C, W, hw, KP);
+            taps(x + p, col + 2, C, W, hw, KP);
+            el_fast_gemm_s8(col, w, KP, b, t, M, y + p, spare, n, 0, lo, hi, rq);
+        }
+        return;
+    }
+#endif
     if (PT == 0 && PL == 0 && (OH - 1) * SH + KH <= H && (OW - 1) * SW + KW <= W) {
         oy = ox = 0;
         for (p = 0; p < n; p += 2) {
