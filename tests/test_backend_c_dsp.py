@@ -76,7 +76,7 @@ def test_ad_dsp_bit_exact_on_cortex_m4(mlperf_dir, tmp_path):
     assert len({y.tobytes() for y in host_out}) == len(inputs)  # real, distinct outputs
 
 
-def _odd_tflite_net():
+def _odd_tflite_net(dw_act=None):
     """Odd sizes for every DSP loop's tail: a one-channel 3x5 convolution (rows of 4 taps
     plus one), a stride-2 3x3 depthwise, a 5x4 convolution over 6 channels, a 1x1 from 7
     to 5 channels (groups of 4 plus 3, an odd number of outputs), a fully-connected layer
@@ -95,7 +95,8 @@ def _odd_tflite_net():
     }
     ops = [
         ("CONV_2D", ["x", "w0", "b0"], "a", {"padding": "SAME", "stride": 1, "act": "RELU"}),
-        ("DEPTHWISE_CONV_2D", ["a", "w1", "b1"], "d", {"padding": "SAME", "stride": 2, "multiplier": 1}),
+        ("DEPTHWISE_CONV_2D", ["a", "w1", "b1"], "d", {"padding": "SAME", "stride": 2, "multiplier": 1,
+                                                       **({"act": dw_act} if dw_act else {})}),
         ("CONV_2D", ["d", "w2", "b2"], "e", {"padding": "SAME", "stride": 1}),
         ("CONV_2D", ["e", "w3", "b3"], "f", {"padding": "SAME", "stride": 1, "act": "RELU6"}),
         ("RESHAPE", ["f"], "r", {"shape": [1, 210]}),
@@ -134,4 +135,38 @@ def test_odd_sizes_dsp_tails_bit_exact(tmp_path):
     work = tmp_path / "m4"
     rep = cortexm.verify(out, "model", info, inputs, host_out, work_dir=work)
     assert _objdump_has_smlad(work)
+    assert rep["outputs_match"] and rep["matches"] == len(inputs)
+
+
+def test_narrow_activation_ranges_bit_exact_on_cortex_m4(tmp_path):
+    """Activation clamps narrower than int8 (the fast kernels' SSAT-then-compare path):
+    a ReLU output whose zero point is above -128 (lo > -128) and ReLU6 outputs whose
+    scale puts 6 below 127 (hi < 127), on a 3x5 conv, the depthwise and a 1x1. The fast
+    kernels (Cortex-M4 and their portable build) give the generic kernels' outputs."""
+    from edgeloop.frontends.tflite import load_tflite
+
+    tiny = _odd_tflite_net(dw_act="RELU6")
+    rng = np.random.default_rng(4)
+    quant = tiny.calibrate(tiny.build(), [rng.normal(0, 2, (1, 12, 13, 1)).astype(np.float32)], False)
+    quant["a"] = (quant["a"][0], -100)          # lo = -100
+    quant["d"] = (12 / 255, -128)               # ReLU6 up to 6: hi = -1
+    quant["f"] = (10 / 255, -128)               # hi = 25
+    path = tmp_path / "narrow.tflite"
+    path.write_bytes(tiny.build(quant))
+    model = load_tflite(path)
+    out = tmp_path / "c"
+    info = generate(model, out, "model")
+    assert {"fast_dw3x3_s8", "fast_conv_s8_3x5s1x1", "fast_conv_s8_1x1s1x1"} <= set(info["kernels"])
+    text = (out / "model.c").read_text()
+    assert ", -100, 127," in text and ", -128, -1," in text and ", -128, 25," in text
+    host = CModel(compile_shared(out, "model", opt="-O2"), info)
+    portable = CModel(compile_shared(out, "model", opt="-O2", fast=True), info)
+    s, z = quant["x"]
+    inputs = [np.clip(np.round(rng.normal(0, 2, (1, 12, 13, 1)) / s) + z, -128, 127).astype(np.int8)
+              for _ in range(3)]
+    host_out = [host.run(x) for x in inputs]
+    for x, y in zip(inputs, host_out):
+        np.testing.assert_array_equal(portable.run(x), y)
+    assert len({y.tobytes() for y in host_out}) == len(inputs)
+    rep = cortexm.verify(out, "model", info, inputs, host_out, work_dir=tmp_path / "m4")
     assert rep["outputs_match"] and rep["matches"] == len(inputs)

@@ -38,6 +38,51 @@ def test_weight_layout_round_trip_keeps_the_bytes():
     assert fast.conv_weights(w).view(np.int8).tolist() == [0, 2, 1, 3, 4, 6, 5, 7]
 
 
+def _fast_rq(x, table):
+    """el_fast_rq (fast_conv_s8.h) in numpy, int32 wrap-around and all."""
+    t = np.asarray(table, np.int64).reshape(-1, fast.RQ_WORDS)
+    m, k, e, sh = (t[:, i:i + 1] for i in range(4))
+    wrap = lambda v: ((v + 2 ** 31) % 2 ** 32) - 2 ** 31   # noqa: E731
+    xs = wrap(np.asarray(x, np.int64) << sh)
+    h = (xs * m + 2 ** 31) >> 32                            # SMMULR
+    return wrap(k + 2 * h + (h >> 31)) >> e
+
+
+def test_rq_table_is_tflite_requantization():
+    # every shift from a left shift of 3 to a right shift of 20 (0 too: no rounding),
+    # accumulators up to the export-time bound, against reference.mbqm (TFLite's)
+    rng = np.random.default_rng(2)
+    shift = np.arange(-20, 4, dtype=np.int32)
+    mult = rng.integers(2 ** 30, 2 ** 31 - 1, shift.size).astype(np.int32)
+    bound = (2 ** 29 >> np.maximum(shift, 0)) - 1
+    table = fast.rq_table(mult, shift, -7, bound)
+    assert table is not None and table.size == fast.RQ_WORDS * shift.size
+    x = np.concatenate([rng.integers(-b, b + 1, 4000)[None] for b in bound]).astype(np.int64)
+    x[:, :4] = np.stack([bound, -bound, bound // 3, -(bound // 3) - 1], axis=1)  # extremes
+    x[:, 4:8] = np.arange(-2, 2)   # small values: the rounding of halves
+    got = _fast_rq(x, table)
+    want = np.stack([reference.mbqm(x[i], mult[i], shift[i]) for i in range(shift.size)]) - 7
+    np.testing.assert_array_equal(got, want)
+    # the table gives the multipliers, shifts and zero point back
+    assert fast.rq_params(table)[0].tolist() == mult.tolist()
+    assert fast.rq_params(table)[1].tolist() == shift.tolist() and fast.rq_params(table)[2] == -7
+    # an accumulator that could overflow the 32-bit form is refused (the layer stays generic)
+    assert fast.rq_table(mult[:1], shift[:1], 0, 2 ** 30) is None
+    assert fast.rq_table([2 ** 30], [2], 0, 2 ** 28) is None
+
+
+def test_add_table_round_trip_and_lookup():
+    q = np.array([-3, 5, -128, 1518500250, -1, 1073741824, 0, 1800000000, -19, -128, 127], np.int32)
+    t = fast.add_table(q)
+    np.testing.assert_array_equal(fast.add_params(t), q)
+    v = np.arange(-128, 128)
+    np.testing.assert_array_equal(t[16:272], reference.mbqm((v - q[0]).astype(np.int64) << 20, q[3], q[4]))
+    # the sum's rescale on the table's values is TFLite's
+    s = t[16:272][:, None].astype(np.int64) + t[272:528][None, :]
+    np.testing.assert_array_equal(_fast_rq(s.ravel()[None], t[12:16])[0],
+                                  reference.mbqm(s.ravel(), q[7], q[8]) + q[2])
+
+
 def _residual_net():
     """32 -> 5 channels: a 3x3 stride-2 SAME conv (padding only bottom/right), a 3x3
     stride-1 conv to 7 channels, a 1x1 stride-2 shortcut, a residual Add, an odd 7-wide

@@ -18,16 +18,16 @@ static void el_fast_taps_any(const int8_t *s, int16_t *q, int C, int W, long hw,
 }
 
 static void k_fast_conv(const int8_t *x, int8_t *y, const int32_t *w, const int32_t *b,
-                        const int32_t *mult, const int32_t *shift, int C, int H, int W, int M,
+                        const int32_t *t, int C, int H, int W, int M,
                         int OH, int OW, int KH, int KW, int SH, int SW, int PT, int PL, int x_zp,
-                        int y_zp, int lo, int hi, int RB, const int32_t *q)
+                        int lo, int hi, int RB, const int32_t *q)
 {
     EL_FAST_COL(col, 2 * ((C * KH * KW + 3) & ~3));
     int8_t rows[RB];
     el_fast_conv_kh = KH;
     el_fast_conv_kw = KW;
-    el_fast_conv_s8(x, y, (const int8_t *)w, b, mult, shift, col, rows, el_fast_taps_any, C, H, W,
-                    M, OH, OW, KH, KW, SH, SW, PT, PL, x_zp, y_zp, lo, hi, q);
+    el_fast_conv_s8(x, y, (const int8_t *)w, b, t, col, rows, el_fast_taps_any, C, H, W, M, OH,
+                    OW, KH, KW, SH, SW, PT, PL, x_zp, lo, hi, q);
 }
 
 #endif /* EL_FAST_CONV_C */
