@@ -547,6 +547,10 @@ def decode(head: Dict[str, Any], outputs: Dict[str, np.ndarray], box: Letterbox,
         else:
             w = tw_ / sw * anchors[:, 2]
             h = th_ / sh * anchors[:, 3]
+        if kind == "tflite_ssd":
+            xyxy = np.stack([(cx - w / 2) * tw, (cy - h / 2) * th, (cx + w / 2) * tw, (cy + h / 2) * th], 1)
+            xyxy, scores, classes = _tflite_ssd_select(head, xyxy, probs, thr)
+            return _detections(head, xyxy, scores, classes, box)
         classes = np.argmax(probs, axis=1)
         scores = probs[np.arange(len(probs)), classes]
         ok = np.isfinite(scores) & (scores >= thr) & np.isfinite(cx) & np.isfinite(w)
@@ -574,6 +578,43 @@ def decode(head: Dict[str, Any], outputs: Dict[str, np.ndarray], box: Letterbox,
         return _detections(head, xyxy[order], scores[order], classes[order], box)
     xyxy, scores, classes, kps = _suppress(head, xyxy, scores, classes, kps)
     return _detections(head, xyxy, scores, classes, box, kps)
+
+
+def _tflite_ssd_select(head: Dict[str, Any], xyxy: np.ndarray, probs: np.ndarray, thr: float):
+    """The selection of TFLite's Detection_PostProcess op on decoded boxes [N, 4] and class
+    scores [N, C] (background dropped): boxes, scores and classes, best first.
+
+    Fast NMS (the op's default): each box competes with its best class score, one greedy
+    class-agnostic pass keeps at most ``max_detections`` boxes, and each kept box reports its
+    ``max_classes_per_detection`` best classes. Regular NMS: greedy NMS per class (at most
+    ``detections_per_class`` each), then the best ``max_detections`` of all. As in the op, a
+    score passes at >= the threshold and a box is suppressed at IoU > ``nms_iou``; ties keep
+    the anchor order (stable sorts)."""
+    pp = head.get("postprocess") or {}
+    max_det, iou = head["max_detections"], head["nms_iou"]
+    nc = probs.shape[1]
+    valid = np.all(np.isfinite(xyxy), axis=1) & np.all(np.isfinite(probs), axis=1)
+    if not nc:
+        return np.zeros((0, 4)), np.zeros(0), np.zeros(0, np.int64)
+    if pp.get("use_regular_nms", not head["class_agnostic"]):
+        per_class = int(pp.get("detections_per_class", max_det))
+        idx_all, cls_all = [], []
+        for c in range(nc):      # one NMS per class: the loop is over classes, not boxes
+            idx = np.nonzero(valid & (probs[:, c] >= thr))[0]
+            idx_all.append(idx[nms(xyxy[idx], probs[idx, c], iou, per_class)])
+            cls_all.append(np.full(len(idx_all[-1]), c, np.int64))
+        idx, cls = np.concatenate(idx_all), np.concatenate(cls_all)
+        sc = probs[idx, cls]
+        order = np.argsort(-sc, kind="stable")[:max_det]
+        return xyxy[idx[order]], sc[order], cls[order]
+    k = max(1, min(int(pp.get("max_classes_per_detection", 1)), nc))
+    top = np.argsort(-probs, axis=1, kind="stable")[:, :k]
+    best = probs[np.arange(len(probs)), top[:, 0]]
+    idx = np.nonzero(valid & (best >= thr))[0]
+    keep = idx[nms(xyxy[idx], best[idx], iou, max_det)]
+    classes = top[keep].reshape(-1)
+    scores = probs[np.repeat(keep, k), classes]
+    return np.repeat(xyxy[keep], k, axis=0), scores, classes
 
 
 def centroid_blobs(probs: np.ndarray, thr: float, cell_w: float, cell_h: float):
