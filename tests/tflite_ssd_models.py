@@ -208,9 +208,8 @@ def blazeface_ssd(tflite: bytes, anchors_xywh: np.ndarray, options: Optional[Dic
                 nms_score_threshold=0.5, nms_iou_threshold=0.3, max_detections=20)
     opts.update(options or {})
     b = Builder(tflite)
-    names = [t.name.decode() for t in b.sg.tensors]
-    reg = b.sg.outputs[names[b.sg.outputs[0]] != "regressors"]
-    cls = b.sg.outputs[names[b.sg.outputs[0]] == "regressors"]
+    names = {t.name.decode(): k for k, t in enumerate(b.sg.tensors)}
+    reg, cls = names["regressors"], names["classificators"]
     n = int(b.sg.tensors[reg].shape[1])
 
     def gather(x: int, idx: List[int], name: str) -> int:
