@@ -178,6 +178,28 @@ def test_convert_without_head_file_then_predict_gives_litert_boxes(face_ssd, tmp
         assert d["score"] == pytest.approx(float(s), abs=2e-3)
 
 
+def test_head_file_over_the_ops_head(face_ssd, tmp_path):
+    """`convert --head` on such a model: the file names labels, input and thresholds; anchors,
+    box coder and NMS options come from the op."""
+    spec = {"kind": "tflite_ssd", "labels": ["face"], "min_score": 0.6,
+            "input": {"size": [128, 128], "range": [-1.0, 1.0], "resize": "letterbox"}}
+    (tmp_path / "head.json").write_text(json.dumps(spec))
+    run("convert", face_ssd, "--head", tmp_path / "head.json", "-o", tmp_path / "face.onnx")
+    import onnx
+
+    head = head_of(onnx.load(str(tmp_path / "face.onnx")))
+    assert head["labels"] == ["face"] and head["min_score"] == 0.6 and head["input"]["resize"] == "letterbox"
+    assert len(head["anchors"]) == 896 and head["postprocess"]["max_detections"] == 20
+    assert head["boxes"]["scale"] == [128.0, 128.0, 1.0, 1.0]
+    dets = json.loads(run("predict", tmp_path / "face.onnx", photo("astronaut.png"), "--json").stdout)
+    faces = dets[0]["detections"]
+    assert faces and all(d["label"] == "face" and d["score"] >= 0.6 for d in faces)
+    # a head file of another kind does not inherit the op's settings
+    (tmp_path / "bad.json").write_text(json.dumps({**spec, "kind": "ssd_anchors"}))
+    r = run("convert", face_ssd, "--head", tmp_path / "bad.json", "-o", tmp_path / "bad.onnx", check=False)
+    assert r.returncode == 2 and "head key 'boxes'" in r.stderr
+
+
 def test_face_ssd_agrees_with_the_original_face_head(face_ssd):
     """The re-encoded detector's tflite_ssd head and the original model's ssd_anchors head
     find the same face: two box coders, one set of boxes."""
