@@ -635,7 +635,12 @@ def detectors(work: Path, tf_python: str | None, only: set[str]) -> list[dict]:
         anchors = rd.ssd_anchors(rd.parse_head(FACE_HEAD)["anchors"], [128, 128])
         src = work / "face_ssd.tflite"
         src.write_bytes(blazeface_ssd(face_src.read_bytes(), anchors))
-        r = cli("convert", src, "-o", work / "face_ssd.onnx")     # no head file: the op is the head
+        r = cli("convert", src, "-o", work / "face_ssd_nohead.onnx")     # no head file: the op is the head
+        if r.returncode != 0:
+            raise RuntimeError(r.stderr)
+        # the op knows no class names: a head file names them, the op's settings stay
+        (work / "face_ssd_head.json").write_text(json.dumps({"kind": "tflite_ssd", "labels": ["face"]}))
+        r = cli("convert", src, "--head", work / "face_ssd_head.json", "-o", work / "face_ssd.onnx")
         if r.returncode != 0:
             raise RuntimeError(r.stderr)
         specs.append({"name": "face_ssd", "kind": "tflite_ssd", "path": work / "face_ssd.onnx", "labels": "faces"})
