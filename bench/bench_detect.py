@@ -638,8 +638,10 @@ def detectors(work: Path, tf_python: str | None, only: set[str]) -> list[dict]:
         r = cli("convert", src, "-o", work / "face_ssd_nohead.onnx")     # no head file: the op is the head
         if r.returncode != 0:
             raise RuntimeError(r.stderr)
-        # the op knows no class names: a head file names them, the op's settings stay
-        (work / "face_ssd_head.json").write_text(json.dumps({"kind": "tflite_ssd", "labels": ["face"]}))
+        # the op knows no class names (nor the letterbox): a head file says so, the op's settings stay
+        (work / "face_ssd_head.json").write_text(json.dumps({"kind": "tflite_ssd", "labels": ["face"],
+                                                                   # BlazeFace is fed letterboxed
+                                                                   "input": {"resize": "letterbox"}}))
         r = cli("convert", src, "--head", work / "face_ssd_head.json", "-o", work / "face_ssd.onnx")
         if r.returncode != 0:
             raise RuntimeError(r.stderr)
@@ -680,7 +682,7 @@ def print_table(rows: list[dict], args) -> None:
           f"{os.getloadavg()[0]:.1f}; host latency 1 thread, median per frame\n")
     print("Accuracy: mAP50 (face, face_ssd: labelled pasted faces; palm: agreement = mAP50 against the float "
           "model's boxes), edgeloop shrink --metric map50 --max-drop 0.01")
-    h = f"{'detector':10s}{'head':12s}{'float':>8s}{'int8':>8s}{'mixed':>8s}  {'chosen (passes)':28s}{'chosen':>8s}"
+    h = f"{'detector':10s}{'head':12s}{'float':>8s}{'int8':>8s}{'mixed':>12s}  {'chosen (passes)':28s}{'chosen':>8s}"
     print(h)
     print("-" * len(h))
     for r in rows:
@@ -690,7 +692,7 @@ def print_table(rows: list[dict], args) -> None:
             print(f"{r['name']:10s}{r['kind']:12s}  n/a ({why[:90]})")
             continue
         mixed = fmt(a["mixed"]) if a.get("mixed_tried") else "not needed"
-        print(f"{r['name']:10s}{r['kind']:12s}{fmt(a['float']):>8s}{fmt(a['int8']):>8s}{mixed:>8s}  "
+        print(f"{r['name']:10s}{r['kind']:12s}{fmt(a['float']):>8s}{fmt(a['int8']):>8s}{mixed:>12s}  "
               f"{a['chosen'][:28]:28s}{fmt(a['chosen_map']):>8s}")
     print("\nHost latency per frame, ms (input tensor -> boxes unless said)")
     h = (f"{'detector':10s}{'network':>9s}{'edgeloop':>10s}{'ORT+NMS':>9s}{'ratio':>8s}{'decode+NMS':>12s}"
