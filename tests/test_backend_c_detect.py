@@ -1,5 +1,5 @@
 """Detection heads decoded in C (``<prefix>_detect``): the generated text compiles strictly
-for the host and for Cortex-M4, and from Python (ctypes) its boxes equal the numpy decoder's
+for the host and for Cortex-M4 (and runs on QEMU's Cortex-M7), and from Python (ctypes) its boxes equal the numpy decoder's
 on the same raw outputs: bit for bit on int8 detectors (the MediaPipe face detector
 quantized with onnxruntime, a small centroids net), within float rounding on float ones."""
 
@@ -29,9 +29,20 @@ M4 = ["arm-none-eabi-gcc", "-mcpu=cortex-m4", "-mthumb", "-mfloat-abi=hard", "-m
 PHOTOS = ("astronaut.png", "camera.png", "coffee.png")
 
 
+BOX_FIELDS = [("x1", ctypes.c_float), ("y1", ctypes.c_float), ("x2", ctypes.c_float),
+              ("y2", ctypes.c_float), ("score", ctypes.c_float), ("class_id", ctypes.c_int)]
+
+
 class Box(ctypes.Structure):
-    _fields_ = [("x1", ctypes.c_float), ("y1", ctypes.c_float), ("x2", ctypes.c_float),
-                ("y2", ctypes.c_float), ("score", ctypes.c_float), ("class_id", ctypes.c_int)]
+    _fields_ = BOX_FIELDS
+
+
+def box_type(keypoints: int):
+    """<prefix>_box_t: with a keypoints[K][2] array when the head has keypoints."""
+    if not keypoints:
+        return Box
+    return type(f"Box{keypoints}", (ctypes.Structure,),
+                {"_fields_": BOX_FIELDS + [("keypoints", (ctypes.c_float * 2) * keypoints)]})
 
 
 def run_cli(*args):
@@ -49,15 +60,17 @@ class CDetector:
         self.dir, self.prefix = out_dir, prefix
         self.model = CModel(compile_shared(out_dir, prefix), self.info)
         self.fn = getattr(self.model.lib, f"{prefix}_detect")
+        self.keypoints = int((self.info.get("detect") or {}).get("keypoints") or 0)
+        self.Box = box_type(self.keypoints)
         self.fn.restype = ctypes.c_int
-        self.fn.argtypes = [ctypes.c_void_p, ctypes.POINTER(Box), ctypes.c_int]
+        self.fn.argtypes = [ctypes.c_void_p, ctypes.POINTER(self.Box), ctypes.c_int]
 
     def raw(self, x):
         return dict(zip([o["name"] for o in self.info["outputs"]], self.model.run_all(x)))
 
     def detect(self, x, max_boxes: int = 200):
         x = np.ascontiguousarray(x, dtype=self.info["inputs"][0]["dtype"])
-        boxes = (Box * max_boxes)()
+        boxes = (self.Box * max_boxes)()
         n = self.fn(x.ctypes.data, boxes, max_boxes)
         assert n >= 0
         return [boxes[i] for i in range(n)]
@@ -72,8 +85,16 @@ def assert_same_as_numpy(head, det: CDetector, x, letterbox, *, exact: bool):
     labels = head["labels"]
     xyxy = np.asarray([[b.x1, b.y1, b.x2, b.y2] for b in got], np.float64).reshape(-1, 4)
     mapped = letterbox.to_original(xyxy) if len(got) else xyxy
+    assert all(("keypoints" in d) == bool(det.keypoints) for d in want)
     for b, m, d in zip(got, mapped, want):
         assert labels[b.class_id] == d["label"]
+        if det.keypoints:
+            kp = letterbox.points_to_original(np.asarray([[p[0], p[1]] for p in b.keypoints], np.float64))
+            got_kp = [[round(float(x), 2), round(float(y), 2)] for x, y in kp]
+            if exact:
+                assert got_kp == d["keypoints"]
+            else:
+                np.testing.assert_allclose(got_kp, d["keypoints"], rtol=1e-4, atol=0.011)
         if exact:
             assert [round(float(v), 2) for v in m] == d["box"]
             assert round(float(b.score), 5) == d["score"]
@@ -209,7 +230,9 @@ def test_int8_face_detector_c_boxes_equal_numpy_bit_for_bit(face_int8, tmp_path)
     assert len(det_low.detect(x, max_boxes=3)) == 3
 
 
-def test_int8_face_detector_exports_and_verifies_on_cortex_m4(face_int8, face, tmp_path):
+def test_int8_face_detector_exports_and_verifies_on_cortex_m7(face_int8, face, tmp_path):
+    """The BlazeFace-class int8 model exports for a Cortex-M7 board and, under QEMU's
+    mps2-an500, <prefix>_detect gives the numpy decoder's boxes and keypoints."""
     path = face / "face_int8.onnx"
     if shutil.which("qemu-system-arm") is None or shutil.which("arm-none-eabi-gcc") is None:
         pytest.skip("qemu-system-arm / arm-none-eabi-gcc not installed")
@@ -220,6 +243,10 @@ def test_int8_face_detector_exports_and_verifies_on_cortex_m4(face_int8, face, t
     v = report["verify"]
     assert v["available"], v
     assert v["outputs_match"] is True
+    assert (v["core"], v["board"]) == ("cortex-m7", "mps2-an500")
+    d = v["detect"]
+    assert d["boxes_match"] is True, d
+    assert d["decode_instructions_per_frame"] > 0 and d["inference_instructions_per_frame"] > 0
 
 
 # ---------------------------------------------------------------- a centroids head

@@ -26,7 +26,7 @@ from edgeloop.profile.analysis import EPILOGUE_OPS, analyze
 
 from c_harness import run_sanitized
 
-OPSET = [helper.make_opsetid("", 13)]
+OPSET = [helper.make_opsetid("", 14)]   # 14: HardSwish
 X_Q = [(0.05, 3), (0.08, -5)]      # (scale, zero point) of the int8 activations
 Y_Q = (0.06, -2)
 
@@ -76,6 +76,8 @@ def float_case(op, impl, rng):
             _const(nm, np.float32(v[0]), inits)
         elif kind == "i8":
             _const(nm, np.int8(v[0]), inits)
+        elif kind == "none":
+            nm = ""
         names.append(nm)
     outs = [f"out{k}" for k in range(impl.sample.outputs)]
     nodes.append(helper.make_node(op.name, names, outs, **impl.sample.attrs))
@@ -125,6 +127,8 @@ def int8_case(op, impl, epilogue, rng):
             _const(nm, np.asarray(v[0], np.int64), inits)
         elif kind == "f":
             _const(nm, np.float32(v[0]), inits)
+        elif kind == "none":
+            nm = ""
         names.append(nm)
     cur = "main"
     if op.name == "QuantizeLinear":     # DequantizeLinear -> QuantizeLinear: a requantization

@@ -18,17 +18,8 @@ import edgeloop
 from edgeloop.detect import Detector, attach_head, head_of, read_head_file
 from edgeloop.detect.metrics import evaluate
 from edgeloop.runtime import detect as rd
-from wheel_assets import mediapipe_model, photo
+from wheel_assets import FACE_HEAD, face_detector, mediapipe_model, photo
 
-FACE_HEAD = {
-    "kind": "ssd_anchors", "labels": ["face"],
-    "input": {"layout": "NHWC", "size": [128, 128], "range": [-1.0, 1.0], "resize": "letterbox"},
-    "anchors": {"strides": [8, 16, 16, 16], "aspect_ratios": [1.0], "interpolated_scale": True,
-                "offset": [0.5, 0.5], "fixed_size": True},
-    "boxes": {"output": "regressors", "coords": "cxcywh", "scale": [128, 128, 128, 128], "keypoints": 6},
-    "scores": {"output": "classificators", "activation": "sigmoid", "clip": 100},
-    "min_score": 0.5, "nms_iou": 0.3,
-}
 
 
 def run(*args, check=True):
@@ -41,9 +32,7 @@ def run(*args, check=True):
 @pytest.fixture(scope="module")
 def face(tmp_path_factory):
     d = tmp_path_factory.mktemp("face")
-    (d / "head.json").write_text(json.dumps(FACE_HEAD))
-    run("convert", mediapipe_model("face_detection/face_detection_short_range.tflite"),
-        "--head", d / "head.json", "-o", d / "face.onnx")
+    face_detector(d)
     return d
 
 

@@ -14,9 +14,8 @@ import pytest
 from onnx import TensorProto, helper
 from PIL import Image
 
-from test_detect import FACE_HEAD
 from test_serve_fixtures import PY, http, server
-from wheel_assets import mediapipe_model, photo
+from wheel_assets import face_detector, photo
 
 
 def run(*args, check=True):
@@ -30,9 +29,7 @@ def run(*args, check=True):
 @pytest.fixture(scope="module")
 def face_bundle(tmp_path_factory):
     d = tmp_path_factory.mktemp("face_bundle")
-    (d / "head.json").write_text(json.dumps(FACE_HEAD))
-    run("convert", mediapipe_model("face_detection/face_detection_short_range.tflite"),
-        "--head", d / "head.json", "-o", d / "face.onnx")
+    face_detector(d)
     run("export", d / "face.onnx", "--target", "raspberry-pi-4", "-o", d / "bundle")
     return d
 

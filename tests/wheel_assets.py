@@ -10,6 +10,7 @@ reach PyPI.
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -66,3 +67,30 @@ def mediapipe_model(name: str) -> Path:
 def photo(name: str) -> Path:
     """e.g. photo('astronaut.png')"""
     return member("scikit-image", f"skimage/data/{name}")
+
+
+# The MediaPipe short-range face detector's head (its anchor settings are public in
+# MediaPipe's face_detection_short_range graph), as `edgeloop convert --head` reads it.
+FACE_HEAD = {
+    "kind": "ssd_anchors", "labels": ["face"],
+    "input": {"layout": "NHWC", "size": [128, 128], "range": [-1.0, 1.0], "resize": "letterbox"},
+    "anchors": {"strides": [8, 16, 16, 16], "aspect_ratios": [1.0], "interpolated_scale": True,
+                "offset": [0.5, 0.5], "fixed_size": True},
+    "boxes": {"output": "regressors", "coords": "cxcywh", "scale": [128, 128, 128, 128], "keypoints": 6},
+    "scores": {"output": "classificators", "activation": "sigmoid", "clip": 100},
+    "min_score": 0.5, "nms_iou": 0.3,
+}
+
+
+def face_detector(folder: Path) -> Path:
+    """The face detector converted with its head by the CLI into FOLDER (head.json, face.onnx)."""
+    folder = Path(folder)
+    (folder / "head.json").write_text(json.dumps(FACE_HEAD))
+    out = folder / "face.onnx"
+    r = subprocess.run([sys.executable, "-m", "edgeloop", "convert",
+                        str(mediapipe_model("face_detection/face_detection_short_range.tflite")),
+                        "--head", str(folder / "head.json"), "-o", str(out)],
+                       capture_output=True, text=True, timeout=300)
+    if r.returncode != 0:
+        raise AssertionError(r.stderr)
+    return out

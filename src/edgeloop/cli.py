@@ -255,9 +255,9 @@ def version() -> None:
 
 def _register_areas() -> None:
     """Each area (shrink, export, serve, data) owns its commands in edgeloop.commands.<area>."""
-    from edgeloop.commands import data, detect, export, keys, serve, shrink
+    from edgeloop.commands import data, detect, export, keys, label, serve, shrink
 
-    for module in (shrink, export, serve, data, keys, detect):
+    for module in (shrink, export, serve, data, keys, detect, label):
         module.register(app)
 
 

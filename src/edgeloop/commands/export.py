@@ -24,7 +24,7 @@ def register(app: typer.Typer) -> None:
         target: str = typer.Option(..., "--target", "-t", help="Catalogue target (see `edgeloop targets`): a microcontroller gets C, a Linux board a bundle."),
         output: Path = typer.Option(..., "--output", "-o", help="Output folder, written only when the export succeeds. Over an earlier export of the same kind (edgeloop's .edgeloop-output.json marker) only the files edgeloop wrote are replaced and the rest (a bundle's captures/) is kept; any other non-empty folder is refused."),
         name: str = typer.Option("model", "--name", help="C symbol prefix for microcontroller exports."),
-        verify: bool = typer.Option(False, "--verify", help="Microcontrollers: cross-compile and run under QEMU (Cortex-M4) and compare with the host."),
+        verify: bool = typer.Option(False, "--verify", help="Microcontrollers: cross-compile for the target's own core and run it under QEMU (Cortex-M7 on mps2-an500, M4 on mps2-an386, M3 and M0+ code on mps2-an385), compare outputs (and a detector's boxes) with the host; cores QEMU lacks (Xtensa, RISC-V) skip it with a reason."),
         as_json: bool = typer.Option(False, "--json", help="Print the export report as JSON."),
         sign: Optional[Path] = typer.Option(None, "--sign", help="Linux bundles: sign the manifest with this Ed25519 private key (from `edgeloop keys create KEY`) into manifest.sig; devices check it with `serve --trust KEY.pub`."),
         input_shape: Optional[list[str]] = input_shape_option(),

@@ -125,11 +125,14 @@ def register(app: typer.Typer) -> None:
     @samples.command("export")
     def samples_export(
         store: Path = typer.Argument(..., help="Capture store (SQLite file)."),
-        output: Path = typer.Option(..., "--output", "-o", help="Folder to write samples.npz, samples.csv and README.txt into."),
+        output: Path = typer.Option(..., "--output", "-o", help="Folder to write samples.npz, samples.csv and README.txt into (and, for a detector's frames, detections.json and the labelled frames as a YOLO folder)."),
         version: Optional[str] = typer.Option(None, "--version", help="Export only the samples this model version captured (needed when versions take inputs of different shapes)."),
+        coco: bool = typer.Option(False, "--coco", help="Also write the labelled detector frames as COCO JSON (annotations.json, file names relative to images/)."),
         as_json: bool = typer.Option(False, "--json", help="Print the summary as JSON."),
     ) -> None:
-        """Export captured samples as a dataset ready for labelling (samples.npz + samples.csv)."""
+        """Export captured samples: samples.npz + samples.csv (labels from `edgeloop label` filled in); a
+        detector's labelled frames as a YOLO folder (images/, labels/*.txt, classes.txt, data.yaml) that
+        `edgeloop data import` reads, and as COCO JSON with --coco."""
         from edgeloop.backends.bundle import write_atomically
         from edgeloop.runtime.capture import CaptureError, export_dataset
 
@@ -138,7 +141,7 @@ def register(app: typer.Typer) -> None:
 
         def fill(tmp: Path) -> None:
             try:
-                summary.update(export_dataset(store, tmp, version=version))
+                summary.update(export_dataset(store, tmp, version=version, coco=coco))
             except (ValueError, CaptureError) as e:
                 raise UsageError(str(e), where=str(store)) from None
 
@@ -147,14 +150,18 @@ def register(app: typer.Typer) -> None:
         if as_json:
             sys.stdout.write(json.dumps(summary, indent=2) + "\n")
         else:
-            typer.echo(f"exported {summary['samples']} samples ({summary['with_input']} with input) to {output}; "
-                       f"reasons: {summary['reasons']}", err=True)
+            typer.echo(f"exported {summary['samples']} samples ({summary['with_input']} with input, "
+                       f"{summary['labelled']} labelled) to {output}; reasons: {summary['reasons']}", err=True)
+            if summary["labelled_frames"]:
+                typer.echo(f"{summary['labelled_frames']} labelled frames as a YOLO folder"
+                           + (" and COCO annotations.json" if summary["coco"] else "")
+                           + f": `edgeloop data import {output} -o DATASET` reads it", err=True)
 
     @app.command()
     def improve(
         bundle: Path = typer.Option(..., "--bundle", "-b", help="The bundle to improve (its source model is refitted)."),
-        data: Path = typer.Option(..., "--data", help="Labelled data: a `samples export` folder with labels filled, or a .npz with x and y."),
-        base_data: Optional[Path] = typer.Option(None, "--base-data", help="The original training data (.npz x, y), trained on together with the new data."),
+        data: Path = typer.Option(..., "--data", help="Labelled data: a `samples export` folder with labels filled, or a .npz with x and y; detectors: the YOLO folder `samples export` writes (or COCO JSON, VOC, a detection dataset)."),
+        base_data: Optional[Path] = typer.Option(None, "--base-data", help="The original training data (.npz x, y), trained on together with the new data; detectors: the detection dataset it was trained on (default: the one the model records)."),
         output: Path = typer.Option(..., "--output", "-o", help="Folder for the new bundle (next version)."),
         holdout: float = typer.Option(0.25, "--holdout", help="Fraction of the data held out to compare old and new."),
         epochs: int = typer.Option(15, "--epochs", help="Fine-tuning epochs (PyTorch sources)."),

@@ -54,7 +54,25 @@ CREATE TABLE IF NOT EXISTS samples (
 );
 CREATE INDEX IF NOT EXISTS samples_score ON samples(score, id);
 CREATE INDEX IF NOT EXISTS samples_class ON samples(predicted);
+CREATE TABLE IF NOT EXISTS labels (
+    sample_id INTEGER PRIMARY KEY,
+    status TEXT NOT NULL,
+    label TEXT,
+    boxes TEXT,
+    updated REAL NOT NULL
+);
+CREATE TABLE IF NOT EXISTS models (
+    name TEXT NOT NULL,
+    version TEXT NOT NULL,
+    task TEXT,
+    labels TEXT,
+    PRIMARY KEY (name, version)
+);
 """
+# A person's verdict on a sample (edgeloop label): accepted as predicted, corrected, or discarded.
+LABEL_STATUSES = ("accepted", "corrected", "discarded")
+# labelled samples are a person's work: eviction and per-class quotas never delete them
+UNLABELLED = "id NOT IN (SELECT sample_id FROM labels)"
 ROW_OVERHEAD = 256  # bytes per row besides the raw input: columns, index entries, page slack
 MIN_BUDGET = 64 * 1024  # an empty store (schema pages, WAL header) already takes ~20 KiB
 WAL_SHARE = 4  # the WAL may grow to 1/4 of the budget before it is checkpointed and truncated
@@ -340,7 +358,7 @@ class CaptureStore:
                     if n >= per_class_quota:
                         # full: replace this class's least informative sample if the new one beats it
                         row = cur.execute("SELECT id, score, nbytes FROM samples WHERE predicted = ? "
-                                          "ORDER BY score, id LIMIT 1", (pred,)).fetchone()
+                                          f"AND {UNLABELLED} ORDER BY score, id LIMIT 1", (pred,)).fetchone()
                         if row is None or row[1] >= score:
                             self._abort()
                             return None
@@ -406,7 +424,8 @@ class CaptureStore:
                 cur.execute("BEGIN IMMEDIATE")
                 need = self._total - self._row_budget
                 doomed, freed = [], 0
-                for rid, nbytes in cur.execute("SELECT id, nbytes FROM samples ORDER BY score, id"):
+                for rid, nbytes in cur.execute(f"SELECT id, nbytes FROM samples WHERE {UNLABELLED} "
+                                               "ORDER BY score, id"):
                     if freed >= need:
                         break
                     doomed.append(rid)
@@ -430,7 +449,8 @@ class CaptureStore:
         doomed: List[int] = []
         if need <= 0:
             return 0
-        for rid, score, nbytes in cur.execute("SELECT id, score, nbytes FROM samples ORDER BY score, id"):
+        for rid, score, nbytes in cur.execute(f"SELECT id, score, nbytes FROM samples WHERE {UNLABELLED} "
+                                              "ORDER BY score, id"):
             if score > new_score:
                 return None
             doomed.append(rid)
@@ -443,13 +463,18 @@ class CaptureStore:
         self._total -= freed
         return freed
 
-    def rows(self, with_input: bool = False) -> Iterator[Dict[str, Any]]:
+    def rows(self, with_input: bool = False, ids: Optional[List[int]] = None) -> Iterator[Dict[str, Any]]:
         cols = ("id, created, model_name, model_version, reason, score, predicted, predicted_index, "
                 "confidence, margin, entropy, probabilities, dtype, shape, nbytes, "
                 + ("detections" if self._has_detections else "NULL AS detections")
                 + (", input" if with_input else ", input IS NOT NULL"))
         with self._lock:
-            fetched = self.db.execute(f"SELECT {cols} FROM samples ORDER BY id").fetchall()
+            if ids is None:
+                fetched = self.db.execute(f"SELECT {cols} FROM samples ORDER BY id").fetchall()
+            else:
+                marks = ",".join("?" * len(ids))
+                fetched = self.db.execute(f"SELECT {cols} FROM samples WHERE id IN ({marks}) ORDER BY id",
+                                          [int(i) for i in ids]).fetchall()
         names = [c.strip().split(" AS ")[-1] for c in cols.split(",")]
         names[-1] = "input" if with_input else "has_input"
         for r in fetched:
@@ -464,6 +489,61 @@ class CaptureStore:
             else:
                 d["has_input"] = bool(d["has_input"])
             yield d
+
+    # -- labels (edgeloop label) and the models that captured ------------------------------------
+    def _has_table(self, name: str) -> bool:
+        return self.db.execute("SELECT 1 FROM sqlite_master WHERE type='table' AND name=?",
+                               (name,)).fetchone() is not None
+
+    def note_model(self, name: str, version: Any, task: Optional[str], labels: Optional[List[Any]]) -> None:
+        """Remember a capturing model's label names (the classes a person picks from when labelling)."""
+        with self._lock:
+            self.db.execute("INSERT OR REPLACE INTO models (name, version, task, labels) VALUES (?, ?, ?, ?)",
+                            (str(name), str(version), task,
+                             None if labels is None else json.dumps([str(v) for v in labels])))
+
+    def models(self) -> List[Dict[str, Any]]:
+        with self._lock:
+            if not self._has_table("models"):
+                return []
+            rows = self.db.execute("SELECT name, version, task, labels FROM models ORDER BY rowid").fetchall()
+        return [{"name": n, "version": v, "task": t, "labels": json.loads(lab) if lab else None}
+                for n, v, t, lab in rows]
+
+    def set_label(self, sample_id: int, status: str, *, label: Optional[str] = None,
+                  boxes: Optional[List[Dict[str, Any]]] = None) -> None:
+        """Store a person's verdict on one sample in one transaction (replacing an earlier one):
+        committed, it survives a crash.  KeyError if there is no such sample."""
+        if status not in LABEL_STATUSES:
+            raise ValueError(f"status must be one of {', '.join(LABEL_STATUSES)}, got {status!r}")
+        with self._lock:
+            cur = self.db.cursor()
+            try:
+                cur.execute("BEGIN IMMEDIATE")
+                if cur.execute("SELECT 1 FROM samples WHERE id = ?", (int(sample_id),)).fetchone() is None:
+                    raise KeyError(sample_id)
+                cur.execute("INSERT OR REPLACE INTO labels (sample_id, status, label, boxes, updated) "
+                            "VALUES (?, ?, ?, ?, ?)",
+                            (int(sample_id), status, label, None if boxes is None else json.dumps(boxes),
+                             time.time()))
+                cur.execute("COMMIT")
+            except BaseException:
+                if self.db.in_transaction:
+                    self.db.execute("ROLLBACK")
+                raise
+
+    def labels(self) -> Dict[int, Dict[str, Any]]:
+        """{sample id: {"status", "label", "boxes", "updated"}} of every labelled sample."""
+        with self._lock:
+            if not self._has_table("labels"):
+                return {}
+            rows = self.db.execute("SELECT sample_id, status, label, boxes, updated FROM labels").fetchall()
+        return {int(i): {"status": st, "label": lab, "boxes": json.loads(b) if b else None, "updated": u}
+                for i, st, lab, b, u in rows}
+
+    def sample(self, sample_id: int) -> Optional[Dict[str, Any]]:
+        """One sample's row with its raw input (see :meth:`rows`), or None."""
+        return next(self.rows(with_input=True, ids=[int(sample_id)]), None)
 
     def integrity_ok(self) -> bool:
         with self._lock:
@@ -484,6 +564,20 @@ class Capturer:
         self.errors = 0
         self.degraded: Optional[str] = None
         self._lock = threading.Lock()
+        self._noted: set = set()
+
+    def _note(self, model: Any) -> None:
+        """Record the capturing model's labels once per version (what `edgeloop label` offers)."""
+        key = (str(getattr(model, "name", "")), str(getattr(model, "version", "")))
+        if key in self._noted:
+            return
+        detector = getattr(model, "is_detector", False)
+        task = "detection" if (detector() if callable(detector) else detector) else "classification"
+        try:
+            self.store.note_model(key[0], key[1], task, getattr(model, "labels", None))
+        except (sqlite3.Error, OSError):
+            return  # a side job of a side job: the next capture tries again
+        self._noted.add(key)
 
     def status(self) -> Dict[str, Any]:
         return {"status": "degraded" if self.degraded else "ok", "reason": self.degraded,
@@ -532,6 +626,8 @@ class Capturer:
                 self.degraded = None
                 if rid is not None:
                     self.captured += 1
+            if rid is not None:
+                self._note(model)
             ids.append(rid)
         return ids
 
@@ -555,6 +651,8 @@ class Capturer:
         mid, half = (lo + hi) / 2, max((hi - lo) / 2, 1e-6)
         score = 1.0 if why == "class_overlap" else (0.0 if best is None else max(0.0, 1.0 - abs(best - mid) / half))
         try:
+            if callable(image):  # encoded only for a frame that is kept (the --source mode)
+                image = image()
             rid = self.store.add(batch[0], reason=why, model_name=model.name, model_version=model.version,
                                  predicted=top, confidence=best, detections=detections, image=image,
                                  media_type=media_type, informative=score)
@@ -567,6 +665,8 @@ class Capturer:
             self.degraded = None
             if rid is not None:
                 self.captured += 1
+        if rid is not None:
+            self._note(model)
         return rid
 
 
@@ -587,10 +687,102 @@ CSV_COLUMNS = ("id", "created", "model_name", "model_version", "reason", "score"
                "confidence", "margin", "entropy", "has_input", "label")
 
 
-def export_dataset(store_path: "str | Path", out_dir: "str | Path", version: Any = None) -> Dict[str, Any]:
+def class_names(store: CaptureStore, rows: Optional[List[Dict[str, Any]]] = None,
+                labels: Optional[Dict[int, Dict[str, Any]]] = None) -> List[str]:
+    """The class names of a store's samples: the capturing models' labels (newest model first), then
+    any other name that a prediction or a stored label uses (sorted)."""
+    out: List[str] = []
+    for m in reversed(store.models()):
+        out += [str(v) for v in m["labels"] or [] if str(v) not in out]
+    rows = list(store.rows()) if rows is None else rows
+    labels = store.labels() if labels is None else labels
+    seen: set = set()
+    for r in rows:
+        seen.update(str(d["label"]) for d in r.get("detections") or [])
+        if r.get("detections") is None and not is_encoded_image(r["dtype"]) and r["predicted"] is not None:
+            seen.add(str(r["predicted"]))
+    for lab in labels.values():
+        seen.update(str(b["label"]) for b in lab["boxes"] or [])
+        if lab["label"] is not None:
+            seen.add(str(lab["label"]))
+    return out + sorted(seen - set(out))
+
+
+def _image_size(data: bytes) -> Optional[tuple]:
+    from PIL import Image
+
+    try:
+        with Image.open(io.BytesIO(data)) as im:
+            return im.size
+    except Exception:  # noqa: BLE001 - a stored frame that does not decode is left out
+        return None
+
+
+def _write_detection_labels(out_dir: Path, frames: List[Dict[str, Any]], labels: Dict[int, Dict[str, Any]],
+                            classes: List[str], coco: bool) -> Dict[str, Any]:
+    """The labelled frames (accepted or corrected) as a YOLO folder: images/, labels/ID.txt (``class cx cy
+    w h`` normalised to 0-1), classes.txt, data.yaml; with ``coco`` also annotations.json (COCO, boxes
+    [x, y, w, h] in pixels, file names relative to images/). Unlabelled frames go to unlabelled/, so
+    `edgeloop data import` of this folder sees only what a person labelled."""
+    index, coco_images, coco_anns = [], [], []
+    used: List[str] = []
+    labelled = 0
+    for r in frames:
+        lab = labels.get(r["id"])
+        status = lab["status"] if lab else None
+        name = None
+        if r["input"] is not None and status != "discarded":
+            ext = {"image/png": "png", "image/jpeg": "jpg"}.get(r["dtype"], r["dtype"].split("/")[-1] or "img")
+            keep = status in ("accepted", "corrected")
+            size = _image_size(r["input"]) if keep else None
+            if keep and size is None:
+                keep = False  # no decodable frame: cannot be a labelled image
+            folder = "images" if keep else "unlabelled"
+            name = f"{folder}/{r['id']}.{ext}"
+            (out_dir / folder).mkdir(exist_ok=True)
+            (out_dir / name).write_bytes(r["input"])
+            if keep:
+                labelled += 1
+                w, h = size
+                (out_dir / "labels").mkdir(exist_ok=True)
+                lines = []
+                for b in lab["boxes"] or []:
+                    x1, y1, x2, y2 = (float(v) for v in b["box"])
+                    if b["label"] not in used:
+                        used.append(b["label"])
+                    k = classes.index(b["label"])
+                    lines.append(f"{k} {(x1 + x2) / 2 / w:.10f} {(y1 + y2) / 2 / h:.10f} "
+                                 f"{(x2 - x1) / w:.10f} {(y2 - y1) / h:.10f}")
+                    coco_anns.append({"id": len(coco_anns) + 1, "image_id": r["id"], "category_id": k + 1,
+                                      "bbox": [x1, y1, round(x2 - x1, 6), round(y2 - y1, 6)],
+                                      "area": round((x2 - x1) * (y2 - y1), 6), "iscrowd": 0})
+                (out_dir / "labels" / f"{r['id']}.txt").write_text("".join(line + "\n" for line in lines))
+                coco_images.append({"id": r["id"], "file_name": f"{r['id']}.{ext}", "width": w, "height": h})
+        index.append({"id": r["id"], "image": name, "reason": r["reason"], "model_version": r["model_version"],
+                      "best_score": r["confidence"], "detections": r["detections"] or [], "label": status,
+                      "boxes": lab["boxes"] if lab and status != "discarded" else None})
+    (out_dir / "detections.json").write_text(json.dumps(index, indent=2) + "\n")
+    if labelled:
+        (out_dir / "classes.txt").write_text("".join(c + "\n" for c in classes))
+        (out_dir / "data.yaml").write_text(
+            "# YOLO dataset written by `edgeloop samples export` (the labelled frames)\n"
+            "path: .\ntrain: images\nval: images\n"
+            f"nc: {len(classes)}\nnames: {json.dumps(classes)}\n")
+        if coco:
+            doc = {"info": {"description": "labelled frames from an edgeloop capture store"},
+                   "images": coco_images, "annotations": coco_anns,
+                   "categories": [{"id": k + 1, "name": c} for k, c in enumerate(classes)]}
+            (out_dir / "annotations.json").write_text(json.dumps(doc, indent=1) + "\n")
+    return {"labelled_frames": labelled, "coco": bool(coco and labelled)}
+
+
+def export_dataset(store_path: "str | Path", out_dir: "str | Path", version: Any = None,
+                   coco: bool = False) -> Dict[str, Any]:
     """Write ``samples.npz`` (``x``: the raw inputs, ``ids``) and ``samples.csv`` (one row per
-    sample: prediction, scores, reason and an empty ``label`` column to fill) into ``out_dir``,
-    which must not exist yet or be empty.  ``version`` keeps only the samples one model version
+    sample: prediction, scores, reason and the ``label`` a person gave in `edgeloop label`, empty
+    until then) into ``out_dir``, which must not exist yet or be empty.  A detector's frames labelled
+    in `edgeloop label` become a YOLO folder (and COCO ``annotations.json`` with ``coco``); every
+    frame is listed in ``detections.json``.  ``version`` keeps only the samples one model version
     captured (needed when versions take inputs of different shapes).  Returns a summary."""
     import csv
     import datetime as dt
@@ -602,6 +794,8 @@ def export_dataset(store_path: "str | Path", out_dir: "str | Path", version: Any
     store = CaptureStore(store_path, budget_bytes=2**62, readonly=True)
     try:
         rows = list(store.rows(with_input=True))
+        labels = store.labels()
+        classes = class_names(store, rows, labels)
     finally:
         store.close()
     versions = sorted({str(r["model_version"]) for r in rows}, key=_version_key)
@@ -613,18 +807,9 @@ def export_dataset(store_path: "str | Path", out_dir: "str | Path", version: Any
     frames = [r for r in rows if is_encoded_image(r["dtype"])]
     rows = [r for r in rows if not is_encoded_image(r["dtype"])]
     out_dir.mkdir(parents=True, exist_ok=True)
-    if frames:  # a detector's frames: the images as uploaded, with the boxes the model predicted
-        (out_dir / "images").mkdir(exist_ok=True)
-        index = []
-        for r in frames:
-            name = None
-            if r["input"] is not None:
-                ext = {"image/png": "png", "image/jpeg": "jpg"}.get(r["dtype"], r["dtype"].split("/")[-1] or "img")
-                name = f"images/{r['id']}.{ext}"
-                (out_dir / name).write_bytes(r["input"])
-            index.append({"id": r["id"], "image": name, "reason": r["reason"], "model_version": r["model_version"],
-                          "best_score": r["confidence"], "detections": r["detections"] or []})
-        (out_dir / "detections.json").write_text(json.dumps(index, indent=2) + "\n")
+    det: Dict[str, Any] = {"labelled_frames": 0, "coco": False}
+    if frames:  # a detector's frames: the images as uploaded, with the boxes predicted and labelled
+        det = _write_detection_labels(out_dir, frames, labels, classes, coco)
     xs = [r["input"] for r in rows if r["input"] is not None]
     by_shape: Dict[tuple, set] = {}
     for r in rows:
@@ -652,18 +837,27 @@ def export_dataset(store_path: "str | Path", out_dir: "str | Path", version: Any
                         "" if r["confidence"] is None else f"{r['confidence']:.4f}",
                         "" if r["margin"] is None else f"{r['margin']:.4f}",
                         "" if r["entropy"] is None else f"{r['entropy']:.4f}",
-                        int(r["input"] is not None), ""])
+                        int(r["input"] is not None), _csv_label(labels.get(r["id"]))])
     (out_dir / "README.txt").write_text(
         "Captured samples for labelling.\n"
         "samples.npz: x (the raw inputs, in the model's input layout) and ids (their ids).\n"
         "samples.csv: one row per sample with the model's prediction, its scores and why it was kept.\n"
-        "Fill the 'label' column (use the model's label names), then run\n"
+        "Fill the 'label' column (use the model's label names; `edgeloop label` fills it), then run\n"
         "  edgeloop improve --bundle BUNDLE --data THIS_FOLDER -o NEW_BUNDLE\n"
-        "Rows with has_input=0 were captured in privacy mode: no raw input was stored.\n")
+        "Rows with has_input=0 were captured in privacy mode: no raw input was stored.\n"
+        "A detector's frames: detections.json lists every frame with its predicted (and labelled) boxes;\n"
+        "the frames labelled in `edgeloop label` are a YOLO folder (images/, labels/, classes.txt,\n"
+        "data.yaml; annotations.json is COCO with --coco), the others are in unlabelled/.\n")
     every = rows + frames
     return {"samples": len(every), "with_input": int(len(ids)) + sum(1 for r in frames if r["input"] is not None),
             "frames": len(frames), "dir": str(out_dir), "version": version,
+            "labelled": sum(1 for r in rows if _csv_label(labels.get(r["id"]))) + det["labelled_frames"],
+            "labelled_frames": det["labelled_frames"], "coco": det["coco"],
             "reasons": {k: sum(1 for r in every if r["reason"] == k) for k in sorted({r["reason"] for r in every})}}
+
+
+def _csv_label(lab: Optional[Dict[str, Any]]) -> str:
+    return lab["label"] if lab and lab["status"] != "discarded" and lab["label"] is not None else ""
 
 
 def _version_key(v: str) -> tuple:

@@ -498,6 +498,14 @@ def _suppress(head: Dict[str, Any], xyxy: np.ndarray, scores: np.ndarray, classe
 def decode(head: Dict[str, Any], outputs: Dict[str, np.ndarray], box: Letterbox,
            min_score: Optional[float] = None) -> List[Dict[str, Any]]:
     """Detections of one image (batch index 0) in original-image pixels, best first."""
+    xyxy, scores, classes, kps = decode_raw(head, outputs, min_score)
+    return _detections(head, xyxy, scores, classes, box, kps)
+
+
+def decode_raw(head: Dict[str, Any], outputs: Dict[str, np.ndarray], min_score: Optional[float] = None):
+    """:func:`decode` before the letterbox is undone and the numbers rounded:
+    ``(xyxy, scores, classes, keypoints or None)`` in input-tensor pixels, float64, best first
+    (what the C decoder computes, compared bit for bit by ``export --verify``)."""
     thr = head["min_score"] if min_score is None else float(min_score)
     tw, th = head["input"]["size"]
     kind = head["kind"]
@@ -587,9 +595,8 @@ def decode(head: Dict[str, Any], outputs: Dict[str, np.ndarray], box: Letterbox,
             m = m[:, :, 1:]
         xyxy, scores, classes = centroid_blobs(m, thr, tw / m.shape[1], th / m.shape[0])
         order = np.argsort(-scores, kind="stable")[:head["max_detections"]]
-        return _detections(head, xyxy[order], scores[order], classes[order], box)
-    xyxy, scores, classes, kps = _suppress(head, xyxy, scores, classes, kps)
-    return _detections(head, xyxy, scores, classes, box, kps)
+        return xyxy[order], scores[order], classes[order], None
+    return _suppress(head, xyxy, scores, classes, kps)
 
 
 def _tflite_ssd_select(head: Dict[str, Any], xyxy: np.ndarray, probs: np.ndarray, thr: float):

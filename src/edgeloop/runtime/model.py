@@ -217,9 +217,12 @@ class BundleModel:
 
     def decode_image(self, payload: bytes, max_pixels: int = MAX_IMAGE_PIXELS) -> np.ndarray:
         """Decode an uploaded image and preprocess it as the manifest says (see :meth:`open_image`)."""
+        return self.image_batch(self.open_image(payload, max_pixels))
+
+    def image_batch(self, img: Any) -> np.ndarray:
+        """A decoded (PIL) image as a batch of one, preprocessed as the manifest says."""
         from PIL import Image
 
-        img = self.open_image(payload, max_pixels)
         pre = self.preprocessing
         channels = int(pre.get("channels", 1))
         img = img.convert("L" if channels == 1 else "RGB")

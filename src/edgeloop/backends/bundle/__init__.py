@@ -221,7 +221,7 @@ def _dockerfile(pack: Packaging, target: Any) -> str:
     return "\n".join(lines + tail) + "\n"
 
 
-def _compose(pack: Packaging, name: str, version: int, signed: bool = False) -> str:
+def _compose(pack: Packaging, name: str, version: int, signed: bool = False, image: bool = False) -> str:
     lines = [
         "services:",
         "  model:",
@@ -240,6 +240,14 @@ def _compose(pack: Packaging, name: str, version: int, signed: bool = False) -> 
                   '"--capture", "/data/captures.db", "--trust", "/trust/key.pub"]']
     if pack.gpu:
         lines.append("    runtime: nvidia")
+    if image:  # the frames mode: a camera on the device, no HTTP client (README.md, "Camera or video")
+        trust = ', "--trust", "/trust/key.pub"' if signed else ""
+        lines += ["    # A camera instead of HTTP: add opencv-python-headless to requirements.txt, then uncomment",
+                  "    # devices:",
+                  "    #   - /dev/video0:/dev/video0",
+                  '    # group_add: ["video"]   # the container user may open the camera',
+                  '    # command: ["python", "-m", "edgeloop_runtime", "/app", "--source", "/dev/video0", '
+                  f'"--capture", "/data/captures.db"{trust}]']
     return "\n".join(lines) + "\n"
 
 
@@ -311,6 +319,21 @@ def _readme(manifest: dict, pack: Packaging) -> str:
     elif image:
         lines += [f"Images are converted, resized to {manifest['preprocessing']['width']}x"
                   f"{manifest['preprocessing']['height']} and scaled as manifest.json's `preprocessing` says.", ""]
+    if image:
+        lines += [
+            "## Camera or video (no HTTP)",
+            "",
+            "    pip install opencv-python-headless    # reads cameras, streams and videos; not in requirements.txt",
+            "    python -m edgeloop_runtime . --source /dev/video0 --capture captures/captures.db",
+            "    python -m edgeloop_runtime . --source rtsp://camera.local/stream --json   # a JSON line per frame",
+            "",
+            "`--source` takes a camera (`/dev/video0` or an index), an rtsp:// or http:// stream, a video file or",
+            "a folder of images (folders need no OpenCV). Cameras and streams keep only the latest frame, so",
+            "latency does not grow; uncertain frames are captured as for `/predict`. `--every N` and",
+            "`--max-frames N` thin and bound the run; frames, fps and latency percentiles go to stderr at the",
+            "end (Ctrl-C or `docker compose stop`). docker-compose.yml shows how to pass the camera through.",
+            "",
+        ]
     lines += [
         "Uncertain inputs are kept in captures/captures.db (`--privacy` keeps no raw input).",
         "Export them for labelling with `edgeloop samples export captures/captures.db -o to-label/`,",
@@ -456,7 +479,8 @@ def build_bundle(model: onnx.ModelProto, out: "str | os.PathLike[str]", target: 
         (tmp / MODEL).write_bytes(model.SerializeToString())
         (tmp / "requirements.txt").write_text(req_text)
         (tmp / "Dockerfile").write_text(_dockerfile(pack, target))
-        (tmp / "docker-compose.yml").write_text(_compose(pack, name, version, signed=private_key is not None))
+        (tmp / "docker-compose.yml").write_text(_compose(pack, name, version, signed=private_key is not None,
+                                                             image=image))
         (tmp / ".dockerignore").write_text("# the capture store stays on the device, never in an image layer\n"
                                            "captures/\n")
         (tmp / "README.md").write_text(_readme(manifest, pack))

@@ -197,6 +197,131 @@ def _finetune_torch(src: Path, x: np.ndarray, y: np.ndarray, work: Path, sample_
     return load_pt2(out), None, out
 
 
+def _replay(model: Any, recipe: Optional[list], data_of: Any, step: Any) -> tuple[Any, bool, str]:
+    """Re-apply the bundle's shrink recipe (``data_of(PassData)`` gives the passes' data); returns the
+    model, whether it was re-applied and a note saying so."""
+    if not recipe:
+        return model, False, "no shrink recipe recorded"
+    try:
+        from edgeloop.passes import PassData, apply_recipe
+    except ImportError:
+        return model, False, "edgeloop.passes.apply_recipe is not available: recipe NOT re-applied"
+    step(f"re-applying the shrink recipe ({len(recipe)} passes)")
+    return apply_recipe(model, recipe, data_of(PassData)), True, f"re-applied {len(recipe)} passes"
+
+
+def _improve_detector(bundle: Path, manifest: dict, data: "str | Path", output: "str | Path", *,
+                      base_data: "str | Path | None", holdout: float, seed: int, epochs: int, step: Any,
+                      trust_pickle: bool) -> dict:
+    """improve for a detector edgeloop trained (:mod:`edgeloop.train.detect_finetune`): fine-tune on the
+    labelled frames plus the original dataset, replay int8 and the shrink recipe, compare old and new
+    (centroid F1 for centroid models, mAP@0.5 for box models) on held-out frames neither saw."""
+    import hashlib
+
+    import onnx
+
+    from edgeloop.graph import get_metadata, set_metadata
+    from edgeloop.train import detect_finetune as ft
+
+    prov = manifest.get("provenance") or {}
+    head = manifest.get("head") or {}
+    graph = onnx.load(str(bundle / "model.onnx"))
+    trainer = ft.trainer_of(graph)
+    src_rel = prov.get("source_file") or ""
+    if trainer is None or not src_rel.endswith(".pt2") or not (bundle / src_rel).is_file():
+        raise UsageError(f"this detector ({head.get('kind', '?')} head) was not trained by edgeloop, so improve "
+                         "cannot fine-tune it (no trainer record and .pt2 source in the bundle), and a head-only "
+                         "refit of an imported detector is not supported; train one with `edgeloop train "
+                         "DATASET` to improve it", where=str(bundle))
+    labels = [str(v) for v in head["labels"]]
+    meta = get_metadata(graph)
+    name = trainer["name"]
+    metric = "centroid_f1" if head.get("kind") == "centroids" else "map50"
+    step("loading labelled frames")
+    new = ft.load_labelled_images(data, labels)
+    if not len(new):
+        raise UsageError("holds no labelled frames", where=str(data))
+    base = ft.original_dataset(base_data, meta, labels)
+    same_data = base.checksum == meta.get("dataset_checksum")
+    keep, held = ft.holdout(len(new), holdout, seed)
+    train = new.subset(keep) + ft.images_of(base, base.split("train"), labels)
+    digest = lambda f: hashlib.sha256(Path(f).read_bytes()).hexdigest()  # noqa: E731
+    seen = {digest(f) for f in train.files}
+    # a held-out frame that equals a training image (a frame captured twice) is not held out
+    fresh = [i for i in held if digest(new.files[i]) not in seen]
+    held_new, held_base = new.subset(fresh), ft.images_of(base, base.split("test"), labels)
+    with tempfile.TemporaryDirectory(prefix=".edgeloop-improve-", dir=Path(output).resolve().parent) as tmp:
+        work = Path(tmp)
+        step(f"fine-tuning {name} on {len(train)} images ({len(keep)} labelled captures)")
+        res = ft.finetune_detector(bundle / src_rel, trainer, head, train, base, work, epochs=epochs, seed=seed,
+                                   trust_pickle=trust_pickle, progress=step)
+        recipe = prov.get("recipe")
+        # as shrink gave it: the training images as input tensors (pruning refits reproduce activations
+        # on them; their labels are not used), calibration from the same images
+        x_fit = res["x_train"].astype(np.float32)
+        y_fit = np.empty(len(x_fit), dtype=object)
+        model, recipe_applied, recipe_note = _replay(
+            res["model"], recipe, lambda PassData: PassData(train=(x_fit, y_fit), x_calib=x_fit[:512]), step)
+        if name == "fomo":
+            recipe_note = "int8 re-quantized as the trainer did; " + recipe_note
+        old_version = int(manifest.get("version", 1))
+        improve_doc = {"method": "fine-tune", "trained_on": len(train), "new_samples": len(new),
+                       "new_trained_on": len(keep), "base_trained_on": len(train) - len(keep),
+                       "epochs_run": res["fit"]["epochs_run"], "best_epoch": res["fit"]["best_epoch"],
+                       "kept_shipped_weights": res["kept_shipped_weights"], "lr": res["lr"],
+                       "recipe_applied": recipe_applied, "recipe_note": recipe_note}
+        set_metadata(model, task="detection", class_names=labels, source=res["source"].name, source_format="torch",
+                     dataset=str(base.path), dataset_checksum=base.checksum,
+                     trainer={**trainer, "improve": {k: improve_doc[k] for k in ("trained_on", "epochs_run", "lr")}})
+        provenance = {"parent": {"name": manifest.get("name"), "version": old_version,
+                                 "model_sha256": manifest["files"]["model.onnx"]}, "improve": improve_doc}
+        if recipe:
+            provenance["recipe"] = recipe
+
+        def compare(old_m: Any, new_m: Any) -> dict:
+            from edgeloop.train.detect_finetune import score_bundle
+
+            comp: dict = {"metric": metric, "old_version": old_version, "new_version": old_version + 1}
+            for key, imgs, dropped in (("holdout_new", held_new, len(held) - len(fresh)), ("holdout_base", held_base, 0)):
+                comp[key] = {"n": len(imgs), "old": score_bundle(old_m, imgs, metric),
+                             "new": score_bundle(new_m, imgs, metric), "dropped_as_training_rows": dropped}
+            n = len(held_new) + len(held_base)
+            comp["holdout_note"] = (f"old and new compared on {len(held_new)} held-out labelled captures and the "
+                                    f"{len(held_base)} test images of {base.path}, which neither the fine-tune "
+                                    f"({len(train)} images) nor its validation choices saw" if n else
+                                    "no held-out images: old and new were not compared")
+            if not same_data:
+                comp["holdout_note"] += ("; the original data differs from the dataset the model records "
+                                         f"({meta.get('dataset')})")
+            comp.update(method="fine-tune", trained_on=len(train), recipe_applied=recipe_applied,
+                        recipe_note=recipe_note)
+            return comp
+
+        return _write_compared(model, work, bundle, output, manifest, res["source"], provenance, compare, step)
+
+
+def _write_compared(model: Any, work: Path, bundle: Path, output: "str | Path", manifest: dict, new_src: Path,
+                    provenance: dict, compare: Any, step: Any) -> dict:
+    """Build version+1 as a trial, compare it with the old bundle (``compare(old, new)`` through the
+    bundle runtime, what the device runs), then write it to ``output`` with the comparison in its
+    provenance. Returns the comparison."""
+    from edgeloop.runtime.model import BundleModel
+
+    from . import build_bundle
+
+    version = int(manifest.get("version", 1)) + 1
+    kw = dict(name=manifest.get("name"), version=version, source_path=str(new_src),
+              preprocessing=manifest.get("preprocessing"))
+    step("building and evaluating the new bundle")
+    trial = work / "trial"
+    build_bundle(model, trial, manifest["target"]["id"], provenance=provenance, **kw)
+    comparison = compare(BundleModel(bundle), BundleModel(trial))
+    provenance["improve"]["comparison"] = comparison
+    build_bundle(model, output, manifest["target"]["id"], provenance=provenance, **kw)
+    shutil.rmtree(trial, ignore_errors=True)
+    return comparison
+
+
 def improve(bundle: "str | Path", data: "str | Path", output: "str | Path", *,
             base_data: "str | Path | None" = None, holdout: float = 0.25, seed: int = 0,
             epochs: int = 15, lr: float = 1e-3, progress: Any = None, trust_pickle: bool = False) -> dict:
@@ -220,6 +345,9 @@ def improve(bundle: "str | Path", data: "str | Path", output: "str | Path", *,
     except BundleError as e:
         raise EdgeloopError(str(e)) from None
     prov = manifest.get("provenance") or {}
+    if manifest.get("task") == "detection" or manifest.get("head"):
+        return _improve_detector(bundle, manifest, data, output, base_data=base_data, holdout=holdout, seed=seed,
+                                 epochs=epochs, step=step, trust_pickle=trust_pickle)
     src_rel = prov.get("source_file")
     if not src_rel:
         raise UsageError(f"{bundle}: the bundle carries no trainable source (.skops/.joblib/.pt2); export it "
@@ -268,21 +396,11 @@ def improve(bundle: "str | Path", data: "str | Path", output: "str | Path", *,
         else:
             raise UsageError(f"{src}: cannot retrain a '{fmt}' source")
         recipe = prov.get("recipe")
-        recipe_note = "no shrink recipe recorded"
-        recipe_applied = False
-        if recipe:
-            try:
-                from edgeloop.passes import PassData, apply_recipe
-            except ImportError:
-                recipe_note = "edgeloop.passes.apply_recipe is not available: recipe NOT re-applied"
-            else:
-                step(f"re-applying the shrink recipe ({len(recipe)} passes)")
-                # the replay re-fits on the training rows and chooses nothing: no validation split,
-                # and the held-out rows stay out
-                pdata = PassData(train=(x_tr, y_tr), x_calib=x_tr[:512].astype(np.float32),
-                                 source=est if est is not None else str(new_src))
-                model = apply_recipe(model, recipe, pdata)
-                recipe_applied, recipe_note = True, f"re-applied {len(recipe)} passes"
+        # the replay re-fits on the training rows and chooses nothing: no validation split, and the
+        # held-out rows stay out
+        model, recipe_applied, recipe_note = _replay(
+            model, recipe, lambda PassData: PassData(train=(x_tr, y_tr), x_calib=x_tr[:512].astype(np.float32),
+                                                     source=est if est is not None else str(new_src)), step)
         set_metadata(model, source=str(src_rel), source_format=prov.get("source_format") or "",
                      **({"labels": labels} if labels is not None else {}))
         old_version = int(manifest.get("version", 1))
@@ -292,30 +410,26 @@ def improve(bundle: "str | Path", data: "str | Path", output: "str | Path", *,
                                   "recipe_applied": recipe_applied, "recipe_note": recipe_note}}
         if recipe:
             provenance["recipe"] = recipe
-        step("building and evaluating the new bundle")
-        trial = work / "trial"
-        build_bundle(model, trial, manifest["target"]["id"], name=manifest.get("name"), version=old_version + 1,
-                     source_path=str(new_src), preprocessing=manifest.get("preprocessing"), provenance=provenance)
-        old_m, new_m = BundleModel(bundle), BundleModel(trial)
-        metric = "mae" if task == "regression" else "accuracy"
-        comparison = {
-            "metric": metric, "old_version": old_version, "new_version": old_version + 1,
-            "holdout_new": {"n": int(len(x_te)), "old": _evaluate(old_m, x_te, y_te, task),
-                            "new": _evaluate(new_m, x_te, y_te, task), "dropped_as_training_rows": dup_new},
-        }
-        if xb_te is not None:
-            comparison["holdout_base"] = {"n": int(len(xb_te)), "old": _evaluate(old_m, xb_te, yb_te, task),
-                                          "new": _evaluate(new_m, xb_te, yb_te, task),
-                                          "dropped_as_training_rows": dup_base}
-        n_held = int(len(x_te)) + (0 if xb_te is None else int(len(xb_te)))
-        comparison["holdout_note"] = (f"old and new compared on {n_held} held-out rows that neither the "
-                                      f"{method} ({len(x_tr)} rows) nor the recipe replay nor any selection saw"
-                                      if n_held else "no held-out rows (--holdout 0 or too little data): "
-                                      "old and new were not compared")
-        comparison.update(method=method, trained_on=int(len(x_tr)), recipe_applied=recipe_applied,
-                          recipe_note=recipe_note)
-        provenance["improve"]["comparison"] = comparison
-        build_bundle(model, output, manifest["target"]["id"], name=manifest.get("name"), version=old_version + 1,
-                     source_path=str(new_src), preprocessing=manifest.get("preprocessing"), provenance=provenance)
-        shutil.rmtree(trial, ignore_errors=True)
+
+        def _compare(old_m: Any, new_m: Any) -> dict:
+            metric = "mae" if task == "regression" else "accuracy"
+            comparison = {
+                "metric": metric, "old_version": old_version, "new_version": old_version + 1,
+                "holdout_new": {"n": int(len(x_te)), "old": _evaluate(old_m, x_te, y_te, task),
+                                "new": _evaluate(new_m, x_te, y_te, task), "dropped_as_training_rows": dup_new},
+            }
+            if xb_te is not None:
+                comparison["holdout_base"] = {"n": int(len(xb_te)), "old": _evaluate(old_m, xb_te, yb_te, task),
+                                              "new": _evaluate(new_m, xb_te, yb_te, task),
+                                              "dropped_as_training_rows": dup_base}
+            n_held = int(len(x_te)) + (0 if xb_te is None else int(len(xb_te)))
+            comparison["holdout_note"] = (f"old and new compared on {n_held} held-out rows that neither the "
+                                          f"{method} ({len(x_tr)} rows) nor the recipe replay nor any selection saw"
+                                          if n_held else "no held-out rows (--holdout 0 or too little data): "
+                                          "old and new were not compared")
+            comparison.update(method=method, trained_on=int(len(x_tr)), recipe_applied=recipe_applied,
+                              recipe_note=recipe_note)
+            return comparison
+
+        comparison = _write_compared(model, work, bundle, output, manifest, new_src, provenance, _compare, step)
     return comparison

@@ -109,8 +109,9 @@ def _raw_threshold(thr: float, activation: str, clip) -> float:
     return t
 
 
-def _common_header(prefix: str, head: dict, what: str) -> list[str]:
+def _common_header(prefix: str, head: dict, what: str, keypoints: int = 0) -> list[str]:
     P = prefix.upper()
+    kp = f" float keypoints[{keypoints}][2];" if keypoints else ""
     tw, th = head["input"]["size"]
     labels = head["labels"]
     return [
@@ -126,9 +127,12 @@ def _common_header(prefix: str, head: dict, what: str) -> list[str]:
         f" * ({tw} x {th}, not clipped); the caller maps them back to its image: for a letterbox",
         " * of scales (sx, sy) and padding (pad_x, pad_y), x = (x_in - pad_x) / sx and",
         " * y = (y_in - pad_y) / sy (edgeloop.runtime.detect.Letterbox.to_original).",
-        " * class_id indexes the head's labels. Not reentrant (static work arrays). */",
-        f"typedef struct {{ float x1, y1, x2, y2; float score; int class_id; }} {prefix}_box_t;",
+        " * class_id indexes the head's labels."
+        + (f" keypoints: the head's {keypoints} (x, y) points of each box, in the same pixels."
+           if keypoints else "") + " Not reentrant (static work arrays). */",
+        f"typedef struct {{ float x1, y1, x2, y2; float score; int class_id;{kp} }} {prefix}_box_t;",
         f"#define {P}_MAX_DETECTIONS {head['max_detections']}",
+        *([f"#define {P}_NUM_KEYPOINTS {keypoints}"] if keypoints else []),
         f"#define {P}_NUM_CLASSES {max(len(labels), 1)}",
         f"#define {P}_DETECT_INPUT_WIDTH {tw}",
         f"#define {P}_DETECT_INPUT_HEIGHT {th}",
@@ -137,7 +141,7 @@ def _common_header(prefix: str, head: dict, what: str) -> list[str]:
     ]
 
 
-def _wrapper(prefix: str, low, call: str) -> str:
+def _wrapper(prefix: str, low, call: str, keypoints: int = 0) -> str:
     n_out = max(len(low.outputs), 1)
     off = 0
     ins = []
@@ -148,7 +152,7 @@ def _wrapper(prefix: str, low, call: str) -> str:
         f"int {prefix}_detect(const void *input, {prefix}_box_t *boxes, int max_boxes)\n{{",
         f"    const void *ins[{max(len(low.inputs), 1)}];",
         f"    void *outs[{n_out}];",
-        "    int k, count = 0;",
+        "    int k, count = 0;" + (" int j;" if keypoints else ""),
         *ins,
         f"    for (k = 0; k < {n_out}; ++k) outs[k] = 0;   /* the outputs stay in the arena */",
         f"    if ({prefix}_run_all(ins, outs) != 0) return -1;",
@@ -161,6 +165,10 @@ def _wrapper(prefix: str, low, call: str) -> str:
         "        boxes[k].y2 = (float)el_det_kb[4 * k + 3];",
         "        boxes[k].score = (float)el_det_ks[k];",
         "        boxes[k].class_id = el_det_kc[k];",
+        *([f"        for (j = 0; j < {keypoints}; ++j) {{",
+           f"            boxes[k].keypoints[j][0] = (float)el_det_kk[2 * ({keypoints} * k + j)];",
+           f"            boxes[k].keypoints[j][1] = (float)el_det_kk[2 * ({keypoints} * k + j) + 1];",
+           "        }"] if keypoints else []),
         "    }",
         "    return count < 0 ? 0 : count;",
         "}", ""])
@@ -214,6 +222,9 @@ def _plan_ssd(head, low, prefix, quant_of) -> DetectPlan:
     nms = head["nms"]
     if nms == "weighted":
         _fail("nms 'weighted' is not supported in C (use greedy or none)")
+    # keypoints after the box in each row, when the rows hold them (the numpy decoder's rule)
+    nk = int(bspec.get("keypoints") or 0)
+    nk = nk if nk and stride >= 4 + 2 * nk else 0
     c = [f"/* ---- detection head ({head['kind']}): {n} anchors, decoded by k_detect_ssd */",
          _table("el_det_anchors", "double", anchors.reshape(-1)),
          _table("el_det_scale", "double", bspec["scale"]),
@@ -221,7 +232,8 @@ def _plan_ssd(head, low, prefix, quant_of) -> DetectPlan:
          f"static long el_det_cand[{n}];", f"static double el_det_cand_s[{n}];",
          f"static int el_det_cand_c[{n}];",
          f"static double el_det_kb[{4 * max_det}];", f"static double el_det_ks[{max_det}];",
-         f"static int el_det_kc[{max_det}];", ""]
+         f"static int el_det_kc[{max_det}];", f"static long el_det_ki[{max_det}];",
+         f"static double el_det_kk[{max(2 * nk * max_det, 1)}];", ""]
     tw, th = head["input"]["size"]
     act = 1 if sspec["activation"] == "sigmoid" else 0
     call = _call("detect_ssd", {
@@ -235,17 +247,19 @@ def _plan_ssd(head, low, prefix, quant_of) -> DetectPlan:
         "nms": int(nms == "greedy"), "iou": _d(head["nms_iou"]),
         "by_class": int(not head["class_agnostic"]), "max_det": max_det,
         "cand": "el_det_cand", "cand_s": "el_det_cand_s", "cand_c": "el_det_cand_c",
-        "kb": "el_det_kb", "ks": "el_det_ks", "kc": "el_det_kc", "count": "&count"})
-    c.append(_wrapper(prefix, low, call))
+        "kb": "el_det_kb", "ks": "el_det_ks", "kc": "el_det_kc", "nk": nk, "ki": "el_det_ki",
+        "kk": "el_det_kk", "count": "&count"})
+    c.append(_wrapper(prefix, low, call, nk))
     what = (f"scores >= {prefix.upper()}_MIN_SCORE"
             + (f" (int8 >= {q_thr})" if sq is not None else "")
             + (f", greedy NMS at IoU {head['nms_iou']}" if nms == "greedy" else ""))
-    h = _common_header(prefix, head, what)
-    work = n * (8 + 8 + 4) + max_det * (32 + 8 + 4)
+    h = _common_header(prefix, head, what, nk)
+    work = n * (8 + 8 + 4) + max_det * (32 + 8 + 4 + 8 + 16 * nk)
     return DetectPlan(list(HEADS[head["kind"]].kernels), "\n".join(c), h,
                       {"kind": head["kind"], "anchors": n, "int8_scores": sq is not None,
+                       "bit_exact": sq is not None and bq is not None,
                        "int8_threshold": q_thr if sq is not None else None,
-                       "max_detections": max_det, "work_bytes": work,
+                       "max_detections": max_det, "keypoints": nk, "work_bytes": work,
                        "table_bytes": int(anchors.size * 8 + 32 + lut.size * 8)})
 
 
@@ -288,7 +302,7 @@ def _plan_centroids(head, low, prefix, quant_of) -> DetectPlan:
     h_lines = _common_header(prefix, head, f"cells scoring >= {prefix.upper()}_MIN_SCORE, "
                                            "adjacent cells of one class merged into one object")
     return DetectPlan(list(HEADS["centroids"].kernels), "\n".join(c), h_lines,
-                      {"kind": "centroids", "cells": [h, w], "int8_scores": q is not None,
+                      {"kind": "centroids", "cells": [h, w], "int8_scores": q is not None, "bit_exact": q is not None,
                        "max_detections": max_det, "work_bytes": cells * 20 + max_det * 52,
                        "table_bytes": int(lut.size * 8)})
 
@@ -335,7 +349,7 @@ def _plan_yolo(head, low, prefix, quant_of) -> DetectPlan:
             + (f" (int8 >= {q_thr})" if q is not None and kind == "yolov8" else "")
             + (f", greedy NMS at IoU {head['nms_iou']}" if nms == "greedy" else ""))
     return DetectPlan(list(HEADS[kind].kernels), "\n".join(c), _common_header(prefix, head, what),
-                      {"kind": kind, "boxes": n, "int8_scores": q is not None,
+                      {"kind": kind, "boxes": n, "int8_scores": q is not None, "bit_exact": q is not None,
                        "int8_threshold": q_thr if q is not None and kind == "yolov8" else None,
                        "max_detections": max_det, "work_bytes": n * 20 + max_det * 44,
                        "table_bytes": int(lut.size * 8)})

@@ -21,7 +21,7 @@ from edgeloop.fsutil import check_output_dir, staged_dir
 
 
 class VerificationError(EdgeloopError):
-    """The emulated Cortex-M4 gave other outputs than the host build."""
+    """The emulated Cortex-M core gave other outputs (or boxes) than the host build."""
 
     exit_code = 3
 
@@ -79,14 +79,22 @@ def _sample_inputs(info: dict, n: int = 3) -> list[list[np.ndarray]]:
     return samples
 
 
-def _verify(tmp: Path, prefix: str, info: dict) -> dict:
-    """Host outputs on sample inputs, then the same inputs on the emulated Cortex-M4."""
+def _verify(tmp: Path, prefix: str, info: dict, target=None, head: dict | None = None) -> dict:
+    """Host outputs on sample inputs, then the same inputs on QEMU's emulation of the
+    target's own core (:func:`cortexm.core_for`). A model with a detection head in C also
+    runs ``<prefix>_detect`` on the device, against the numpy decoder on the host's outputs.
+    A target whose core QEMU lacks gets ``{"available": False, "skipped": True, "reason"}``."""
     try:
         from edgeloop.backends.c import cortexm
     except ImportError as e:
         return {"available": False, "error": f"Cortex-M verification is not available in this "
                                              f"build (edgeloop.backends.c.cortexm: {e})"}
     from edgeloop.backends.c import CModel, compile_shared
+
+    core, reason = cortexm.core_for(target) if target is not None else (cortexm.DEFAULT_CORE, None)
+    if core is None:
+        return {"available": False, "skipped": True, "reason": reason, "error": reason,
+                "core": None, "board": None}
 
     with tempfile.TemporaryDirectory(prefix="edgeloop-host-") as host:
         hdir = Path(host)
@@ -98,10 +106,23 @@ def _verify(tmp: Path, prefix: str, info: dict) -> dict:
             return {"available": False, "error": "Cortex-M verification supports one-input models"}
         inputs = [s[0] for s in samples]
         expected = [cm.run(*s) for s in samples]
+        boxes = None
+        if head is not None and info.get("detect"):
+            from edgeloop.runtime import detect as rd
+
+            names = [o["name"] for o in info["outputs"]]
+            boxes = []
+            for s in samples:
+                xyxy, scores, classes, kps = rd.decode_raw(head, dict(zip(names, cm.run_all(*s))))
+                boxes.append({"xyxy": xyxy, "scores": scores, "classes": classes,
+                              "keypoints": kps if info["detect"].get("keypoints") else None,
+                              # int8 heads bit for bit; float ones within float rounding
+                              "exact": bool(info["detect"].get("bit_exact"))})
         try:
-            result = cortexm.verify(tmp, prefix, info, inputs, expected, profile_layers=True)
+            result = cortexm.verify(tmp, prefix, info, inputs, expected, profile_layers=True,
+                                    core=core, detect=boxes)
         except EdgeloopError as e:
-            return {"available": False, "error": str(e)}
+            return {"available": False, "error": str(e), **core.describe()}
     result = dict(result)
     result["available"] = True
     return result
@@ -116,6 +137,9 @@ def export_cli(model_path, target, output, *, prefix: str = "model", verify: boo
     output = Path(output)
     check_output_dir(output, kind="c-export")  # before loading the model: a user's folder is refused at once
     model = load_file(model_path, trust_pickle=trust_pickle)
+    from edgeloop.backends.c.cortexm import core_for
+
+    core, _ = core_for(target)
     from edgeloop.profile.weights import check_finite
     check_finite(model, where=str(model_path))
     # OUT is replaced only when everything (generation, compile check, verify) succeeded,
@@ -139,7 +163,8 @@ def export_cli(model_path, target, output, *, prefix: str = "model", verify: boo
             "flash_estimate_bytes": (sections["text"] + sections["rodata"] + sections["data"]
                                      if sections else info["const_bytes"]),
             "flash_estimate_note": ("host x86-64 object built with -Os: text + rodata + data; "
-                                    "--verify measures the Cortex-M4 object" if sections else
+                                    f"--verify measures the {core.name if core else 'Cortex-M'} object"
+                                    if sections else
                                     "constant data only (binutils 'size' not found)"),
             "inputs": info["inputs"], "outputs": info["outputs"],
             "primary_output": info["primary_output"],
@@ -159,13 +184,23 @@ def export_cli(model_path, target, output, *, prefix: str = "model", verify: boo
         if flash:
             report["fits_flash"] = report["flash_estimate_bytes"] <= flash
         if verify:
-            report["verify"] = _verify(tmp, prefix, info)
+            head = None
+            if info.get("detect"):
+                from edgeloop.detect import head_of
+                head = head_of(model)
+            report["verify"] = _verify(tmp, prefix, info, target, head)
         (tmp / "report.json").write_text(json.dumps(report, indent=2) + "\n")
     _print(report, output, as_json)
     v = report["verify"]
+    if v and v.get("skipped"):
+        sys.stderr.write(f"verify skipped: {v.get('reason')}\n")   # one line, also beside --json
     if v and v.get("available") and not v.get("outputs_match", True):
-        raise VerificationError("the emulated Cortex-M4 gave other outputs than the host build "
-                                f"(max difference {v.get('max_abs_diff')})", where=str(output))
+        raise VerificationError(f"the emulated {v.get('core')} ({v.get('board')}) gave other outputs than "
+                                f"the host build (max difference {v.get('max_abs_diff')})", where=str(output))
+    det = (v or {}).get("detect") or {}
+    if v and v.get("available") and det and not det.get("boxes_match", True):
+        raise VerificationError(f"{report['prefix']}_detect on the emulated {v.get('core')} gave other boxes "
+                                f"than the numpy decoder ({det.get('mismatch')})", where=str(output))
 
 
 def _print(report: dict, output: Path, as_json: bool) -> None:
@@ -193,15 +228,30 @@ def _print(report: dict, output: Path, as_json: bool) -> None:
                                     f"at most {det['max_detections']} boxes")
     v = report["verify"]
     if v is not None:
-        if not v.get("available"):
-            t.add_row("Cortex-M4 verify", f"not run: {v.get('error')}")
+        core = v.get("core")
+        if v.get("skipped"):
+            t.add_row("verify", f"skipped: {v.get('reason')}")
+        elif not v.get("available"):
+            t.add_row(f"{core or 'Cortex-M'} verify", f"not run: {v.get('error')}")
         else:
-            t.add_row("Cortex-M4 verify", f"outputs {'match' if v.get('outputs_match') else 'DIFFER'}"
-                                          f" on {v.get('inputs')} inputs")
-            t.add_row("Cortex-M4 flash", f"{v.get('flash_bytes')} B (text + rodata of the model)")
-            t.add_row("Cortex-M4 RAM", f"{v.get('ram_bytes')} B (arena + measured stack)")
+            t.add_row("emulated core", f"{core} on QEMU {v.get('board')} ({v.get('cpu_flags')}; "
+                                       f"DSP kernels {'on' if v.get('el_fast') else 'off'})")
+            if v.get("core_note"):
+                t.add_row("note", v["core_note"])
+            t.add_row(f"{core} verify", f"outputs {'match' if v.get('outputs_match') else 'DIFFER'}"
+                                        f" on {v.get('inputs')} inputs")
+            t.add_row(f"{core} flash", f"{v.get('flash_bytes')} B (text + rodata of the model)")
+            t.add_row(f"{core} RAM", f"{v.get('ram_bytes')} B (arena + measured stack)")
             t.add_row("instructions/inference", f"{v.get('instructions_per_inference')} "
                                                 "(QEMU counts instructions, not cycles)")
+            d = v.get("detect")
+            if d:
+                t.add_row(f"{report['prefix']}_detect", f"boxes {'equal' if d.get('boxes_match') else 'DIFFER from'}"
+                                                        f" the numpy decoder's ({sum(d.get('boxes') or [])} boxes "
+                                                        f"on {len(d.get('boxes') or [])} inputs)")
+                t.add_row("instructions/frame", f"{d.get('instructions_per_frame')}: inference "
+                                                f"{d.get('inference_instructions_per_frame')}, decode + NMS "
+                                                f"{d.get('decode_instructions_per_frame')}")
     Console().print(t)
     if v and v.get("layers"):
         from edgeloop.backends.c.fast import layer_profile_table

@@ -104,7 +104,10 @@ class FloatOps:
         """Add, Sub, Mul, Div, Max, Min: one broadcasting kernel, the registry's code."""
         if len(node.input) != 2:
             self.unsupported(node, name, f"{node.op_type} with {len(node.input)} inputs is not supported")
-        self._check_float(node, name, [node.input[0], node.input[1], node.output[0]])
+        # Pow's exponent may be an integer constant (its value is baked in as float)
+        checked = [t for t in node.input[:2] if not (node.op_type == "Pow" and t == node.input[1]
+                                                     and self.is_static(t))]
+        self._check_float(node, name, checked + [node.output[0]])
         y = node.output[0]
         ys = self.shape(y)
         ops, strides = [], []
@@ -393,3 +396,211 @@ class FloatOps:
                   y=("out", node.output[0]), scale=("float", s),
                   **ints(n=self.numel(node.output[0]), zp=z))
 
+
+    # -- Resize, ConvTranspose, DepthToSpace / SpaceToDepth, Split ------------------------
+    def _resize_plan(self, node, name, x, y):
+        """What a Resize does to the last two axes: (mode, outer, H, W, OH, OW, rows, cols)
+        with ``rows``/``cols`` from :func:`resize_axis` (onnxruntime's coordinates)."""
+        at = self.attrs(node)
+        text = {k: (v.decode() if isinstance(v, bytes) else v) for k, v in at.items()}
+        mode = text.get("mode", "nearest")
+        opset = self._opset()
+        coord = text.get("coordinate_transformation_mode", "half_pixel" if opset >= 11 else "asymmetric")
+        nearest = text.get("nearest_mode", "round_prefer_floor" if opset >= 11 else "simple")
+        if mode not in ("nearest", "linear"):
+            self.unsupported(node, name, f"Resize mode '{mode}' is not supported (nearest and "
+                             "linear only)")
+        if coord not in RESIZE_COORDS:
+            self.unsupported(node, name, f"Resize coordinate_transformation_mode '{coord}' is not "
+                             f"supported ({', '.join(RESIZE_COORDS)})")
+        if at.get("antialias", 0) or "axes" in at:
+            self.unsupported(node, name, "Resize with antialias or axes is not supported")
+        xs, ys = self.shape(x), self.shape(y)
+        r = len(xs)
+        inputs = list(node.input) + [""] * 4
+        scales_t, sizes_t = (inputs[1], "") if opset < 11 else (inputs[2], inputs[3])
+        scales = None
+        if sizes_t and self.const(sizes_t).size:
+            sizes = self.const(sizes_t).astype(np.int64).ravel()
+            scales = [np.float32(o) / np.float32(i) for o, i in zip(sizes, xs)]
+        elif scales_t and self.const(scales_t).size:
+            scales = [np.float32(s) for s in self.const(scales_t).astype(np.float32).ravel()]
+        if scales is None or len(scales) != r or r < 2:
+            self.unsupported(node, name, "Resize needs constant scales or sizes for every axis "
+                             "of a tensor of rank 2 or more")
+        if any(xs[k] != ys[k] or scales[k] != 1 for k in range(r - 2)):
+            self.unsupported(node, name, "Resize of other axes than the last two is not supported")
+        rows = resize_axis(mode, coord, nearest, xs[-2], ys[-2], scales[-2])
+        cols = resize_axis(mode, coord, nearest, xs[-1], ys[-1], scales[-1])
+        outer = int(np.prod(xs[:-2], dtype=np.int64))
+        return mode, outer, xs[-2], xs[-1], ys[-2], ys[-1], rows, cols
+
+    def op_Resize(self, node, name):
+        x, y = node.input[0], node.output[0]
+        mode, outer, H, W, OH, OW, rows, cols = self._resize_plan(node, name, x, y)
+        if mode == "nearest":   # data movement: any element type
+            self.emit("resize_nearest", name, "Resize", x=("in", x), y=("out", y),
+                      iy=("const", rows), ix=("const", cols),
+                      **ints(esize=self._esize(y), outer=outer, H=H, W=W, OH=OH, OW=OW))
+            return
+        self._check_float(node, name, [x, y])
+        f32 = [np.asarray(a, np.float32) for a in (rows[2], rows[3], cols[2], cols[3])]
+        self.emit("resize_linear_f32", name, "Resize", x=("in", x), y=("out", y),
+                  y0=("const", rows[0]), y1=("const", rows[1]), wy0=("const", f32[0]),
+                  wy1=("const", f32[1]), x0=("const", cols[0]), x1=("const", cols[1]),
+                  wx0=("const", f32[2]), wx1=("const", f32[3]),
+                  **ints(outer=outer, H=H, W=W, OH=OH, OW=OW))
+
+    def _convtranspose_geometry(self, node, name, xs, wshape, ys):
+        """ConvTranspose's geometry as the kernels take it (2-D; 1-D as H = 1)."""
+        at = self.attrs(node)
+        nd = len(xs) - 2
+        if nd not in (1, 2):
+            self.unsupported(node, name, f"{nd}-D transposed convolution is not supported "
+                             "(1-D and 2-D only)")
+        ks = list(wshape[2:])
+        strides = list(at.get("strides", [1] * nd))
+        dil = list(at.get("dilations", [1] * nd))
+        pads = list(at.get("pads", [0] * (2 * nd)))
+        auto = at.get("auto_pad", b"NOTSET")
+        auto = auto.decode() if isinstance(auto, bytes) else auto
+        if auto != "NOTSET" or "output_shape" in at:
+            # the padding that makes the inferred output size (onnxruntime's rule: SAME_UPPER
+            # puts the larger half at the end)
+            outp = list(at.get("output_padding", [0] * nd))
+            pads = [0] * (2 * nd)
+            for i in range(nd):
+                total = max(0, strides[i] * (xs[2 + i] - 1) + outp[i] + (ks[i] - 1) * dil[i] + 1
+                            - ys[2 + i])
+                if auto == "VALID":
+                    total = 0
+                small, big = total // 2, total - total // 2
+                pads[i], pads[i + nd] = (big, small) if auto == "SAME_LOWER" else (small, big)
+        if nd == 1:
+            ks, strides, dil, pads = [1] + ks, [1] + strides, [1] + dil, [0, pads[0], 0, pads[1]]
+            xs, ys = (xs[0], xs[1], 1, xs[2]), (ys[0], ys[1], 1, ys[2])
+        G = int(at.get("group", 1))
+        return ints(C=xs[1], H=xs[2], W=xs[3], M=ys[1], OH=ys[2], OW=ys[3], KH=ks[0], KW=ks[1],
+                    SH=strides[0], SW=strides[1], PT=pads[0], PL=pads[1], DH=dil[0], DW=dil[1],
+                    G=G)
+
+    def op_ConvTranspose(self, node, name):
+        x, w, y = node.input[0], node.input[1], node.output[0]
+        self._check_float(node, name, [x, y])
+        if not self.is_static(w):
+            self.unsupported(node, name, "transposed convolution weights must be constant")
+        wv = self.const(w).astype(np.float32)
+        xs, ys = self.shape(x), self.shape(y)
+        geom = self._convtranspose_geometry(node, name, xs, wv.shape, ys)
+        b = (("const", self.const(node.input[2]).astype(np.float32))
+             if len(node.input) > 2 and node.input[2] else ("null",))
+        xn, yn = int(np.prod(xs[1:])), int(np.prod(ys[1:]))
+        for n in range(xs[0]):
+            self.emit("convtranspose_f32", name, "ConvTranspose", x=("in", x, n * xn),
+                      y=("out", y, n * yn), w=("const", wv), b=b, **geom)
+
+    def _space_depth_view(self, node, name, x, to_space):
+        """(shape, strides) of a copy_nd that does DepthToSpace (``to_space``) or
+        SpaceToDepth: the output seen as 6-D, each axis' stride in the input."""
+        at = self.attrs(node)
+        bs = int(at["blocksize"])
+        mode = at.get("mode", b"DCR")
+        mode = mode.decode() if isinstance(mode, bytes) else mode
+        xs = self.shape(x)
+        if mode not in ("DCR", "CRD"):
+            self.unsupported(node, name, f"{node.op_type} mode '{mode}' is not supported")
+        if len(xs) != 4:
+            self.unsupported(node, name, f"{node.op_type} needs a 4-D tensor")
+        N, C, H, W = xs
+        if to_space:
+            c = C // (bs * bs)
+            # y[n, k, h*bs + i, w*bs + j] = x[n, ch, h, w] with ch = (i*bs + j)*c + k (DCR)
+            # or k*bs*bs + i*bs + j (CRD); the output as [N, c, H, bs, W, bs]
+            ck, ci, cj = (H * W, bs * c * H * W, c * H * W) if mode == "DCR" else \
+                (bs * bs * H * W, bs * H * W, H * W)
+            return [N, c, H, bs, W, bs], [C * H * W, ck, W, ci, 1, cj]
+        # y[n, (i*bs + j)*C + k, h, w] = x[n, k, h*bs + i, w*bs + j] (DCR: the output as
+        # [N, bs, bs, C, H/bs, W/bs]) or y[n, k*bs*bs + i*bs + j, h, w] (CRD: [N, C, bs, bs, ...])
+        if mode == "DCR":
+            return [N, bs, bs, C, H // bs, W // bs], [C * H * W, W, 1, H * W, bs * W, bs]
+        return [N, C, bs, bs, H // bs, W // bs], [C * H * W, H * W, W, 1, bs * W, bs]
+
+    def op_DepthToSpace(self, node, name):
+        shape, strides = self._space_depth_view(node, name, node.input[0], True)
+        self._copy(node, name, node.input[0], node.output[0], shape, strides)
+
+    def op_SpaceToDepth(self, node, name):
+        shape, strides = self._space_depth_view(node, name, node.input[0], False)
+        self._copy(node, name, node.input[0], node.output[0], shape, strides)
+
+    def op_Split(self, node, name):
+        x = node.input[0]
+        xs = self.shape(x)
+        axis = self.attrs(node).get("axis", 0) % len(xs)
+        st = _strides(xs)
+        off = 0
+        for out in node.output:
+            n = self.shape(out)[axis] if out else 0
+            if out and n:
+                self._copy(node, name, x, out, self.shape(out), st, off * st[axis])
+            off += n
+
+
+RESIZE_COORDS = ("half_pixel", "pytorch_half_pixel", "align_corners", "asymmetric",
+                 "tf_half_pixel_for_nn")
+
+
+def _resize_coordinate(coord, out_len, in_len, scale):
+    """The input coordinate of every output index, in float32 as onnxruntime computes it
+    (upsamplebase.h, get_original_coordinate)."""
+    f = np.float32
+    xr = np.arange(out_len, dtype=np.float32)
+    s = f(scale)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        if coord == "half_pixel":
+            return (xr + f(0.5)) / s - f(0.5)
+        if coord == "pytorch_half_pixel":
+            return (xr + f(0.5)) / s - f(0.5) if out_len > 1 else np.zeros(out_len, np.float32)
+        if coord == "tf_half_pixel_for_nn":
+            return (xr + f(0.5)) / s
+        if coord == "align_corners":
+            if out_len == 1:
+                return np.zeros(1, np.float32)
+            return xr * f(in_len - 1) / f(out_len - 1)
+        return xr / s   # asymmetric
+
+
+def resize_axis(mode, coord, nearest_mode, in_len, out_len, scale):
+    """onnxruntime's source indices (and weights) along one resized axis.
+
+    nearest: int32 input index per output index (get_nearest_pixel, clamped to the axis);
+    linear: (i0, i1, w0, w1), the two input indices and their weights (float64 copies of
+    the float32 values onnxruntime uses), as SetupUpsampleBilinear: the coordinate clamped
+    to [0, in - 1], i1 = min(i0 + 1, in - 1), equal halves where i0 == i1.
+    """
+    f = np.float32
+    if mode == "linear":
+        c = (np.arange(out_len, dtype=np.float32) if f(scale) == 1
+             else _resize_coordinate(coord, out_len, in_len, scale))
+        c = np.clip(c, f(0), f(in_len - 1)).astype(np.float32)
+        i0 = np.minimum(c.astype(np.int32), in_len - 1)
+        i1 = np.minimum(i0 + 1, in_len - 1)
+        w1 = np.abs(c - i0.astype(np.float32))   # onnxruntime's dx1: the weight of i1
+        w0 = np.abs(c - i1.astype(np.float32))   # dx2: the weight of i0
+        same = i0 == i1
+        w0[same] = w1[same] = f(0.5)
+        return i0.astype(np.int32), i1.astype(np.int32), w0.astype(np.float32), w1.astype(np.float32)
+    c = _resize_coordinate(coord, out_len, in_len, scale)
+    c = c.astype(np.float64)   # exact: the rounding below must not round again
+    away = np.sign(c) * np.floor(np.abs(c) + 0.5)        # std::round: ties away from zero
+    if nearest_mode == "round_prefer_floor":
+        idx = np.where(c == np.trunc(c) + 0.5, np.floor(c), away)
+    elif nearest_mode == "round_prefer_ceil":
+        idx = away
+    elif nearest_mode == "floor":
+        idx = np.floor(c)
+    elif nearest_mode == "ceil":
+        idx = np.ceil(c)
+    else:   # "simple" (Resize-10): ceil when shrinking, truncation when growing
+        idx = np.ceil(c) if f(scale) < 1 else np.trunc(c)
+    return np.clip(np.nan_to_num(idx), 0, in_len - 1).astype(np.int32)

@@ -375,8 +375,9 @@ class Int8Ops:
         x, x_s, x_zp = self._act_in(mnode, name, mnode.input[0])
         want = (1 / 128, 0) if is_tanh else (1 / 256, -128)
         if not (np.float32(yq[0]) == np.float32(want[0]) and yq[1] == want[1]):
-            self.unsupported(mnode, name, f"int8 {mnode.op_type} needs output scale 1/"
-                             f"{round(1 / want[0])} and zero point {want[1]} (TFLite's)")
+            # another output quantization than TFLite's (e.g. onnxruntime's calibrated one):
+            # the function as a table
+            return self.q_lut(mnode, name, y, yq, -128, 127, None)
         mult, lshift, radius = logistic_params(x_s)
         self.emit("logistic_s8", name, mnode.op_type, x=("in", x), y=("out", y),
                   **ints(n=self.numel(y), x_zp=x_zp, mult=mult, left_shift=lshift, radius=radius,
@@ -403,3 +404,102 @@ class Int8Ops:
                          diff_min=diff_min, tflm=tflm, y_zp=yq[1], y_mult=ym, y_shift=ysh))
 
 
+    # -- Resize, PRelu, ConvTranspose, DepthToSpace / SpaceToDepth, table functions -------
+    def q_Resize(self, mnode, name, y, yq, lo, hi, _b):
+        x, x_s, x_zp = self._act_in(mnode, name, mnode.input[0])
+        mode, outer, H, W, OH, OW, rows, cols = self._resize_plan(mnode, name, x, y)
+        geo = ints(outer=outer, H=H, W=W, OH=OH, OW=OW)
+        if mode == "nearest":   # picking values, then the output's quantization
+            self.emit("resize_nearest", name, "Resize", x=("in", x), y=("out", y),
+                      iy=("const", rows), ix=("const", cols), **geo, **ints(esize=1))
+            self._finish_move(mnode, name, y, yq, lo, hi, x_s, x_zp)
+            return
+        # Q10 weights (TFLite's integer bilinear resize), each pair summing to 1024
+        (y0, y1, wy0, wy1), (x0, x1, wx0, wx1) = rows, cols
+        qy1 = np.round(wy1.astype(np.float64) * 1024).astype(np.int32)
+        qx1 = np.round(wx1.astype(np.float64) * 1024).astype(np.int32)
+        m, sh = quantize_multiplier(float(x_s) / float(yq[0]) / float(1 << 20))
+        self.emit("resize_linear_s8", name, "Resize", x=("in", x), y=("out", y),
+                  y0=("const", y0), y1=("const", y1), wy0=("const", (1024 - qy1).astype(np.int32)),
+                  wy1=("const", qy1), x0=("const", x0), x1=("const", x1),
+                  wx0=("const", (1024 - qx1).astype(np.int32)), wx1=("const", qx1), **geo,
+                  **ints(x_zp=x_zp, y_zp=yq[1], mult=m, shift=sh, lo=lo, hi=hi))
+
+    def q_PRelu(self, mnode, name, y, yq, lo, hi, _b):
+        """TFLite's int8 PRELU; a float slope is quantized per tensor, symmetric."""
+        x, x_s, x_zp = self._act_in(mnode, name, mnode.input[0])
+        slope = mnode.input[1]
+        if not self.is_static(slope):
+            self.unsupported(mnode, name, "int8 PRelu needs a constant slope")
+        d = self._dq_of(slope)
+        if d is not None and self.is_static(d[0]) and d[1].size == 1 and \
+                self.const(d[0]).dtype == np.int8:
+            a_q, a_s, a_zp = self.const(d[0]), float(d[1].ravel()[0]), int(d[2].ravel()[0])
+        else:
+            af = self.const(slope).astype(np.float64)
+            a_s = float(np.max(np.abs(af))) / 127 if np.any(af) else 1.0
+            a_q, a_zp = np.round(af / a_s).astype(np.int8), 0
+        ys = list(self.shape(y)) or [1]
+        mp, sp = quantize_multiplier(float(x_s) / float(yq[0]))
+        mn, sn = quantize_multiplier(float(x_s) * a_s / float(yq[0]))
+        self.emit("prelu_s8", name, "PRelu", x=("in", x), alpha=("const", a_q.astype(np.int8)),
+                  y=("out", y), shape=("const", _i32(ys)),
+                  a_strides=("const", _i32(broadcast_strides(a_q.shape, ys) or [0])),
+                  **ints(n=int(np.prod(ys)), ndim=len(ys), x_zp=x_zp, a_zp=a_zp, y_zp=yq[1],
+                         mult_pos=mp, shift_pos=sp, mult_neg=mn, shift_neg=sn, lo=lo, hi=hi))
+
+    def q_ConvTranspose(self, mnode, name, y, yq, lo, hi, bias_add):
+        x, x_s, x_zp = self._act_in(mnode, name, mnode.input[0])
+        w, w_s, axis = self._weights(mnode, name, mnode.input[1])
+        xs, ys = self.shape(x), self.shape(y)
+        geom = self._convtranspose_geometry(mnode, name, xs, w.shape, ys)
+        M, G = ys[1], geom["G"][1]
+        if w_s.size not in (1, M) or (w_s.size > 1 and (axis % w.ndim != 1 or G != 1)):
+            self.unsupported(mnode, name, "transposed conv weight scales must be per tensor or "
+                             "per output channel (axis 1)")
+        w_s = np.broadcast_to(w_s, (M,))
+        b = mnode.input[2] if len(mnode.input) > 2 and mnode.input[2] else None
+        bias = self._bias(mnode, name, b, x_s, w_s, M)
+        mult, shift = self._mults(x_s, w_s, yq[0])
+        xn, yn = int(np.prod(xs[1:])), int(np.prod(ys[1:]))
+        for n in range(xs[0]):
+            self.emit("convtranspose_s8", name, "ConvTranspose", x=("in", x, n * xn),
+                      y=("out", y, n * yn), w=("const", np.ascontiguousarray(w)), b=bias,
+                      mult=("const", mult), shift=("const", shift), **geom,
+                      **ints(x_zp=x_zp, y_zp=yq[1], lo=lo, hi=hi))
+
+    def q_space_depth(self, mnode, name, y, yq, lo, hi, _b):
+        """DepthToSpace and SpaceToDepth: moving int8 values, then the output's quantization."""
+        x, x_s, x_zp = self._act_in(mnode, name, mnode.input[0])
+        shape, strides = self._space_depth_view(mnode, name, x, mnode.op_type == "DepthToSpace")
+        self._copy(mnode, name, x, y, shape, strides)
+        self._finish_move(mnode, name, y, yq, lo, hi, x_s, x_zp)
+
+    def q_lut(self, mnode, name, y, yq, lo, hi, _b):
+        """An element-wise function as a 256-entry table: every int8 input dequantized, the
+        node run by onnxruntime (the definition of the op), quantized as QuantizeLinear
+        does (round half to even, saturate) and clamped by the fused epilogue."""
+        x, x_s, x_zp = self._act_in(mnode, name, mnode.input[0])
+        q = np.arange(-128, 128, dtype=np.int32)
+        xf = ((q - x_zp).astype(np.float32) * np.float32(x_s)).astype(np.float32)
+        fy = _run_one_node(mnode, xf, self.model)
+        yv = np.rint(fy / np.float32(yq[0])) + yq[1]
+        table = np.clip(yv, max(lo, -128), min(hi, 127)).astype(np.int8)
+        self.emit("lut_s8", name, mnode.op_type, x=("in", x), y=("out", y),
+                  table=("const", table), **ints(n=self.numel(y)))
+
+
+def _run_one_node(node, x: np.ndarray, model) -> np.ndarray:
+    """onnxruntime's output of a one-input float node (its attributes kept) on ``x``."""
+    import onnxruntime as ort
+    from onnx import TensorProto, helper
+
+    n = helper.make_node(node.op_type, ["x"], ["y"], domain=node.domain)
+    n.attribute.extend(node.attribute)
+    g = helper.make_graph([n], "lut", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [x.size])],
+                          [helper.make_tensor_value_info("y", TensorProto.FLOAT, [x.size])])
+    opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 13)
+    m = helper.make_model(g, opset_imports=[helper.make_opsetid("", max(opset, 14))])
+    m.ir_version = 8
+    sess = ort.InferenceSession(m.SerializeToString(), providers=["CPUExecutionProvider"])
+    return np.asarray(sess.run(None, {"x": x})[0], np.float32)

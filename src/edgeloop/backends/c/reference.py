@@ -304,6 +304,58 @@ def reduce_f32(x, y, outer, R, inner, op):
     y[:outer * inner] = acc.ravel()
 
 
+# -- data movement and int8 kernels of the public models' operators (Resize, PRelu, ...) --
+def resize_nearest(x, y, esize, outer, H, W, OH, OW, iy, ix):
+    del esize  # the flat views are typed
+    src = x[:outer * H * W].reshape(outer, H, W)
+    y[:outer * OH * OW] = src[:, iy[:OH]][:, :, ix[:OW]].ravel()
+
+
+def resize_linear_s8(x, y, outer, H, W, OH, OW, y0, y1, wy0, wy1, x0, x1, wx0, wx1, x_zp, y_zp,
+                     mult, shift, lo, hi):
+    v = x[:outer * H * W].astype(np.int64).reshape(outer, H, W) - x_zp
+    r0, r1 = v[:, y0[:OH]], v[:, y1[:OH]]
+    top = wx0[:OW].astype(np.int64) * r0[:, :, x0[:OW]] + wx1[:OW].astype(np.int64) * r0[:, :, x1[:OW]]
+    bot = wx0[:OW].astype(np.int64) * r1[:, :, x0[:OW]] + wx1[:OW].astype(np.int64) * r1[:, :, x1[:OW]]
+    acc = wy0[:OH, None].astype(np.int64) * top + wy1[:OH, None].astype(np.int64) * bot
+    y[:outer * OH * OW] = np.clip(mbqm(acc, mult, shift) + y_zp, lo, hi).ravel()
+
+
+def lut_s8(x, y, n, table):
+    y[:n] = table[x[:n].astype(np.int64) + 128]
+
+
+def prelu_s8(x, alpha, y, n, ndim, shape, a_strides, x_zp, a_zp, y_zp, mult_pos, shift_pos,
+             mult_neg, shift_neg, lo, hi):
+    v = x[:n].astype(np.int64) - x_zp
+    a = _nd_gather(alpha, n, shape[:ndim], a_strides[:ndim]).astype(np.int64) - a_zp
+    r = np.where(v >= 0, mbqm(v, mult_pos, shift_pos), mbqm(v * a, mult_neg, shift_neg))
+    y[:n] = np.clip(r + y_zp, lo, hi)
+
+
+def convtranspose_s8(x, y, w, b, mult, shift, C, H, W, M, OH, OW, KH, KW, SH, SW, PT, PL, DH,
+                     DW, G, x_zp, y_zp, lo, hi):
+    # scatter every input pixel (the definition), then cut the padding
+    cg, mg = C // G, M // G
+    xv = x[:C * H * W].astype(np.int64).reshape(C, H, W) - x_zp
+    wv = w.astype(np.int64).reshape(C, mg, KH, KW)
+    full = np.zeros((M, (H - 1) * SH + (KH - 1) * DH + 1 + OH, (W - 1) * SW + (KW - 1) * DW + 1 + OW),
+                    np.int64)
+    for g in range(G):
+        xs = xv[g * cg:(g + 1) * cg]
+        for ky in range(KH):
+            for kx in range(KW):
+                part = np.einsum("chw,cm->mhw", xs, wv[g * cg:(g + 1) * cg, :, ky, kx])
+                full[g * mg:(g + 1) * mg, ky * DH:ky * DH + (H - 1) * SH + 1:SH,
+                     kx * DW:kx * DW + (W - 1) * SW + 1:SW] += part
+    acc = full[:, PT:PT + OH, PL:PL + OW]
+    if b is not None:
+        acc = acc + b[:M].astype(np.int64)[:, None, None]
+    out = mbqm(wrap32(acc), np.asarray(mult[:M], np.int64)[:, None, None],
+               np.asarray(shift[:M], np.int64)[:, None, None])
+    y[:M * OH * OW] = np.clip(out + y_zp, lo, hi).ravel()
+
+
 # the numpy definition of every kernel the registry says has one (a name without a function
 # here is an error at import, so the registry and this file cannot drift apart)
 KERNELS = {name: globals()[name] for op in registry.OPS.values() for impl in (op.float, op.int8)
@@ -345,3 +397,4 @@ def execute(call, buf) -> None:
         "arena": lambda *_: None, "scratch": lambda *_: None,
         "int": lambda v: v, "float": lambda v: v})
     fn(**{p.name: v for p, v in zip(kernel_lib.signature(call.kernel), values)})
+

@@ -39,7 +39,8 @@ class Sample:
     ``operands``: per ONNX input, ``("x", shape)`` an activation (``"x8"``: an int8 one),
     ``("w", shape)`` a weight constant (int8 behind a DequantizeLinear in a QDQ graph),
     ``("var", shape)`` a positive constant, ``("b", n)`` a bias, ``("i64", values)`` /
-    ``("f", value)`` / ``("i8", value)`` a constant parameter.
+    ``("f", value)`` / ``("i8", value)`` a constant parameter, ``("none",)`` an omitted
+    optional input (an empty name).
     """
 
     operands: tuple
@@ -97,6 +98,11 @@ _ALIAS_Q = Impl(("requant_s8",), "q_reshape", epilogues=ACT, reference=("requant
                 inplace=ELEMENTWISE, quantize=False,
                 sample=Sample((("x", (1, 2, 3, 4)),), {}))
 
+# an element-wise int8 function as a table filled at export (the op run by onnxruntime on
+# every int8 input, then quantized): exact to onnxruntime's QDQ arithmetic
+_LUT = Impl(("lut_s8",), "q_lut", epilogues=ACT, inplace=ELEMENTWISE, reference=("lut_s8",),
+            quantize=False, sample=Sample((("x", (1, 2, 5)),)))
+
 _OPS = [
     Op("Conv",
        float=Impl(("conv_f32", "conv_f32_pw_ip", "conv_f32_grp_ip"), "op_Conv", inplace=CONV,
@@ -135,18 +141,59 @@ _OPS = [
                  reference=("requant_s8",),
                  sample=Sample((("x", (1, 2, 5)), ("f", -0.5), ("f", 0.7))))),
     Op("Sigmoid", float=_unary("EL_UNARY_SIGMOID"),
-       int8=Impl(("logistic_s8",), "q_Sigmoid", out_q=(1 / 256, -128), reference=("logistic_s8",),
+       int8=Impl(("logistic_s8", "lut_s8"), "q_Sigmoid", out_q=(1 / 256, -128), reference=("logistic_s8", "lut_s8"),
                  sample=Sample((("x", (1, 2, 5)),)))),
     Op("Tanh", float=_unary("EL_UNARY_TANH"),
-       int8=Impl(("logistic_s8",), "q_Tanh", out_q=(1 / 128, 0), reference=("logistic_s8",),
+       int8=Impl(("logistic_s8", "lut_s8"), "q_Tanh", out_q=(1 / 128, 0), reference=("logistic_s8", "lut_s8"),
                  sample=Sample((("x", (1, 2, 5)),)))),
-    Op("LeakyRelu", float=_unary("EL_UNARY_LEAKYRELU", (("alpha", 0.01),), attrs={"alpha": 0.2})),
+    Op("LeakyRelu", float=_unary("EL_UNARY_LEAKYRELU", (("alpha", 0.01),), attrs={"alpha": 0.2}),
+       int8=_LUT),
     Op("Abs", float=_unary("EL_UNARY_ABS")),
     Op("Neg", float=_unary("EL_UNARY_NEG")),
     Op("Exp", float=_unary("EL_UNARY_EXP")),
     Op("Sqrt", float=_unary("EL_UNARY_SQRT")),
-    Op("HardSigmoid", float=_unary("EL_UNARY_HARDSIGMOID", (("alpha", 0.2), ("beta", 0.5)))),
-    Op("Elu", float=_unary("EL_UNARY_ELU", (("alpha", 1.0),))),
+    Op("HardSigmoid", float=_unary("EL_UNARY_HARDSIGMOID", (("alpha", 0.2), ("beta", 0.5))),
+       int8=_LUT),
+    Op("HardSwish", float=_unary("EL_UNARY_HARDSWISH"), int8=_LUT),
+    Op("Elu", float=_unary("EL_UNARY_ELU", (("alpha", 1.0),)), int8=_LUT),
+    Op("PRelu",
+       float=Impl(("binary_f32",), "lower_binary", code="EL_BINARY_PRELU", inplace=BINARY,
+                  sample=Sample((("x", (1, 3, 4, 4)), ("w", (3, 1, 1))))),
+       int8=Impl(("prelu_s8",), "q_PRelu", epilogues=ACT, inplace=ELEMENTWISE,
+                 reference=("prelu_s8",), quantize=False,
+                 sample=Sample((("x", (1, 3, 4, 4)), ("w", (3, 1, 1)))))),
+    Op("Pow", float=_binary("EL_BINARY_POW")),
+    Op("Resize",
+       float=Impl(("resize_nearest", "resize_linear_f32"), "op_Resize",
+                  reference=("resize_nearest",),
+                  sample=Sample((("x", (1, 2, 3, 4)), ("none",), ("none",), ("i64", [1, 2, 7, 6])),
+                                {"mode": "linear", "coordinate_transformation_mode": "half_pixel"})),
+       int8=Impl(("resize_nearest", "requant_s8", "resize_linear_s8"), "q_Resize", epilogues=ACT,
+                 reference=("resize_nearest", "requant_s8", "resize_linear_s8"), quantize=False,
+                 sample=Sample((("x", (1, 2, 3, 4)), ("none",), ("none",), ("i64", [1, 2, 7, 6])),
+                               {"mode": "linear", "coordinate_transformation_mode": "align_corners"}))),
+    Op("ConvTranspose",
+       float=Impl(("convtranspose_f32",), "op_ConvTranspose",
+                  sample=Sample((("x", (1, 3, 4, 4)), ("w", (3, 2, 3, 3)), ("b", 2)),
+                                {"strides": [2, 2], "pads": [1, 1, 1, 1], "output_padding": [1, 1]})),
+       int8=Impl(("convtranspose_s8",), "q_ConvTranspose", epilogues=ACT,
+                 reference=("convtranspose_s8",), quantize=False,
+                 sample=Sample((("x", (1, 3, 4, 4)), ("w", (3, 2, 3, 3)), ("b", 2)),
+                               {"strides": [2, 2], "pads": [1, 0, 1, 0]}))),
+    Op("DepthToSpace",
+       float=Impl(("copy_nd", "fast_transpose8"), "op_DepthToSpace", reference=("copy_nd",),
+                  sample=Sample((("x", (1, 8, 2, 3)),), {"blocksize": 2, "mode": "CRD"})),
+       int8=Impl(("copy_nd", "requant_s8", "fast_transpose8"), "q_space_depth", epilogues=ACT,
+                 reference=("copy_nd", "requant_s8"), quantize=False,
+                 sample=Sample((("x", (1, 8, 2, 3)),), {"blocksize": 2}))),
+    Op("SpaceToDepth",
+       float=Impl(("copy_nd", "fast_transpose8"), "op_SpaceToDepth", reference=("copy_nd",),
+                  sample=Sample((("x", (1, 2, 4, 6)),), {"blocksize": 2})),
+       int8=Impl(("copy_nd", "requant_s8", "fast_transpose8"), "q_space_depth", epilogues=ACT,
+                 reference=("copy_nd", "requant_s8"), quantize=False,
+                 sample=Sample((("x", (1, 2, 4, 6)),), {"blocksize": 2}))),
+    Op("Split", float=Impl(("copy_nd", "fast_transpose8"), "op_Split", reference=("copy_nd",),
+                           sample=Sample((("x", (2, 6)), ("i64", [2, 4])), {"axis": 1}, outputs=2))),
     Op("Reciprocal", float=_unary("EL_UNARY_RECIPROCAL")),
     Op("Floor", float=_unary("EL_UNARY_FLOOR")),
     Op("Ceil", float=_unary("EL_UNARY_CEIL")),

@@ -1,7 +1,8 @@
-/* Start-up code for the mps2-an386 board (Cortex-M4F) under QEMU.
+/* Start-up code for QEMU's MPS2 boards (mps2-an385 Cortex-M3, mps2-an386 Cortex-M4F,
+ * mps2-an500 Cortex-M7).
  *
- * The vector table goes at address 0 (see mps2_an386.ld). Reset turns on the
- * FPU (the code is built with -mfloat-abi=hard, and the first floating-point
+ * The vector table goes at address 0 (see mps2_sections.ld). Reset turns on the
+ * FPU when the core has one (the code is then built with -mfloat-abi=hard, and the first floating-point
  * instruction would fault with the coprocessor still off), copies .data from
  * its load address, then hands over to newlib's semihosting start-up code
  * (_start from rdimon-crt0: clears .bss, opens the semihosting console, runs
@@ -72,8 +73,12 @@ void Reset_Handler(void)
     uint32_t *src = &__data_load__;
     uint32_t *dst = &__data_start__;
 
-    *cpacr |= 0xFu << 20; /* CP10 and CP11 full access: the FPU */
+#if defined(__ARM_FP)
+    *cpacr |= 0xFu << 20; /* CP10 and CP11 full access: the FPU (M4F/M7; M0+/M3 have none) */
     __asm__ volatile("dsb\n\tisb" ::: "memory");
+#else
+    (void)cpacr;
+#endif
     while (dst < &__data_end__) {
         *dst++ = *src++;
     }

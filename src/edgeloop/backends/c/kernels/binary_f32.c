@@ -3,6 +3,7 @@
 #define EL_BINARY_F32_C
 
 #include <stdint.h>
+#include <math.h>
 #include "nd_index.h"
 
 /* which operation (the lowering passes these by name, read from this file) */
@@ -12,7 +13,9 @@ enum {
     EL_BINARY_MUL = 2,
     EL_BINARY_DIV = 3,
     EL_BINARY_MAX = 4,
-    EL_BINARY_MIN = 5
+    EL_BINARY_MIN = 5,
+    EL_BINARY_POW = 6,
+    EL_BINARY_PRELU = 7
 };
 
 static void k_binary_f32(const float *a, const float *b, float *y, int op, long n, int ndim,
@@ -29,7 +32,9 @@ static void k_binary_f32(const float *a, const float *b, float *y, int op, long 
         case EL_BINARY_MUL: r = u * v; break;
         case EL_BINARY_DIV: r = u / v; break;
         case EL_BINARY_MAX: r = u > v ? u : v; break;
-        case EL_BINARY_MIN: default: r = u < v ? u : v; break;
+        case EL_BINARY_MIN: r = u < v ? u : v; break;
+        case EL_BINARY_POW: r = v == 2.0f ? u * u : powf(u, v); break;
+        case EL_BINARY_PRELU: default: r = u < 0.0f ? u * v : u; break;
         }
         y[i] = r;
     }

@@ -52,10 +52,12 @@ static void el_det_insert(long *cand, double *cand_s, int *cand_c, long m, long 
 /* the box of candidate i again (recomputed: no n-sized box store) */
 typedef void (*el_det_box_fn)(const void *ctx, long i, double *box);
 
-/* greedy NMS over the m sorted candidates; returns how many were kept (<= max_det) */
+/* greedy NMS over the m sorted candidates; returns how many were kept (<= max_det).
+ * ki (may be 0): the kept candidates' own indices (an SSD head's keypoints need them). */
 static int el_det_nms(const long *cand, const double *cand_s, const int *cand_c, long m,
                       el_det_box_fn box_of, const void *ctx, double lo, double hi, int nms,
-                      double iou, int by_class, int max_det, double *kb, double *ks, int *kc)
+                      double iou, int by_class, int max_det, double *kb, double *ks, int *kc,
+                      long *ki)
 {
     double span = m > 0 ? (hi - lo) + 1.0 : 0.0, box[4], sb[4], kbs[4];
     long j;
@@ -77,6 +79,8 @@ static int el_det_nms(const long *cand, const double *cand_s, const int *cand_c,
         for (q = 0; q < 4; ++q) kb[4 * kept + q] = box[q];
         ks[kept] = cand_s[j];
         kc[kept] = cand_c[j];
+        if (ki)
+            ki[kept] = cand[j];
         ++kept;
     }
     return kept;

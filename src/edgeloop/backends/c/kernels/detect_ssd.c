@@ -90,7 +90,7 @@ static void k_detect_ssd(const void *b, int b_int8, double b_scale, double b_zp,
                          double thr, const double *anchors, long n, int yx, const double *scale,
                          int exp_size, double tw, double th, int nms, double iou, int by_class,
                          int max_det, long *cand, double *cand_s, int *cand_c, double *kb,
-                         double *ks, int *kc, int *count)
+                         double *ks, int *kc, int nk, long *ki, double *kk, int *count)
 {
     struct el_ssd_coder e;
     long i, m = 0;
@@ -119,7 +119,21 @@ static void k_detect_ssd(const void *b, int b_int8, double b_scale, double b_zp,
         el_det_insert(cand, cand_s, cand_c, m++, i, best, best_c, box, &lo, &hi);
     }
     *count = el_det_nms(cand, cand_s, cand_c, m, el_ssd_box_of, &e, lo, hi, nms, iou, by_class,
-                        max_det, kb, ks, kc);
+                        max_det, kb, ks, kc, ki);
+    /* keypoints of the kept boxes: nk (x, y) pairs after the box in each row, decoded from the
+     * anchor as numpy does ((k / sx * aw + ax) * tw), in the box coder's scale order */
+    for (c = 0; c < *count && nk > 0; ++c) {
+        const double *a = anchors + 4 * ki[c];
+        double sx = yx ? scale[1] : scale[0], sy = yx ? scale[0] : scale[1];
+        int j;
+        for (j = 0; j < nk; ++j) {
+            long at = ki[c] * stride + 4 + 2 * j;
+            double kx = el_det_value(b, b_int8, at, b_scale, b_zp);
+            double ky = el_det_value(b, b_int8, at + 1, b_scale, b_zp);
+            kk[2 * (c * nk + j)] = (kx / sx * a[2] + a[0]) * tw;
+            kk[2 * (c * nk + j) + 1] = (ky / sy * a[3] + a[1]) * th;
+        }
+    }
 }
 
 #endif /* EL_DETECT_SSD_C */

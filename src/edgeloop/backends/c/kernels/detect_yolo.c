@@ -69,7 +69,7 @@ static void k_detect_yolo(const void *a, int is_int8, const double *lut, long n,
         el_det_insert(cand, cand_s, cand_c, m++, i, best, best_c, box, &lo, &hi);
     }
     *count = el_det_nms(cand, cand_s, cand_c, m, el_yolo_box_of, &o, lo, hi, nms, iou, by_class,
-                        max_det, kb, ks, kc);
+                        max_det, kb, ks, kc, 0);
 }
 
 #endif /* EL_DETECT_YOLO_C */

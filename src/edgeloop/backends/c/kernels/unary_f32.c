@@ -20,7 +20,8 @@ enum {
     EL_UNARY_ELU = 10,
     EL_UNARY_RECIPROCAL = 11,
     EL_UNARY_FLOOR = 12,
-    EL_UNARY_CEIL = 13
+    EL_UNARY_CEIL = 13,
+    EL_UNARY_HARDSWISH = 14
 };
 
 static void k_unary_f32(const float *x, float *y, long n, int op, float p0, float p1)
@@ -42,7 +43,13 @@ static void k_unary_f32(const float *x, float *y, long n, int op, float p0, floa
         case EL_UNARY_ELU: v = v >= 0.0f ? v : p0 * (expf(v) - 1.0f); break;
         case EL_UNARY_RECIPROCAL: v = 1.0f / v; break;
         case EL_UNARY_FLOOR: v = floorf(v); break;
-        case EL_UNARY_CEIL: default: v = ceilf(v); break;
+        case EL_UNARY_CEIL: v = ceilf(v); break;
+        case EL_UNARY_HARDSWISH: default: {
+            /* x * HardSigmoid(x) with alpha 1/6, beta 1/2 (ONNX's definition) */
+            float h = v * (1.0f / 6.0f) + 0.5f;
+            v = v * (h < 0.0f ? 0.0f : (h > 1.0f ? 1.0f : h));
+            break;
+        }
         }
         y[i] = v;
     }
