@@ -570,7 +570,7 @@ def decode_raw(head: Dict[str, Any], outputs: Dict[str, np.ndarray], min_score: 
         if kind == "tflite_ssd" and head.get("postprocess"):
             xyxy = np.stack([(cx - w / 2) * tw, (cy - h / 2) * th, (cx + w / 2) * tw, (cy + h / 2) * th], 1)
             xyxy, scores, classes = _tflite_ssd_select(head, xyxy, probs, thr)
-            return _detections(head, xyxy, scores, classes, box)
+            return xyxy, scores, classes, None
         classes = np.argmax(probs, axis=1)
         scores = probs[np.arange(len(probs)), classes]
         ok = np.isfinite(scores) & (scores >= thr) & np.isfinite(cx) & np.isfinite(w)
