@@ -41,6 +41,8 @@ def read_head_file(path: "str | Path") -> Dict[str, Any]:
         spec = json.loads(text)
     except ValueError as e:
         raise HeadFileError(f"not valid JSON ({e})", where=str(p)) from None
+    if isinstance(spec, dict) and spec.get("kind") == "tflite_ssd" and "anchors" not in spec:
+        return spec   # completed from the model's own head (its post-process op) by fit_head
     try:
         return parse_head(spec)
     except HeadError as e:
@@ -66,10 +68,27 @@ def _quant_of(model: onnx.ModelProto, tensor: str, consumer: bool) -> Optional[L
     return None
 
 
+def _over_model_head(model: onnx.ModelProto, spec: Any) -> Any:
+    """A head file over the head the model already carries (a TFLite model's post-process op):
+    what the file leaves out (anchors, box coder, NMS options) comes from the model, what it
+    gives (labels, input, thresholds) wins; sections merge key by key."""
+    old = get_metadata(model).get("head")
+    if not (isinstance(spec, dict) and isinstance(old, dict) and spec.get("kind", old.get("kind")) == old.get("kind")
+            and old.get("kind") == "tflite_ssd"):
+        return spec
+    merged = dict(old)
+    for key, value in spec.items():
+        if isinstance(value, dict) and isinstance(old.get(key), dict):
+            merged[key] = {**old[key], **value}
+        else:
+            merged[key] = value
+    return merged
+
+
 def fit_head(model: onnx.ModelProto, spec: Dict[str, Any], where: str = "head") -> Dict[str, Any]:
     """Check a parsed head against the model (output names, box counts, input size) and fill
     what the model tells: int8 scales of the input and outputs, output names left out."""
-    head = parse_head(spec)
+    head = parse_head(_over_model_head(model, spec))
     outs = {o.name: _dims(o) for o in model.graph.output}
     names = list(outs)
 

@@ -187,6 +187,41 @@ def _read_options(name: str, op) -> dict[str, Any]:
     return {}
 
 
+# TFLite_Detection_PostProcess: its options (a flexbuffer map) with TFLite's defaults for the
+# optional ones (detection_postprocess.cc); the required ones have no default.
+POSTPROCESS = "TFLite_Detection_PostProcess"
+_PP_REQUIRED = ("max_detections", "max_classes_per_detection", "num_classes",
+                "nms_score_threshold", "nms_iou_threshold", "y_scale", "x_scale", "h_scale", "w_scale")
+_PP_DEFAULTS = {"detections_per_class": 100, "use_regular_nms": False}
+
+
+def postprocess_options(raw: bytes) -> dict[str, Any]:
+    """The options of a TFLite_Detection_PostProcess operator, read from its flexbuffer."""
+    from flatbuffers import flexbuffers
+
+    try:
+        opts = flexbuffers.Loads(bytes(raw)) if raw else None
+    except Exception:  # any garbage raises from deep inside the flexbuffer reader
+        opts = None
+    if not isinstance(opts, dict):
+        raise _fail(f"the options of {POSTPROCESS} are not a flexbuffer map")
+    missing = [k for k in _PP_REQUIRED if k not in opts]
+    if missing:
+        raise _fail(f"{POSTPROCESS} options lack {', '.join(missing)}")
+    out = dict(_PP_DEFAULTS)
+    for k in _PP_REQUIRED + tuple(_PP_DEFAULTS):
+        v = opts.get(k, out.get(k))
+        if k == "use_regular_nms":
+            out[k] = bool(v)
+        elif isinstance(v, bool) or not isinstance(v, (int, float)) or not np.isfinite(v):
+            raise _fail(f"{POSTPROCESS} option {k} is {v!r}, not a number")
+        elif k in ("max_detections", "max_classes_per_detection", "num_classes", "detections_per_class"):
+            out[k] = int(v)
+        else:
+            out[k] = float(v)
+    return out
+
+
 def _index_vector(kind: int, table) -> np.ndarray:
     """A SparseIndexVector union (Int32Vector, Uint16Vector or Uint8Vector) as int64."""
     import tflite
@@ -398,7 +433,9 @@ def _parse(buf: bytes) -> TflGraph:
         outs = indices(op.OutputsAsNumpy() if op.OutputsLength() else [], f"operator {k} ({name})",
                        False)
         custom = bytes(op.CustomOptionsAsNumpy().tobytes()) if op.CustomOptionsLength() else b""
-        ops.append(TflOp(k, name, ins, outs, _read_options(name, op), custom, idx in custom_codes))
+        is_custom = idx in custom_codes
+        options = postprocess_options(custom) if is_custom and name == POSTPROCESS else _read_options(name, op)
+        ops.append(TflOp(k, name, ins, outs, options, custom, is_custom))
 
     inputs = indices(g.InputsAsNumpy() if g.InputsLength() else [], "the graph inputs", False)
     outputs = indices(g.OutputsAsNumpy() if g.OutputsLength() else [], "the graph outputs", False)

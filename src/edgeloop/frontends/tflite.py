@@ -37,7 +37,7 @@ import onnx
 from onnx import helper, numpy_helper
 
 from edgeloop.errors import ModelLoadError, UnsupportedOperatorError
-from edgeloop.frontends._tflite_reader import ACTIVATIONS, TflGraph, TflOp, parse
+from edgeloop.frontends._tflite_reader import ACTIVATIONS, POSTPROCESS, TflGraph, TflOp, parse
 
 # Opset 17: per-axis DequantizeLinear (13+), Clip with tensor bounds (11+), Softmax over
 # one axis (13+), ReduceMean with an axes attribute (until 17); old enough for any
@@ -76,12 +76,138 @@ def load_tflite(path: pathlib.Path) -> onnx.ModelProto:
     except OSError as e:
         raise ModelLoadError(f"cannot read file ({e.strerror})", where=str(path)) from None
     graph = parse(buf)
-    model, input_quant, output_quant, sparse = _Converter(graph).convert()
+    conv = _Converter(graph)
+    model, input_quant, output_quant, sparse = conv.convert()
     # Weights the file stored in TFLite's sparse format are dense in the graph; which ones
     # were sparse (and how) is kept for sparse storage later (edgeloop.sparse_initializers).
-    extra = {"sparse_initializers": sparse} if sparse else {}
+    extra: dict[str, Any] = {"sparse_initializers": sparse} if sparse else {}
+    if conv.postprocess is not None:
+        head = _detection_head(graph, conv.postprocess, conv.output_names, buf)
+        extra.update(head=head, task="detection", labels=head["labels"])
     return finalize(model, source=str(path), source_format="tflite",
                     input_quant=input_quant, output_quant=output_quant, **extra)
+
+
+def _cut_postprocess(g: TflGraph) -> TflOp | None:
+    """Take a TFLite_Detection_PostProcess operator out of the graph (in place).
+
+    Its four outputs (boxes, classes, scores, count) leave the graph's outputs; its first two
+    inputs (raw box encodings [1, N, 4], class predictions [1, N, C+1]) take their place. The
+    op itself is returned to become the detection head (see :func:`_detection_head`)."""
+    found = [op for op in g.ops if op.name == POSTPROCESS]
+    if not found:
+        return None
+    op = found[0]
+    t = g.tensors
+
+    def fail(message: str) -> UnsupportedOperatorError:
+        node = t[op.outputs[0]].name if op.outputs else None
+        return UnsupportedOperatorError(f"{POSTPROCESS}: {message}", node=node, op=op.name)
+
+    if len(found) > 1:
+        raise fail(f"the model has {len(found)} of them; edgeloop imports one")
+    if len(op.inputs) < 3 or min(op.inputs[:3]) < 0:
+        raise fail("needs 3 inputs (box encodings, class predictions, anchors)")
+    read = {i for other in g.ops if other is not op for i in other.inputs}
+    if read & set(op.outputs):
+        raise fail("its outputs feed other operators; it must end the graph")
+    boxes, scores, anchors = (t[i] for i in op.inputs[:3])
+    if not anchors.is_const:
+        raise fail(f"the anchors '{anchors.name}' are not a constant tensor")
+    if len(boxes.shape) != 3 or boxes.shape[0] != 1 or boxes.shape[2] < 4:
+        raise fail(f"box encodings '{boxes.name}' are {list(boxes.shape)}, expected [1, N, 4]")
+    n = boxes.shape[1]
+    if len(scores.shape) != 3 or scores.shape[:2] != (1, n):
+        raise fail(f"class predictions '{scores.name}' are {list(scores.shape)}, expected [1, {n}, C]")
+    if anchors.shape != (n, 4):
+        raise fail(f"anchors '{anchors.name}' are {list(anchors.shape)}, expected [{n}, 4]")
+    offset = scores.shape[2] - op.options["num_classes"]
+    if offset not in (0, 1):
+        raise fail(f"num_classes is {op.options['num_classes']} but the class predictions have "
+                   f"{scores.shape[2]} columns (at most one background column)")
+    g.ops = [o for o in g.ops if o is not op]
+    kept = [i for i in g.outputs if i not in op.outputs]
+    g.outputs = kept + [i for i in op.inputs[:2] if i not in kept]
+    return op
+
+
+def _zip_labels(buf: bytes, num_classes: int) -> list[str]:
+    """Class names from a label file packed in the .tflite (TFLite metadata appends a zip);
+    a leading background entry ('???' or 'background') is dropped. [] when there is none."""
+    import io
+    import zipfile
+
+    try:
+        with zipfile.ZipFile(io.BytesIO(buf)) as z:
+            texts = [z.read(n).decode("utf-8", "replace") for n in z.namelist()
+                     if n.lower().endswith(".txt")]
+    except (zipfile.BadZipFile, OSError, ValueError, KeyError):
+        return []
+    for text in texts:
+        lines = [x.strip() for x in text.splitlines()]
+        while lines and not lines[-1]:
+            lines.pop()
+        if len(lines) == num_classes + 1 and lines[0].lower() in ("???", "background"):
+            lines = lines[1:]
+        if len(lines) == num_classes:
+            return lines
+    return []
+
+
+def _f32(values: np.ndarray) -> list:
+    """float32 values as JSON numbers that read back to the same float32 (9 digits)."""
+    return [[float(f"{v:.9g}") for v in row] for row in np.asarray(values, np.float32).tolist()]
+
+
+def _detection_head(g: TflGraph, op: TflOp, output_names: list[str], buf: bytes) -> dict[str, Any]:
+    """The ``tflite_ssd`` head of a TFLite_Detection_PostProcess op: its box coder options, its
+    anchors (dequantized as the op does) and NMS settings, so the numpy decoder gives the
+    op's boxes. Input: NHWC, the model's size, stretched (as TFLite's SSD models are fed);
+    float inputs take [-1, 1] (the TF Object Detection convention), integer inputs take the
+    pixel itself (uint8) or pixel - 128 (int8)."""
+    o = op.options
+    t = g.tensors
+    boxes, scores, anchors = (t[i] for i in op.inputs[:3])
+    a = anchors.data.astype(np.float32)
+    if anchors.quantized:
+        a = (a - anchors.zero_point[0].astype(np.float32)) * np.float32(anchors.scale[0])
+    if not np.all(np.isfinite(a)):
+        raise ModelLoadError(f"{POSTPROCESS}: the anchors '{anchors.name}' are not finite")
+    inp = t[g.inputs[0]]
+    if len(inp.shape) != 4:
+        raise UnsupportedOperatorError(f"{POSTPROCESS}: the input '{inp.name}' is {list(inp.shape)}, "
+                                       "expected an image [1, H, W, C]", op=op.name)
+    spec: dict[str, Any] = {"layout": "NHWC", "size": [int(inp.shape[2]), int(inp.shape[1])],
+                            "resize": "stretch"}
+    if inp.quantized and inp.dtype in (np.int8, np.uint8):
+        s, zp = float(inp.scale[0]), float(inp.zero_point[0])
+        q0 = 0.0 if inp.dtype == np.uint8 else -128.0
+        spec["range"] = [(q0 - zp) * s, (q0 + 255.0 - zp) * s]
+        spec["quant"] = [s, zp]
+    else:
+        spec["range"] = [-1.0, 1.0]
+    names = dict(zip(g.outputs, output_names))
+    output_quant = {names[i]: [float(t[i].scale[0]), float(t[i].zero_point[0])]
+                    for i in op.inputs[:2] if t[i].quantized}
+    return {
+        "kind": "tflite_ssd",
+        "labels": _zip_labels(buf, o["num_classes"]),
+        "input": spec,
+        "anchors": _f32(a),
+        "boxes": {"output": names[op.inputs[0]], "coords": "yxhw", "exp_size": True,
+                  "scale": [o["y_scale"], o["x_scale"], o["h_scale"], o["w_scale"]]},
+        "scores": {"output": names[op.inputs[1]], "activation": "none",
+                   "background": scores.shape[2] > o["num_classes"]},
+        "min_score": o["nms_score_threshold"],
+        "nms_iou": o["nms_iou_threshold"],
+        "nms": "greedy",
+        "max_detections": o["max_detections"],
+        # the op's fast NMS is class-agnostic over each box's best class; regular NMS runs per class
+        "class_agnostic": not o["use_regular_nms"],
+        "output_quant": output_quant,
+        "postprocess": dict(o),
+        "source": f"TFLite {POSTPROCESS} operator",
+    }
 
 
 def _same_pads(size: int, kernel: int, stride: int, dilation: int) -> tuple[int, int]:
@@ -110,6 +236,10 @@ class _Converter:
         self.qparams: dict[int, tuple[str, str]] = {}     # tensor -> (scale, zp) initializers
         self.const_cache: dict[Any, str] = {}
         self.op: TflOp | None = None                      # operator being converted
+        # A model ending in TFLite_Detection_PostProcess is cut before it: the graph's outputs
+        # become the op's box encodings and class predictions, the op becomes the head.
+        self.postprocess = _cut_postprocess(graph)
+        self.output_names: list[str] = []
         self.graph_outputs = set(graph.outputs)
         # constants the file stored sparse (densified on import): TFLite name -> how
         self.sparse_by_name = {t.name: t.sparse for t in graph.tensors if t.sparse}
@@ -402,6 +532,7 @@ class _Converter:
             self.value[i][0], helper.np_dtype_to_tensor_dtype(np.dtype(self.t[i].dtype)),
             list(self.t[i].shape)) for i in g.inputs]
 
+        self.output_names = [o.name for o in outputs]
         graph = helper.make_graph(self.nodes, "tflite", inputs, outputs, self.inits)
         model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)],
                                   producer_name="edgeloop")

@@ -14,7 +14,8 @@ Kinds: ``yolov8`` ([1, 4+nc, N], cx cy w h in input pixels, sigmoid scores),
 ``yolov5`` ([1, N, 5+nc] with objectness), ``ssd_anchors`` (MediaPipe-style,
 anchors computed from the head's settings as MediaPipe's SsdAnchorsCalculator
 does), ``tflite_ssd`` (the box coder of TFLite's Detection_PostProcess op, its
-anchors in the head) and ``centroids`` (FOMO-style heatmaps with a background
+anchors in the head; with the op's options under ``postprocess``, as the TFLite
+importer writes them, boxes are selected as the op selects them) and ``centroids`` (FOMO-style heatmaps with a background
 class). Everything is vectorised; the only Python loop left is greedy NMS over
 the boxes it keeps (bounded by ``max_detections``).
 """
@@ -162,6 +163,17 @@ def parse_head(spec: Any) -> Dict[str, Any]:
             if arr is None or arr.ndim != 2 or arr.shape[1] != 4 or not np.all(np.isfinite(arr)):
                 raise HeadError("anchors", "a tflite_ssd head carries its anchors as a list of "
                                 "[y_center, x_center, h, w] rows")
+            pp = head.get("postprocess")
+            if pp is not None:
+                # the options of TFLite's Detection_PostProcess op (the TFLite importer's head):
+                # the decoder then selects boxes exactly as the op does
+                if not isinstance(pp, dict):
+                    raise HeadError("postprocess", "must be an object of the op's options")
+                pp = dict(pp)
+                for k, default in (("max_classes_per_detection", 1), ("detections_per_class", 100)):
+                    pp[k] = int(_num(pp.get(k, default), f"postprocess.{k}", positive=True))
+                pp["use_regular_nms"] = bool(pp.get("use_regular_nms", False))
+                head["postprocess"] = pp
     elif kind == "centroids":
         hm = head.get("heatmap", {})
         if not isinstance(hm, dict):
@@ -555,6 +567,10 @@ def decode_raw(head: Dict[str, Any], outputs: Dict[str, np.ndarray], min_score: 
         else:
             w = tw_ / sw * anchors[:, 2]
             h = th_ / sh * anchors[:, 3]
+        if kind == "tflite_ssd" and head.get("postprocess"):
+            xyxy = np.stack([(cx - w / 2) * tw, (cy - h / 2) * th, (cx + w / 2) * tw, (cy + h / 2) * th], 1)
+            xyxy, scores, classes = _tflite_ssd_select(head, xyxy, probs, thr)
+            return xyxy, scores, classes, None
         classes = np.argmax(probs, axis=1)
         scores = probs[np.arange(len(probs)), classes]
         ok = np.isfinite(scores) & (scores >= thr) & np.isfinite(cx) & np.isfinite(w)
@@ -581,6 +597,43 @@ def decode_raw(head: Dict[str, Any], outputs: Dict[str, np.ndarray], min_score: 
         order = np.argsort(-scores, kind="stable")[:head["max_detections"]]
         return xyxy[order], scores[order], classes[order], None
     return _suppress(head, xyxy, scores, classes, kps)
+
+
+def _tflite_ssd_select(head: Dict[str, Any], xyxy: np.ndarray, probs: np.ndarray, thr: float):
+    """The selection of TFLite's Detection_PostProcess op on decoded boxes [N, 4] and class
+    scores [N, C] (background dropped): boxes, scores and classes, best first.
+
+    Fast NMS (the op's default): each box competes with its best class score, one greedy
+    class-agnostic pass, and each kept box reports its ``max_classes_per_detection`` best classes,
+    ``max_detections`` rows in all. Regular NMS: greedy NMS per class (at most
+    ``detections_per_class`` each), then the best ``max_detections`` of all. As in the op, a
+    score passes at >= the threshold and a box is suppressed at IoU > ``nms_iou``; ties keep
+    the anchor order (stable sorts)."""
+    pp = head["postprocess"]
+    max_det, iou = head["max_detections"], head["nms_iou"]
+    nc = probs.shape[1]
+    valid = np.all(np.isfinite(xyxy), axis=1) & np.all(np.isfinite(probs), axis=1)
+    if not nc:
+        return np.zeros((0, 4)), np.zeros(0), np.zeros(0, np.int64)
+    if pp["use_regular_nms"]:
+        per_class = pp["detections_per_class"]
+        idx_all, cls_all = [], []
+        for c in range(nc):      # one NMS per class: the loop is over classes, not boxes
+            idx = np.nonzero(valid & (probs[:, c] >= thr))[0]
+            idx_all.append(idx[nms(xyxy[idx], probs[idx, c], iou, per_class)])
+            cls_all.append(np.full(len(idx_all[-1]), c, np.int64))
+        idx, cls = np.concatenate(idx_all), np.concatenate(cls_all)
+        sc = probs[idx, cls]
+        order = np.argsort(-sc, kind="stable")[:max_det]
+        return xyxy[idx[order]], sc[order], cls[order]
+    k = min(pp["max_classes_per_detection"], nc)
+    top = np.argsort(-probs, axis=1, kind="stable")[:, :k]
+    best = probs[np.arange(len(probs)), top[:, 0]]
+    idx = np.nonzero(valid & (best >= thr))[0]
+    keep = idx[nms(xyxy[idx], best[idx], iou, max_det)]
+    classes = top[keep].reshape(-1)[:max_det]          # the op writes max_detections rows in all
+    rows = np.repeat(keep, k)[:max_det]
+    return xyxy[rows], probs[rows, classes], classes
 
 
 def centroid_blobs(probs: np.ndarray, thr: float, cell_w: float, cell_h: float):
