@@ -218,7 +218,7 @@ def test_width_is_chosen_for_the_target_instruction_budget():
     cost = {a: estimate_instructions(build_fomo(2, a, thin=True), (96, 96)) for a in THIN_ALPHAS}
     assert list(cost.values()) == sorted(cost.values())
     a = choose_alpha(m7, 2, (96, 96))
-    assert cost[a] <= min(budget, 10_000_000)  # the aim: under 10 M on the Cortex-M4
+    assert cost[a] <= budget  # 10+ fps on the target itself
     wider = [w for w in THIN_ALPHAS if w > a]
     assert wider and cost[wider[0]] > budget  # the widest that fits, not merely a narrow one
     assert choose_alpha(get_target("stm32h743"), 2, (96, 96)) > a  # a 480 MHz M7 affords more
