@@ -5,26 +5,12 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from torch_train import fit  # noqa: E402
+from torch_train import digits_cnn  # noqa: E402
 
 
 @pytest.fixture(scope="module")
 def cnn():
-    import torch
-    from sklearn.datasets import load_digits
-
-    import edgeloop
-
-    x, y = load_digits(return_X_y=True)
-    x = (x / 16.0).astype(np.float32).reshape(-1, 1, 8, 8)
-    torch.manual_seed(0)
-    net = torch.nn.Sequential(torch.nn.Conv2d(1, 8, 3, padding=1), torch.nn.ReLU(),
-                              torch.nn.Conv2d(8, 8, 3, padding=1), torch.nn.ReLU(), torch.nn.Flatten(),
-                              torch.nn.Linear(512, 32), torch.nn.ReLU(), torch.nn.Linear(32, 10))
-    xt, yt = torch.tensor(x[:900]), torch.tensor(y[:900])
-    fit(net, xt, yt, epochs=5)
-    model = edgeloop.load(net, example_input=torch.zeros(1, 1, 8, 8))
-    return model, x[:64], x[1000:1400]
+    return digits_cnn(64)
 
 
 def _errors(model, calib, unseen, **config):
