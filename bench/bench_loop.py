@@ -1,7 +1,7 @@
 """The image loop on the device, measured: frames in, inference protocol out (and, later, the
 capture-label-improve loop).
 
-    .venv/bin/python bench/bench_loop.py [--part all|video|oip] [--frames 240] [--rounds 5] [--requests 300]
+    .venv/bin/python bench/bench_loop.py [--part all|video|oip|loop] [--frames 240] [--rounds 5] [--requests 300]
 
 Parts (each a function in PARTS; ``--part`` picks one, ``all`` runs them in order):
   video  ``edgeloop predict MODEL --source clip.mp4 --json`` against a plain OpenCV + onnxruntime loop
@@ -13,6 +13,11 @@ Parts (each a function in PARTS; ``--part`` picks one, ``all`` runs them in orde
          PNG frame against POST /v2/models/NAME/infer (Open Inference Protocol) with the same PNG as
          a BYTES tensor (binary extension, and through tritonclient), and ready tensors both ways
          (/predict JSON array, /v2 FP32 binary tensor). One keep-alive client, loopback.
+  loop   One capture-label-improve loop: a FOMO detector trained (edgeloop train) on digits pasted on two
+         photographs, exported for a Raspberry Pi; the bundle runtime (--source FOLDER --capture STORE) on
+         device frames of two other photographs; every captured frame labelled with its true boxes through
+         `edgeloop label STORE`'s HTTP API; samples export; improve; mAP@0.5 and centroid F1 of both
+         versions on a holdout neither saw, frames captured of total and the time of each step.
 
 The model is MediaPipe's short-range face detector (read out of the public mediapipe wheel, as the
 tests do). Ratios: the second column over the first (video), each row over the first row (oip). Rounds
@@ -342,9 +347,166 @@ def part_oip(args: argparse.Namespace, work: Path) -> Dict[str, Any]:
     return {k: percentiles_ms(v) for k, v in results.items()}
 
 
+# ------------------------------------------------------------------ part: loop
+
+LOOP_TRAIN_PHOTOS = ("astronaut.png", "chelsea.png")  # what the detector is trained on
+LOOP_DEVICE_PHOTOS = ("coffee.png", "camera.png")  # what the device sees later: other scenes
+
+
+def detections_of(bundle: Path, images: Path) -> List[List[Dict[str, Any]]]:
+    """``edgeloop predict BUNDLE --source FOLDER --json``: the detections of every image, in file order."""
+    r = edgeloop("predict", bundle, "--source", images, "--json")
+    return [json.loads(ln)["detections"] for ln in r.stdout.splitlines() if ln.strip()]
+
+
+def holdout_scores(bundle: Path, holdout: Path) -> Dict[str, float]:
+    from edgeloop.data.store import load_dataset
+    from edgeloop.detect.metrics import centroid_f1, map50
+
+    ds = load_dataset(holdout)
+    preds = detections_of(bundle, holdout / "images")
+    truths = [ds.truths(i) for i in range(len(ds.records))]
+    if len(preds) != len(truths):
+        raise SystemExit(f"predict gave {len(preds)} frames for {len(truths)} holdout images")
+    return {"map50": map50(preds, truths), "f1": centroid_f1(preds, truths)["f1"]}
+
+
+def api(port: int, method: str, path: str, doc: Any = None) -> Any:
+    """One request to the label page's JSON API, as its page sends them."""
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+    body = None if doc is None else json.dumps(doc).encode()
+    conn.request(method, path, body, {"Content-Type": "application/json"} if body is not None else {})
+    r = conn.getresponse()
+    data = r.read()
+    conn.close()
+    if r.status != 200:
+        raise SystemExit(f"{method} {path}: {r.status} {data[:300]!r}")
+    return json.loads(data) if r.getheader("Content-Type", "").startswith("application/json") else data
+
+
+def label_through_page(store: Path, truth_of: Dict[int, List[Dict[str, Any]]]) -> Dict[str, int]:
+    """``edgeloop label STORE --port P`` started as a user would; every captured sample labelled through
+    its HTTP API with the true boxes (accepted when the model's boxes were those, else corrected)."""
+    port = free_port()
+    proc = subprocess.Popen([sys.executable, "-m", "edgeloop", "label", str(store), "--port", str(port)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            if proc.poll() is not None:
+                raise SystemExit(f"edgeloop label exited: {proc.stderr.read().decode()[-800:]}")
+            try:
+                listing = api(port, "GET", "/api/samples")
+                break
+            except OSError:
+                if time.monotonic() > deadline:
+                    raise SystemExit("edgeloop label did not start") from None
+                time.sleep(0.2)
+        counts = {"accepted": 0, "corrected": 0}
+        for s in listing["samples"]:
+            if not api(port, "GET", f"/api/samples/{s['id']}/image").startswith(b"\x89PNG"):  # what the page shows
+                raise SystemExit(f"sample {s['id']}: the page's image is not the captured PNG frame")
+            boxes = truth_of[s["id"]]
+            same = sorted((d["label"], [round(v) for v in d["box"]]) for d in s["detections"]) == \
+                sorted((b["label"], b["box"]) for b in boxes)
+            status = "accepted" if same else "corrected"
+            api(port, "POST", f"/api/samples/{s['id']}/label", {"status": status, "boxes": boxes})
+            counts[status] += 1
+        done = api(port, "GET", "/api/samples")
+        if done["labelled"] != len(listing["samples"]):
+            raise SystemExit(f"the page reports {done['labelled']} labelled of {len(listing['samples'])}")
+        return {**counts, "samples": len(listing["samples"])}
+    finally:
+        proc.terminate()
+        proc.wait(10)
+
+
+def part_loop(args: argparse.Namespace, work: Path) -> Dict[str, Any]:
+    """Train, export, capture on the device, label in the page, export, improve: old against new on a
+    holdout neither version saw."""
+    if str(REPO) not in sys.path:
+        sys.path.append(str(REPO))  # test_detect_train imports ``tests.wheel_assets``
+    from test_detect_train import make_detection_folder
+
+    from edgeloop.data.store import load_dataset
+
+    work = work / "loop"
+    if work.exists():
+        import shutil
+
+        shutil.rmtree(work)
+    work.mkdir(parents=True)
+    times: Dict[str, float] = {}
+
+    def step(name: str, f: Callable[[], Any]) -> Any:
+        t0 = time.perf_counter()
+        out = f()
+        times[name] = time.perf_counter() - t0
+        return out
+
+    size = args.loop_size
+    ds = step("make the datasets", lambda: (
+        make_detection_folder(work / "train", n_images=args.loop_train, size=size, scale=(2, 2),
+                              photos=LOOP_TRAIN_PHOTOS),
+        make_detection_folder(work / "device", n_images=args.loop_frames, size=size, scale=(2, 2), seed=3,
+                              photos=LOOP_DEVICE_PHOTOS),
+        make_detection_folder(work / "holdout", n_images=args.loop_holdout, size=size, scale=(2, 2), seed=11,
+                              photos=LOOP_DEVICE_PHOTOS)))
+    train, device, holdout = ds
+    step("edgeloop train (fomo)", lambda: edgeloop("train", train, "--candidates", "fomo", "--size", f"{size}x{size}",
+                                                   "--epochs", args.loop_epochs, "-o", work / "det.onnx"))
+    v1, v2, store = work / "v1", work / "v2", work / "captures.db"
+    step("edgeloop export (raspberry-pi-4)",
+         lambda: edgeloop("export", work / "det.onnx", "--target", "raspberry-pi-4", "-o", v1))
+    # the device: the bundle runtime on the frames, capturing the uncertain ones (its default rules,
+    # plus a random share so that confident mistakes come back too; no per-minute cap on a folder)
+    run = step("runtime --source --capture", lambda: subprocess.run(
+        [sys.executable, "-m", "edgeloop_runtime", ".", "--source", str(device / "images"), "--json",
+         "--capture", str(store), "--random-rate", str(args.loop_random_rate), "--max-captures-per-minute", "off",
+         "--seed", "0"], cwd=v1, capture_output=True, text=True, env=dict(os.environ, PYTHONPATH=str(v1))))
+    if run.returncode != 0:
+        raise SystemExit(f"the bundle runtime failed: {run.stderr.strip()[-800:]}")
+    frames = [json.loads(ln) for ln in run.stdout.splitlines() if ln.strip()]
+    seen = load_dataset(device)
+    # the folder is read in file order: frame i is record i (0000.png, 0001.png, ...)
+    if [r["file"] for r in seen.records] != sorted(r["file"] for r in seen.records) or len(frames) != len(seen.records):
+        raise SystemExit(f"{len(frames)} frames for {len(seen.records)} device images")
+    truth_of = {f["captured"]: seen.truths(f["frame"]) for f in frames if f.get("captured") is not None}
+    if not truth_of:
+        raise SystemExit("the device captured no frame")
+    labels = step("label via the page's API", lambda: label_through_page(store, truth_of))
+    labelled = work / "labelled"
+    step("samples export (YOLO)", lambda: edgeloop("samples", "export", store, "-o", labelled))
+    comp = json.loads(step("improve", lambda: edgeloop(
+        "improve", "--bundle", v1, "--data", labelled, "--base-data", train, "-o", v2,
+        "--epochs", args.loop_improve_epochs, "--json")).stdout)
+    before = step("holdout: predict v1", lambda: holdout_scores(v1, holdout))
+    after = step("holdout: predict v2", lambda: holdout_scores(v2, holdout))
+
+    rows = [["mAP@0.5", f"{before['map50']:.3f}", f"{after['map50']:.3f}", f"{after['map50'] - before['map50']:+.3f}"],
+            ["centroid F1", f"{before['f1']:.3f}", f"{after['f1']:.3f}", f"{after['f1'] - before['f1']:+.3f}"]]
+    for key, title in (("holdout_new", "improve's own holdout: labelled captures"),
+                       ("holdout_base", "improve's own holdout: base test split")):
+        c = comp.get(key)
+        if c and c.get("n"):
+            rows.append([f"{title} (n={c['n']}), {comp['metric']}", f"{c['old']:.3f}", f"{c['new']:.3f}",
+                         f"{c['new'] - c['old']:+.3f}"])
+    table(f"loop: FOMO on digits pasted on {'/'.join(LOOP_TRAIN_PHOTOS)} ({args.loop_train} images {size}x{size}, "
+          f"{args.loop_epochs} epochs); device frames and holdout on {'/'.join(LOOP_DEVICE_PHOTOS)}; "
+          f"scores on the holdout ({args.loop_holdout} images neither version saw)",
+          ["", f"v{comp['old_version']} (trained)", f"v{comp['new_version']} (improved)", "change"], rows)
+    table(f"loop: {len(truth_of)} of {len(frames)} device frames captured; {labels['corrected']} corrected, "
+          f"{labels['accepted']} accepted through the label page; improve: {comp['method']} on {comp['trained_on']} "
+          f"samples ({os.cpu_count()} CPUs, load {os.getloadavg()[0]:.1f})",
+          ["step", "seconds"], [[k, f"{v:.1f}"] for k, v in times.items()] + [["total", f"{sum(times.values()):.1f}"]])
+    return {"before": before, "after": after, "captured": len(truth_of), "frames": len(frames), "times": times,
+            "improve": comp}
+
+
 # ------------------------------------------------------------------ main
 
-PARTS: Dict[str, Callable[[argparse.Namespace, Path], Dict[str, Any]]] = {"video": part_video, "oip": part_oip}
+PARTS: Dict[str, Callable[[argparse.Namespace, Path], Dict[str, Any]]] = {"video": part_video, "oip": part_oip,
+                                                                          "loop": part_loop}
 
 
 def main(argv: List[str] = None) -> None:
@@ -353,6 +515,14 @@ def main(argv: List[str] = None) -> None:
     ap.add_argument("--frames", type=int, default=240, help="frames in the benchmark clip (video)")
     ap.add_argument("--rounds", type=int, default=5, help="alternating rounds per contender")
     ap.add_argument("--requests", type=int, default=300, help="timed requests per row and round (oip)")
+    ap.add_argument("--loop-train", type=int, default=200, help="training images for the loop's detector (loop)")
+    ap.add_argument("--loop-frames", type=int, default=300, help="device frames the bundle runtime sees (loop)")
+    ap.add_argument("--loop-holdout", type=int, default=60, help="holdout images neither version sees (loop)")
+    ap.add_argument("--loop-size", type=int, default=64, help="image side in pixels (loop)")
+    ap.add_argument("--loop-epochs", type=int, default=30, help="training epochs of the first version (loop)")
+    ap.add_argument("--loop-improve-epochs", type=int, default=15, help="fine-tuning epochs of improve (loop)")
+    ap.add_argument("--loop-random-rate", type=float, default=0.1,
+                    help="the runtime's --random-rate on the device frames, beside its uncertainty rules (loop)")
     ap.add_argument("--work", type=Path, default=None, help="folder for the model, clip and bundle (default: a temp folder)")
     ap.add_argument("--plain-loop", nargs=2, type=Path, metavar=("MODEL", "CLIP"), default=None,
                     help="run only the plain OpenCV + onnxruntime loop on MODEL and CLIP and print its numbers as "
