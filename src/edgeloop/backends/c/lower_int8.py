@@ -222,34 +222,46 @@ class Int8Ops:
         m, sh = quantize_multiplier(float(x_s) / float(yq[0])) if not same else (0, 0)
         return same, m, sh
 
-    def _qpool(self, mnode, name, y, yq, lo, hi, is_max, geom=None):
+    def _mean_params(self, x_s, yq, n):
+        """TFLite's integer Mean (QuantizedMeanOrSum): QuantizeMultiplier(x_scale / y_scale)
+        with 1/n folded in (n's bit length as extra shift, capped so the shift stays >= -31)."""
+        m, sh = quantize_multiplier(float(x_s) / float(yq[0]))
+        extra = min(int(n).bit_length() - 1, 32, 31 + sh)   # >= 0: quantize_multiplier's sh >= -31
+        return (m << extra) // int(n), sh - extra
+
+    def _qpool(self, mnode, name, y, yq, lo, hi, mode, geom=None):
+        """mode 0 AveragePool (TFLM's AVERAGE_POOL_2D: divide, then requantize), 1 MaxPool,
+        2 mean over the whole window (GlobalAveragePool, ReduceMean: TFLite's integer Mean)."""
         x, x_s, x_zp = self._act_in(mnode, name, mnode.input[0])
         xs, ys = self.shape(x), self.shape(y)
         if geom is None:
             at = self.attrs(mnode)
             if at.get("ceil_mode", 0) or any(d != 1 for d in at.get("dilations", [1, 1])):
                 self.unsupported(mnode, name, "int8 pooling with ceil_mode or dilations")
-            if not is_max and at.get("count_include_pad", 0) and any(at.get("pads", [0])):
+            if mode == 0 and at.get("count_include_pad", 0) and any(at.get("pads", [0])):
                 self.unsupported(mnode, name, "int8 average pooling with count_include_pad")
             geom = self._conv_geometry(mnode, name, xs, None, ys)
-        same, m, sh = self._requant_params(x_s, x_zp, yq)
         g = geom
+        if mode == 2:
+            same, (m, sh) = 0, self._mean_params(x_s, yq, g["KH"] * g["KW"])
+        else:
+            same, m, sh = self._requant_params(x_s, x_zp, yq)
         self.emit("pool_s8", name, mnode.op_type, x=("in", x), y=("out", y),
                   **ints(NC=xs[0] * xs[1], H=g["H"], W=g["W"], OH=g["OH"], OW=g["OW"], KH=g["KH"],
                          KW=g["KW"], SH=g["SH"], SW=g["SW"], PT=g["PT"], PL=g["PL"],
-                         is_max=int(is_max), same_q=same, x_zp=x_zp, y_zp=yq[1], mult=m, shift=sh,
+                         mode=mode, same_q=same, x_zp=x_zp, y_zp=yq[1], mult=m, shift=sh,
                          lo=lo, hi=hi))
 
     def q_pool(self, mnode, name, y, yq, lo, hi, _b):
         """MaxPool and AveragePool."""
-        self._qpool(mnode, name, y, yq, lo, hi, mnode.op_type == "MaxPool")
+        self._qpool(mnode, name, y, yq, lo, hi, int(mnode.op_type == "MaxPool"))
 
     def _global(self, mnode, name, y, yq, lo, hi, is_max):
         xs = self.shape(mnode.input[0])
         if len(xs) != 4:
             self.unsupported(mnode, name, "int8 global pooling needs a 4-D input")
         g = dict(H=xs[2], W=xs[3], OH=1, OW=1, KH=xs[2], KW=xs[3], SH=1, SW=1, PT=0, PL=0)
-        self._qpool(mnode, name, y, yq, lo, hi, is_max, g)
+        self._qpool(mnode, name, y, yq, lo, hi, 1 if is_max else 2, g)
 
     def q_global_pool(self, mnode, name, y, yq, lo, hi, _b):
         """GlobalAveragePool and GlobalMaxPool."""

@@ -179,8 +179,9 @@ def fc_s8(x, y, w, b, mult, shift, per_channel, M, K, N, y_zp, lo, hi):
     y[:M * N] = np.clip(mbqm(acc, m, s) + y_zp, lo, hi).ravel()
 
 
-def pool_s8(x, y, NC, H, W, OH, OW, KH, KW, SH, SW, PT, PL, is_max, same_q, x_zp, y_zp, mult,
+def pool_s8(x, y, NC, H, W, OH, OW, KH, KW, SH, SW, PT, PL, mode, same_q, x_zp, y_zp, mult,
             shift, lo, hi):
+    # mode 0 AveragePool (TFLM's AVERAGE_POOL_2D), 1 MaxPool, 2 mean (TFLite's integer Mean)
     xs = x[:NC * H * W].reshape(NC, H, W).astype(np.int64)
     out = np.zeros((NC, OH, OW), np.int64)
     for oy in range(OH):
@@ -188,14 +189,16 @@ def pool_s8(x, y, NC, H, W, OH, OW, KH, KW, SH, SW, PT, PL, is_max, same_q, x_zp
         for ox in range(OW):
             x0, x1 = max(ox * SW - PL, 0), min(ox * SW - PL + KW, W)
             win = xs[:, y0:y1, x0:x1].reshape(NC, -1)
-            if is_max:
+            if mode == 1:
                 out[:, oy, ox] = np.maximum(win.max(axis=1), -128)
+            elif mode == 2:   # one multiplier for the scales and 1/count, no division
+                out[:, oy, ox] = mbqm((win - x_zp).sum(axis=1), mult, shift) + y_zp
             else:
                 n = win.shape[1]
                 s = win.sum(axis=1)
                 # TFLite: round half away from zero with C division
                 out[:, oy, ox] = np.where(s > 0, trunc_div(s + n // 2, n), trunc_div(s - n // 2, n))
-    if not same_q:
+    if mode != 2 and not same_q:
         out = mbqm(out - x_zp, mult, shift) + y_zp
     y[:NC * OH * OW] = np.clip(out, lo, hi).ravel()
 
