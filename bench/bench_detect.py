@@ -57,17 +57,11 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "tests"))
 sys.path.insert(0, str(REPO / "bench"))
 
+from bench_mcu import time_per_call  # noqa: E402  one timing harness for the benches
+from wheel_assets import FACE_HEAD  # noqa: E402  the face detector's head, as the tests use it
+
 PHOTOS = ["astronaut.png", "camera.png", "chelsea.png", "coffee.png", "coins.png", "motorcycle_left.png",
           "rocket.jpg", "hubble_deep_field.jpg", "color.png", "grass.png", "ihc.png", "logo.png"]
-FACE_HEAD = {
-    "kind": "ssd_anchors", "labels": ["face"],
-    "input": {"layout": "NHWC", "size": [128, 128], "range": [-1.0, 1.0], "resize": "letterbox"},
-    "anchors": {"strides": [8, 16, 16, 16], "aspect_ratios": [1.0], "interpolated_scale": True,
-                "offset": [0.5, 0.5], "fixed_size": True},
-    "boxes": {"output": "regressors", "coords": "cxcywh", "scale": [128, 128, 128, 128], "keypoints": 6},
-    "scores": {"output": "classificators", "activation": "sigmoid", "clip": 100},
-    "min_score": 0.5, "nms_iou": 0.3,
-}
 # MediaPipe's palm_detection_cpu graph: 192x192, [0, 1], strides 8,16,16,16, 7 keypoints
 PALM_HEAD = {
     "kind": "ssd_anchors", "labels": ["palm"],
@@ -88,20 +82,6 @@ def cli(*args, timeout: int = 1800) -> subprocess.CompletedProcess:
     env = dict(os.environ, PYTHONPATH=str(REPO / "src") + os.pathsep + os.environ.get("PYTHONPATH", ""))
     return subprocess.run([sys.executable, "-m", "edgeloop", *map(str, args)], capture_output=True, text=True,
                           timeout=timeout, env=env)
-
-
-def time_per_call(fn, xs, min_time: float) -> float:
-    """Median seconds per call over rounds cycling through ``xs`` (3 warm-up calls)."""
-    for x in xs[:3]:
-        fn(x)
-    rounds = []
-    t_end = time.perf_counter() + min_time
-    while time.perf_counter() < t_end or len(rounds) < 5:
-        t0 = time.perf_counter()
-        for x in xs:
-            fn(x)
-        rounds.append((time.perf_counter() - t0) / len(xs))
-    return float(np.median(rounds))
 
 
 # ------------------------------------------------------------------ models

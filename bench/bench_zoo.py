@@ -109,15 +109,9 @@ def rel_error(got: np.ndarray, ref: np.ndarray) -> float:
 
 def litert_reference(path: Path, img: np.ndarray):
     """The photo MediaPipe-style in [-1, 1] and LiteRT's outputs on it."""
-    from ai_edge_litert.interpreter import Interpreter, OpResolverType
+    from wheel_assets import litert_interpreter
 
-    try:  # reference kernels where they cover the model, else the default (XNNPACK) resolver
-        interp = Interpreter(model_path=str(path),
-                             experimental_op_resolver_type=OpResolverType.BUILTIN_REF)
-        interp.allocate_tensors()
-    except RuntimeError:
-        interp = Interpreter(model_path=str(path))
-        interp.allocate_tensors()
+    interp = litert_interpreter(path)
     inp = interp.get_input_details()[0]
     h, w = (int(d) for d in inp["shape"][1:3])
     x = (resized(img, h, w) / 127.5 - 1.0)[None].astype(np.float32)

@@ -116,7 +116,7 @@ def _rel_error(got: np.ndarray, ref: np.ndarray) -> float:
 
 @pytest.mark.parametrize("member", MEDIAPIPE_MODELS, ids=[Path(m).stem for m in MEDIAPIPE_MODELS])
 def test_mediapipe_model_imports_and_agrees_with_litert(mediapipe_wheel, photo, tmp_path, member):
-    from ai_edge_litert.interpreter import Interpreter, OpResolverType
+    from wheel_assets import litert_interpreter
 
     path = tmp_path / Path(member).name
     path.write_bytes(mediapipe_wheel.read("mediapipe/modules/" + member))
@@ -127,15 +127,7 @@ def test_mediapipe_model_imports_and_agrees_with_litert(mediapipe_wheel, photo, 
         return
     model = load_file(path)
     onnx.checker.check_model(model, full_check=True)
-    # TFLite's reference kernels where they cover the model; MediaPipe's transposed
-    # convolution runs only in the default resolver (XNNPACK), whose float sums differ more.
-    try:
-        interp = Interpreter(model_path=str(path),
-                             experimental_op_resolver_type=OpResolverType.BUILTIN_REF)
-        interp.allocate_tensors()
-    except RuntimeError:
-        interp = Interpreter(model_path=str(path))
-        interp.allocate_tensors()
+    interp = litert_interpreter(path)
     inp = interp.get_input_details()[0]
     assert inp["dtype"] == np.float32
     h, w = (int(d) for d in inp["shape"][1:3])

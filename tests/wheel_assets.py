@@ -94,3 +94,18 @@ def face_detector(folder: Path) -> Path:
     if r.returncode != 0:
         raise AssertionError(r.stderr)
     return out
+
+
+def litert_interpreter(path: Path):
+    """LiteRT's interpreter for a .tflite, allocated: TFLite's reference kernels where they cover
+    the model, else the default resolver (XNNPACK; MediaPipe's transposed convolution runs only
+    there, and its float sums differ more)."""
+    from ai_edge_litert.interpreter import Interpreter, OpResolverType
+
+    try:
+        interp = Interpreter(model_path=str(path), experimental_op_resolver_type=OpResolverType.BUILTIN_REF)
+        interp.allocate_tensors()
+    except RuntimeError:
+        interp = Interpreter(model_path=str(path))
+        interp.allocate_tensors()
+    return interp
