@@ -617,18 +617,10 @@ class Capturer:
                     per_class_quota=self.policy.per_class_quota)
             except (sqlite3.Error, OSError, CaptureError) as err:
                 failed = True
-                with self._lock:
-                    self.errors += 1
-                    self.degraded = f"{self.store.path}: {one_line(err)}"
+                self._failed(err)
                 ids.append(None)
                 continue
-            with self._lock:
-                self.degraded = None
-                if rid is not None:
-                    self.captured += 1
-            if rid is not None:
-                self._note(model)
-            ids.append(rid)
+            ids.append(self._stored(model, rid))
         return ids
 
 
@@ -657,10 +649,18 @@ class Capturer:
                                  predicted=top, confidence=best, detections=detections, image=image,
                                  media_type=media_type, informative=score)
         except (sqlite3.Error, OSError, CaptureError) as err:
-            with self._lock:
-                self.errors += 1
-                self.degraded = f"{self.store.path}: {one_line(err)}"
+            self._failed(err)
             return None
+        return self._stored(model, rid)
+
+    def _failed(self, err: BaseException) -> None:
+        """A storage failure: counted, and the capture side marked degraded (never the answer)."""
+        with self._lock:
+            self.errors += 1
+            self.degraded = f"{self.store.path}: {one_line(err)}"
+
+    def _stored(self, model: Any, rid: Optional[int]) -> Optional[int]:
+        """A storage call that worked (``rid`` None when the policy declined): recovered, counted."""
         with self._lock:
             self.degraded = None
             if rid is not None:
