@@ -208,33 +208,37 @@ def _with_softmax(net):
 def arch_estimate(net, size: tuple[int, int]) -> tuple[int, int]:
     """(parameters, peak int8 activation bytes) of a sequential net at batch 1: the largest
     input + output of any leaf layer, one byte per value (what the int8 arena holds)."""
-    import torch
-
-    w, h = size
     peak = [0]
 
     def hook(mod, inp, out):
         peak[0] = max(peak[0], int(inp[0].numel() + out.numel()))
 
-    leaves = [m for m in net.modules() if not list(m.children())]
-    handles = [m.register_forward_hook(hook) for m in leaves]
+    _trace(net, size, [m for m in net.modules() if not list(m.children())], hook)
+    return sum(p.numel() for p in net.parameters()), peak[0]
+
+
+def _trace(net, size: tuple[int, int], modules, hook) -> None:
+    """One batch-1 forward pass of zeros through ``net`` with ``hook`` on each of ``modules``."""
+    import torch
+
+    w, h = size
+    handles = [m.register_forward_hook(hook) for m in modules]
     try:
         with torch.no_grad():
             net.eval()(torch.zeros(1, 3, h, w))
     finally:
         for hd in handles:
             hd.remove()
-    return sum(p.numel() for p in net.parameters()), peak[0]
 
 
-# Instructions per frame of the int8 FOMO graph on the Cortex-M4 (the C backend's fast kernels),
-# calibrated against `edgeloop export MODEL --target stm32l4r5 --verify --json` (QEMU mps2-an386,
-# per-layer profile) on FOMO graphs of this module at widths 0.25-1.0, 96x96 input: each kernel
-# costs a part per MAC and a part per output value (loop and requantisation overhead, which is
-# what makes thin layers dear per MAC). Within 1 % of the measured totals at widths 0.25-0.5.
-M4_INSTRUCTIONS = {
-    # Fitted on the per-layer profile of `export --verify` (a 64x64 FOMO, the SMMULR-requantizing
-    # DSP kernels); refit when the kernels change (tests/test_detect_train.py checks within 5%).
+# Instructions per frame of the int8 FOMO graph on the Cortex-M4 (the C backend's fast kernels):
+# each kernel costs a part per MAC and a part per output value (loop and requantisation overhead,
+# which is what makes thin layers dear per MAC). Fitted on the per-layer profile of
+# `edgeloop export MODEL --target stm32l4r5 --verify --json` (QEMU mps2-an386) of the 64x64 FOMO
+# that tests/test_detect_train.py trains (within 5% of its measured total, checked there); the
+# earlier fit, on the kernels before the SMMULR requantisation, was within 1% at 96x96, widths
+# 0.25-0.5; the refit has not been checked at 96x96.
+M4_INSTRUCTIONS = {  # refit when the kernels change
     "input_quantize": 46.5,          # per float input value (QuantizeLinear)
     "conv_per_mac": 1.6,             # full 3x3 convolution (the stem)
     "conv_per_pixel": 180.0,         # ... per output pixel (im2col of the patch)
@@ -255,7 +259,6 @@ AIM_FPS = 10.0  # the centroid detector's aim on a microcontroller (issue 12: 10
 def estimate_instructions(net, size: tuple[int, int]) -> int:
     """Estimated Cortex-M4 instructions per frame of ``net`` exported int8 (see M4_INSTRUCTIONS):
     every Conv2d by its kind, plus the input quantisation and the heatmap softmax."""
-    import torch
     import torch.nn as nn
 
     k = M4_INSTRUCTIONS
@@ -275,13 +278,7 @@ def estimate_instructions(net, size: tuple[int, int]) -> int:
             total[0] += macs * k["conv_per_mac"] + pixels * k["conv_per_pixel"]
         last[0] = values
 
-    handles = [m.register_forward_hook(hook) for m in net.modules() if isinstance(m, nn.Conv2d)]
-    try:
-        with torch.no_grad():
-            net.eval()(torch.zeros(1, 3, h, w))
-    finally:
-        for hd in handles:
-            hd.remove()
+    _trace(net, size, [m for m in net.modules() if isinstance(m, nn.Conv2d)], hook)
     return int(round(total[0] + last[0] * k["heatmap_per_value"]))
 
 
